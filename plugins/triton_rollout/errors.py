@@ -1,0 +1,141 @@
+"""Every error the library raises on purpose, in one place.
+
+Each message names the object at fault (file, key, field, version) and ends with what to do, because
+these surface in Airflow task logs and pod logs read by someone at 3 a.m. Exit codes let pods and
+shell callers tell failures apart without parsing text.
+"""
+
+from __future__ import annotations
+
+
+class RolloutError(Exception):
+    """Base class. ``hint`` says what the operator should do next."""
+
+    exit_code = 1
+    default_hint = ""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint if hint is not None else self.default_hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}\n  what to do: {self.hint}"
+        return self.message
+
+
+class ConfigError(RolloutError):
+    """Bad flags, bad URIs, bad configuration values."""
+
+    exit_code = 2
+    default_hint = "fix the value named above and run again"
+
+
+class ManifestError(RolloutError):
+    """A release manifest that is missing a field, malformed or unsafe."""
+
+    exit_code = 3
+    default_hint = "re-publish the release with `python -m triton_rollout publish`, which writes a valid manifest"
+
+    def __init__(self, message: str, *, field: str | None = None, hint: str | None = None) -> None:
+        prefix = f"manifest field '{field}': " if field else "manifest: "
+        super().__init__(prefix + message, hint=hint)
+        self.field = field
+
+
+class ReleaseNotFound(RolloutError):
+    """The release (or its manifest, or one of its files) is not in S3."""
+
+    exit_code = 4
+    default_hint = "check the bucket, prefix, model and version; a release is complete only once manifest.json exists"
+
+
+class ReleaseIncomplete(ReleaseNotFound):
+    """Files exist under the release prefix but manifest.json does not (upload running or failed)."""
+
+    default_hint = (
+        "wait for the producer to finish (manifest.json is written last), or re-publish the release"
+    )
+
+
+class S3AccessDenied(RolloutError):
+    """403 / bad credentials / bad signature."""
+
+    exit_code = 5
+    default_hint = (
+        "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the pod's service account role) "
+        "and that the policy allows s3:GetObject and s3:ListBucket on this prefix"
+    )
+
+
+class IntegrityError(RolloutError):
+    """Bytes that do not match the manifest's size or sha256."""
+
+    exit_code = 6
+    default_hint = (
+        "the object in S3 differs from its manifest: re-publish the release; nothing was published to Triton"
+    )
+
+
+class CorruptVersion(IntegrityError):
+    """A version already published on the PVC whose files no longer match its manifest."""
+
+    exit_code = 7
+    default_hint = (
+        "re-run the sync with --repair to re-download the damaged files through staging "
+        "(the version is swapped in whole), or investigate who edited the model repository"
+    )
+
+
+class DiskFull(RolloutError):
+    exit_code = 8
+    default_hint = (
+        "free space on the PVC (lower retention with --keep, delete old staging) or grow the volume; "
+        "the staging copy was removed and published versions are untouched"
+    )
+
+
+class LockHeld(RolloutError):
+    exit_code = 9
+    default_hint = (
+        "another sync or promote of this model is running; wait for it, or if its pod is gone for good, "
+        "the lock becomes stale after its heartbeat timeout and is taken over automatically"
+    )
+
+
+class TransferError(RolloutError):
+    """The network kept failing after every retry."""
+
+    exit_code = 10
+    default_hint = "check the S3 endpoint's health and network; re-running resumes from the verified parts"
+
+
+class TritonError(RolloutError):
+    """Triton refused, timed out or answered wrongly."""
+
+    exit_code = 11
+    default_hint = "check the Triton server log and that TRITON_URL points at a running server"
+
+
+class SmokeTestFailed(RolloutError):
+    exit_code = 12
+    default_hint = "the candidate was not promoted; the previous version keeps serving. Inspect the release."
+
+
+class KubernetesError(RolloutError):
+    exit_code = 13
+    default_hint = "check the kubeconfig / in-cluster service account and the namespace"
+
+
+class BuildError(RolloutError):
+    exit_code = 14
+    default_hint = "read the failing step's output above; nothing was published"
+
+
+class IncompatibleEngine(RolloutError):
+    exit_code = 15
+    default_hint = (
+        "rebuild the engine with the TensorRT-LLM version and on the GPU type that Triton serves with, "
+        "or update the model's serving compatibility settings if Triton was upgraded"
+    )
