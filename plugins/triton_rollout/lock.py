@@ -10,6 +10,7 @@ re-checks its token before it publishes, so a wrongly taken lock fails closed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -98,10 +99,8 @@ class PvcLock:
         if moved != raw:
             # Someone took over first and we moved their fresh lock: put it back (fails if a third
             # process already created one, in which case that owner's token check protects them).
-            try:
+            with contextlib.suppress(FileExistsError):
                 os.link(aside, self.path)
-            except FileExistsError:
-                pass
             aside.unlink(missing_ok=True)
             return False
         aside.unlink(missing_ok=True)

@@ -211,7 +211,7 @@ def _require(data: dict[str, Any], key: str, typ: type | tuple[type, ...]) -> An
     if key not in data:
         raise ManifestError("is missing", field=key)
     value = data[key]
-    if not isinstance(value, typ) or isinstance(value, bool) and typ is not bool:
+    if not isinstance(value, typ) or (isinstance(value, bool) and typ is not bool):
         raise ManifestError(f"has the wrong type {type(value).__name__}", field=key)
     return value
 
@@ -296,13 +296,13 @@ def parse_manifest(raw: bytes | str | dict[str, Any]) -> Manifest:
         raise ManifestError(f"path {clash[0]!r} is both a file and a directory", field="files[].path")
     compat = None
     if "compat" in data and data["compat"] is not None:
-        compat = _parse_compat(data["compat"])
+        compat = parse_compat(data["compat"])
     known = {"schema_version", "model", "version", "created_at", "kind", "source", "files", "compat"}
     extra = {k: v for k, v in data.items() if k not in known}
     return Manifest(model, version, created_at, kind, source, files, compat, schema, extra)
 
 
-def _parse_compat(raw: object) -> Compat:
+def parse_compat(raw: object) -> Compat:
     if not isinstance(raw, dict):
         raise ManifestError("must be an object", field="compat")
     for key in ("trtllm_version", "compute_capability"):

@@ -1,0 +1,118 @@
+"""SIGKILL the sync at random points: repository/ never shows a partial version, re-runs resume."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from triton_rollout.publish import publish_release
+
+from tests.helpers import cli_env, make_release_dir, result_json, run_cli, tree_digest
+
+
+class RepositoryWatcher(threading.Thread):
+    """Polls repository/llm/<v>/ and records any moment it exists without all its files at full size."""
+
+    def __init__(self, version_dir: Path, expected_sizes: dict[str, int]) -> None:
+        super().__init__(daemon=True)
+        self.version_dir = version_dir
+        self.expected = expected_sizes
+        self.violations: list[str] = []
+        self.seen_complete = 0
+        self.stop = threading.Event()
+        self.paused = threading.Lock()  # held by the test while it deletes a PVC on purpose
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            with self.paused:
+                self._check()
+            time.sleep(0.002)
+
+    def _check(self) -> None:
+        if self.version_dir.exists():
+            try:
+                sizes = {
+                    p.relative_to(self.version_dir).as_posix(): p.stat().st_size
+                    for p in self.version_dir.rglob("*") if p.is_file()
+                }
+            except FileNotFoundError as exc:
+                self.violations.append(f"file vanished from a published version: {exc.filename}")
+                return
+            if sizes != self.expected:
+                missing = sorted(set(self.expected) - set(sizes))[:3]
+                self.violations.append(f"partial version visible: missing {missing}, {len(sizes)} files")
+            else:
+                self.seen_complete += 1
+
+
+def _sync_cmd(uri: str, pvc: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "triton_rollout", "sync", "--release", uri, "--pvc", str(pvc),
+            "--progress-interval", "0", "--lock-timeout", "30", *extra]
+
+
+@pytest.mark.slow
+def test_sigkill_never_exposes_a_partial_version_and_resumes(tmp_path: Path, bucket: str, pvc: Path) -> None:
+    src = make_release_dir(tmp_path / "src", seed=11, big_mib=48, small=40)
+    uri = f"s3://{bucket}/prod/llm/1"
+    publish_release(src, uri, part_size=1024 * 1024)
+    model_dir = src / "llm"
+    expected = {p.relative_to(model_dir).as_posix(): p.stat().st_size for p in model_dir.rglob("*") if p.is_file()}
+    watcher = RepositoryWatcher(pvc / "repository" / "llm" / "1", expected)
+    watcher.start()
+    env = cli_env()
+    try:
+        # 1. Deterministic: kill once a few parts of the big file are verified, then check the re-run reuses them.
+        proc = subprocess.Popen(_sync_cmd(uri, pvc, "--concurrency", "1", "--request-mib", "1"), env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        journal = pvc / "staging" / "llm" / "1" / "llm" / "rank0.engine.parts"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if journal.exists() and len(journal.read_text().split()) >= 3:
+                break
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert not (pvc / "repository" / "llm" / "1").exists()
+        resumed = result_json(run_cli(*_sync_cmd(uri, pvc)[3:], env=env))
+        assert resumed["status"] == "published"
+        assert resumed["parts_reused"] >= 3, resumed
+        assert resumed["bytes_transferred"] < resumed["bytes_total"]
+        assert tree_digest(pvc / "repository" / "llm" / "1") == tree_digest(src / "llm")
+
+        # 2. Random kill points over fresh copies of the same release, into a second PVC.
+        rng = random.Random(20261128)
+        pvc2 = tmp_path / "pvc2"
+        watcher2 = RepositoryWatcher(pvc2 / "repository" / "llm" / "1", expected)
+        watcher2.start()
+        kills = 0
+        for _ in range(10):
+            proc = subprocess.Popen(_sync_cmd(uri, pvc2), env=env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(0.05, 0.9))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            proc.wait()
+            if (pvc2 / "repository" / "llm" / "1").exists():
+                # Published before the kill landed: start over so later kills hit other phases.
+                assert tree_digest(pvc2 / "repository" / "llm" / "1") == tree_digest(src / "llm")
+                with watcher2.paused:
+                    subprocess.run(["rm", "-rf", str(pvc2)], check=True)
+        final = result_json(run_cli(*_sync_cmd(uri, pvc2)[3:], env=env))
+        assert final["status"] in ("published", "unchanged", "adopted")
+        assert tree_digest(pvc2 / "repository" / "llm" / "1") == tree_digest(src / "llm")
+        assert kills >= 3, "the random delays never caught a sync in flight"
+        watcher2.stop.set()
+        watcher2.join()
+        assert watcher2.violations == []
+    finally:
+        watcher.stop.set()
+        watcher.join()
+    assert watcher.violations == []
+    assert watcher.seen_complete > 0
