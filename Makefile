@@ -8,7 +8,7 @@ export PYTHONPATH := $(CURDIR):$(CURDIR)/plugins
 export AIRFLOW_HOME ?= $(CURDIR)/.devstack/airflow
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: venv system-deps test test-fast lint demo up down bench clean
+.PHONY: venv triton-server system-deps test test-fast lint demo up down bench clean
 
 # Debian packages the local stack uses (bubblewrap sandboxes emulated pods). Skipped when present.
 system-deps:
@@ -23,7 +23,17 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	$(BIN)/pip install -q --no-deps -e .
 	@touch $@
 
-venv: $(STAMP) system-deps
+# The real tritonserver (2.51, CPU python backend) unpacked from the nvidia-pytriton wheel into
+# .devstack/pytriton, with the python stub's own numpy 1.x venv: never pip-installed into .venv, so
+# the project's tritonclient/numpy pins stay as they are. Idempotent; PYTRITON_WHEEL=path skips the download.
+TRITON_STAMP := .devstack/pytriton/.make-stamp
+$(TRITON_STAMP): devstack/triton.py | $(STAMP)
+	$(BIN)/python -m devstack.triton install $(if $(PYTRITON_WHEEL),--wheel $(PYTRITON_WHEEL))
+	@touch $@
+
+triton-server: $(TRITON_STAMP)
+
+venv: $(STAMP) system-deps triton-server
 
 lint: venv
 	$(BIN)/ruff check .
@@ -45,8 +55,21 @@ up: venv
 down:
 	@test -x $(BIN)/python && $(BIN)/python -m devstack down || true
 
-bench: venv
+# Peer tools for the benchmark live in their own venv: awscli 1.x caps libraries .venv pins differently.
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/.installed: bench/requirements-peers.txt
+	@test -x $(BENCH_VENV)/bin/python || $(PY) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/pip install -q -r bench/requirements-peers.txt
+	@touch $@
+
+bench: venv $(BENCH_VENV)/.installed
 	$(BIN)/python -m bench.sync_bench
 
 clean: down
 	rm -rf .devstack bench/work
+
+# Re-render k8s/ from the pod builders (tests fail when the committed files drift from this).
+.PHONY: manifests
+manifests: venv
+	$(BIN)/python -m triton_rollout render-manifests --out k8s/

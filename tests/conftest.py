@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from devstack.s3 import SeaweedS3
+from devstack.triton import TritonServer
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +49,44 @@ def pvc(tmp_path: Path) -> Path:
     path = tmp_path / "pvc"
     path.mkdir()
     return path
+
+
+# -- Triton: the real tritonserver from the nvidia-pytriton wheel (make triton-server installs it) --------
+
+
+@pytest.fixture(scope="session")
+def triton_install() -> Path:
+    """The unpacked server, installed once per machine (idempotent: a stamp check when present)."""
+    from devstack.triton import install
+
+    return install()
+
+
+@pytest.fixture()
+def triton(triton_install: Path, pvc: Path, tmp_path: Path) -> Iterator[TritonServer]:
+    """A tritonserver serving this test's PVC repository/ (explicit mode). Starting one takes ~0.1 s,
+    so each test gets its own and no loaded model leaks between tests; stopped (group, SIGKILL fallback)
+    at the end."""
+    from triton_rollout.pvc import PvcLayout
+
+    layout = PvcLayout.at(pvc)
+    server = TritonServer(layout.repository, tmp_path / "triton-log", install_dir=triton_install).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def kube_emulator(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The Kubernetes API emulator (devstack.kube): one CPU node, no GPUs; pods run the project's venv.
+
+    Tests add what they need through it: ``create_pvc(ns, claim, host_folder)``, ``create_secret(...)``.
+    """
+    from devstack.kube import KubeEmulator
+
+    emulator = KubeEmulator(tmp_path_factory.mktemp("kube-emulator")).start()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()

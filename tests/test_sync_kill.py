@@ -90,11 +90,12 @@ def test_sigkill_never_exposes_a_partial_version_and_resumes(tmp_path: Path, buc
         pvc2 = tmp_path / "pvc2"
         watcher2 = RepositoryWatcher(pvc2 / "repository" / "llm" / "1", expected)
         watcher2.start()
-        kills = 0
-        for _ in range(10):
-            proc = subprocess.Popen(_sync_cmd(uri, pvc2), env=env, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)
-            time.sleep(rng.uniform(0.05, 0.9))
+        kills = attempts = 0
+        while kills < 6 and attempts < 30:
+            attempts += 1
+            proc = subprocess.Popen(_sync_cmd(uri, pvc2, "--concurrency", "2", "--request-mib", "2"), env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(0.02, 0.6))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
@@ -107,7 +108,7 @@ def test_sigkill_never_exposes_a_partial_version_and_resumes(tmp_path: Path, buc
         final = result_json(run_cli(*_sync_cmd(uri, pvc2)[3:], env=env))
         assert final["status"] in ("published", "unchanged", "adopted")
         assert tree_digest(pvc2 / "repository" / "llm" / "1") == tree_digest(src / "llm")
-        assert kills >= 3, "the random delays never caught a sync in flight"
+        assert kills >= 6, f"only {kills} of {attempts} random kills caught a sync in flight"
         watcher2.stop.set()
         watcher2.join()
         assert watcher2.violations == []

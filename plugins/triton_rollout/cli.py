@@ -18,10 +18,21 @@ from typing import Any
 
 from .errors import RolloutError
 
-# Modules that add subcommands; each exposes register(subparsers) and sets func on its parsers.
-COMMAND_MODULES = [
-    "triton_rollout.cli_sync",
-]
+# Which module registers each subcommand (register(subparsers), setting func). Only the module of
+# the command being run is imported: the sync pod's start-up must not pay for tritonclient or the
+# kubernetes client. --help and unknown commands import them all.
+COMMANDS: dict[str, str] = {
+    "sync": "triton_rollout.cli_sync",
+    "publish": "triton_rollout.cli_sync",
+    "prune": "triton_rollout.cli_sync",
+    "load": "triton_rollout.cli_triton",
+    "smoke": "triton_rollout.cli_triton",
+    "promote": "triton_rollout.cli_triton",
+    "rollback": "triton_rollout.cli_triton",
+    "deploy": "triton_rollout.cli_triton",
+    "status": "triton_rollout.cli_triton",
+    "render-manifests": "triton_rollout.cli_k8s",
+}
 
 
 def emit_result(result: dict[str, Any], result_file: str | None) -> None:
@@ -34,20 +45,27 @@ def emit_result(result: dict[str, Any], result_file: str | None) -> None:
         path.write_text(text + "\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _modules_for(argv: Sequence[str]) -> list[str]:
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in COMMANDS:
+        return [COMMANDS[command]]
+    return list(dict.fromkeys(COMMANDS.values()))
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m triton_rollout",
         description="Ship model releases from S3 to Triton: publish, sync, load, smoke-test, promote.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in _modules_for(sys.argv[1:] if argv is None else argv):
         importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -1,0 +1,169 @@
+"""Demo releases built from the small files in this folder (no downloads), for the demo and the tests.
+
+Two release models, both python-backend models that run on the CPU tritonserver:
+
+- ``demo-llm``: the TensorRT-LLM ensemble layout (ensemble, preprocessing, tensorrt_llm,
+  postprocessing) with the generate interface (text_input, max_tokens -> text_output). The
+  "engine" is a character bigram table trained from a corpus text at release time; sampling is seeded
+  by the prompt, so each release ships golden answers (smoke.json) computed with the same code.
+- ``demo-tensor``: one model, OUTPUT0 = INPUT0 @ W + b, integer weights (exact float32 results).
+
+Variants make the failure cases real: ``init_error`` ships weights that make initialize() raise (the
+load fails), ``wrong`` ships weights that load fine but answer differently from the golden cases.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import shutil
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+LLM_MODEL = "demo-llm"
+TENSOR_MODEL = "demo-tensor"
+LLM_TRITON_MODELS = ("ensemble", "preprocessing", "tensorrt_llm", "postprocessing")
+TENSOR_TRITON_MODEL = "demo_tensor"
+VARIANTS = ("good", "init_error", "wrong")
+GOLDEN_PROMPTS = (("the ", 12), ("model ", 8))
+# The character vocabulary: id 0 is the space that unknown characters map to.
+VOCAB = list(" abcdefghijklmnopqrstuvwxyz.,'")
+
+
+def _module(path: Path, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def bigram_table(version: int) -> np.ndarray:
+    """Character bigram counts from the corpus this version is trained on (v1, v3, .. and v2, v4, ..)."""
+    corpus = sorted((HERE / "corpus").glob("*.txt"))[(version - 1) % 2].read_text().lower()
+    index = {ch: i for i, ch in enumerate(VOCAB)}
+    ids = [index.get(ch, 0) for ch in corpus.replace("\n", " ")]
+    table = np.zeros((len(VOCAB), len(VOCAB)), dtype=np.float32)
+    for a, b in itertools.pairwise(ids):
+        table[a, b] += 1.0
+    # A tiny deterministic tie-breaker so no row is all zeros.
+    table += np.arange(len(VOCAB), dtype=np.float32)[::-1] * 1e-3
+    return table
+
+
+def llm_generate(table: np.ndarray, prompt: str, max_tokens: int) -> str:
+    """What the deployed bundle answers, computed with the bundle's own code."""
+    pre = _module(HERE / "llm" / "preprocessing" / "model.py", "_demo_pre")
+    eng = _module(HERE / "llm" / "tensorrt_llm" / "model.py", "_demo_engine")
+    post = _module(HERE / "llm" / "postprocessing" / "model.py", "_demo_post")
+    ids = pre.encode(VOCAB, prompt)
+    return str(post.decode(VOCAB, eng.generate(table, ids, max_tokens)))
+
+
+def write_llm_release(dest: Path, version: int, variant: str = "good") -> Path:
+    """Write the files of one demo-llm release (<triton_model>/<file>) into ``dest``."""
+    _check_variant(variant)
+    dest = _fresh(dest)
+    for triton_model in LLM_TRITON_MODELS:
+        src = HERE / "llm" / triton_model
+        out = dest / triton_model
+        out.mkdir(parents=True)
+        for f in src.iterdir():
+            if f.is_file() and f.suffix in (".pbtxt", ".py"):
+                shutil.copy2(f, out / f.name)
+    for triton_model in ("preprocessing", "postprocessing"):
+        (dest / triton_model / "vocab.json").write_text(json.dumps(VOCAB))
+    table = bigram_table(version)
+    golden = [
+        {"request": {"text_input": p, "max_tokens": n}, "expected": {"text_output": llm_generate(table, p, n)}}
+        for p, n in GOLDEN_PROMPTS
+    ]
+    if variant == "wrong":
+        table = table.T.copy()  # loads fine, answers differently
+    elif variant == "init_error":
+        table = table[0]  # 1-D: initialize() raises ValueError
+    np.save(dest / "tensorrt_llm" / "bigram.npy", table)
+    _write_json(dest / "ensemble" / "smoke.json", {"generate": golden})
+    return dest
+
+
+def tensor_weights(version: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(version)
+    return rng.integers(-3, 4, size=(4, 3)).astype(np.float32), rng.integers(-5, 6, size=3).astype(np.float32)
+
+
+def write_tensor_release(dest: Path, version: int, variant: str = "good") -> Path:
+    _check_variant(variant)
+    dest = _fresh(dest)
+    out = dest / TENSOR_TRITON_MODEL
+    out.mkdir(parents=True)
+    for name in ("config.pbtxt", "model.py"):
+        shutil.copy2(HERE / "tensor" / name, out / name)
+    w, b = tensor_weights(version)
+    x = np.array([[1, 2, 3, 4]], dtype=np.float32)
+    expected = x @ w + b
+    golden: dict[str, Any] = {
+        "infer": [{
+            "inputs": {"INPUT0": {"datatype": "FP32", "shape": [1, 4], "data": x.reshape(-1).tolist()}},
+            "expected": {"OUTPUT0": {"datatype": "FP32", "shape": [1, 3], "data": expected.reshape(-1).tolist()}},
+        }]
+    }
+    if variant == "wrong":
+        w = -w
+    elif variant == "init_error":
+        w = w[:3]  # wrong shape: initialize() raises
+    np.savez(out / "weights.npz", w=w, b=b)
+    _write_json(out / "smoke.json", golden)
+    return dest
+
+
+def write_release(model: str, dest: Path, version: int, variant: str = "good") -> Path:
+    if model == LLM_MODEL:
+        return write_llm_release(dest, version, variant)
+    if model == TENSOR_MODEL:
+        return write_tensor_release(dest, version, variant)
+    raise ValueError(f"unknown demo model {model!r}; demo models are {LLM_MODEL!r} and {TENSOR_MODEL!r}")
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; one of {', '.join(VARIANTS)}")
+
+
+def _fresh(dest: Path) -> Path:
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    return dest
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def publish_demo_releases(bucket: str, work_dir: Path, *, prefix: str = "releases",
+                          versions: tuple[int, ...] = (1, 2)) -> list[str]:
+    """Publish good versions of both demo models to S3 (what `make up` does); returns the release URIs.
+
+    Already-published versions are skipped (releases are immutable), so this can run on every `make up`.
+    """
+    from triton_rollout.errors import ConfigError
+    from triton_rollout.publish import publish_release
+
+    uris = []
+    for model in (LLM_MODEL, TENSOR_MODEL):
+        for version in versions:
+            uri = f"s3://{bucket}/{prefix}/{model}/{version}" if prefix else f"s3://{bucket}/{model}/{version}"
+            src = write_release(model, work_dir / model / str(version), version)
+            try:
+                publish_release(src, uri, source=f"devstack demo model {model} v{version}")
+            except ConfigError as exc:
+                if "already exists" not in exc.message:
+                    raise
+            uris.append(uri)
+    return uris

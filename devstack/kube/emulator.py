@@ -1,0 +1,187 @@
+"""Start / stop the Kubernetes API emulator as a background process, and the kubeconfig that reaches it."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..procs import LOOPBACK, free_ports, spawn, stop_group, wait_until
+from .kubelet import HOST_PATH_ANNOTATION
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CONTEXT = "devstack"
+
+
+def default_runtime() -> dict[str, Any]:
+    """Every image runs on the project's virtualenv with the library importable, as the sync image would."""
+    venv = Path(sys.prefix)
+    plugins = PROJECT_ROOT / "plugins"
+    return {
+        "pattern": "*",
+        "path": [str(venv / "bin")],
+        "env": {"PYTHONPATH": str(plugins), "VIRTUAL_ENV": str(venv)},
+        # The sandbox sees only system dirs plus these, read-only: the venv, the interpreter it links to.
+        "binds": sorted({str(venv), os.path.realpath(sys.base_prefix), str(plugins)}),
+    }
+
+
+def default_node() -> dict[str, Any]:
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return {
+        "name": "devstack-node",
+        "labels": {"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"},
+        "capacity": {"cpu": str(os.cpu_count() or 1), "memory": f"{mem // 1024}Ki", "pods": "110",
+                     "ephemeral-storage": "100Gi"},
+    }
+
+
+@dataclass
+class KubeEmulator:
+    """The API-server emulator in its own process group.
+
+    ``nodes``: dicts of name, labels, capacity (e.g. ``{"nvidia.com/gpu": "4"}``) and taints.
+    ``images``: ordered runtime mappings (``pattern`` fnmatch on the image, ``path``, ``env``, ``binds``,
+    optional ``entrypoint``); default: every image is the project's virtualenv.
+    ``pvcs``: ``"namespace/claim"`` (or ``"claim"`` for default) -> host folder; created as Bound PVCs.
+    ``secrets``: Secret objects created at start.
+    ``bwrap``: None = use bubblewrap when installed, True = require it, False = plain processes.
+    """
+
+    state_dir: Path
+    nodes: list[dict[str, Any]] = field(default_factory=lambda: [default_node()])
+    images: list[dict[str, Any]] = field(default_factory=lambda: [default_runtime()])
+    pvcs: dict[str, str] = field(default_factory=dict)
+    namespaces: list[str] = field(default_factory=list)
+    secrets: list[dict[str, Any]] = field(default_factory=list)
+    bwrap: bool | None = None
+    port: int = 0
+    pid: int | None = None
+
+    @property
+    def server(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    @property
+    def log_path(self) -> Path:
+        return self.state_dir / "apiserver.log"
+
+    def env(self) -> dict[str, str]:
+        return {"KUBECONFIG": str(self.kubeconfig)}
+
+    def start(self, timeout: float = 20.0) -> KubeEmulator:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if not self.port:
+            (self.port,) = free_ports(1)
+        config = {"port": self.port, "host": LOOPBACK, "state_dir": str(self.state_dir), "nodes": self.nodes,
+                  "images": self.images, "pvcs": self.pvcs, "namespaces": self.namespaces,
+                  "secrets": self.secrets, "bwrap": self.bwrap}
+        config_path = self.state_dir / "emulator.json"
+        config_path.write_text(json.dumps(config, indent=1))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
+        proc = spawn([sys.executable, "-m", "devstack.kube", "--config", str(config_path)],
+                     log_path=self.log_path, env=env, cwd=PROJECT_ROOT)
+        self.pid = proc.pid
+        try:
+            wait_until(self._ready, timeout=timeout, what="Kubernetes API emulator", proc=proc,
+                       log_path=self.log_path)
+        except Exception:
+            self.stop()
+            raise
+        self.write_kubeconfig(self.kubeconfig)
+        # For `make down` and other processes that did not start it: stop_recorded(state_dir).
+        (self.state_dir / "apiserver.pid").write_text(f"{self.pid}\n")
+        return self
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.server + "/version", timeout=0.5) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
+        # JSON is valid YAML; the token is a placeholder: the emulator does no authentication.
+        doc = {
+            "apiVersion": "v1", "kind": "Config", "current-context": CONTEXT, "preferences": {},
+            "clusters": [{"name": CONTEXT, "cluster": {"server": self.server}}],
+            "users": [{"name": CONTEXT, "user": {"token": "devstack-emulator"}}],
+            "contexts": [{"name": CONTEXT, "context": {"cluster": CONTEXT, "user": CONTEXT,
+                                                       "namespace": namespace}}],
+        }
+        path.write_text(json.dumps(doc, indent=1) + "\n")
+        return path
+
+    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST an object (no client library needed); raises urllib.error.HTTPError on API errors."""
+        req = urllib.request.Request(self.server + path, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def create_namespace(self, name: str) -> None:
+        try:
+            self.post("/api/v1/namespaces", {"metadata": {"name": name}})
+        except urllib.error.HTTPError as exc:
+            if exc.code != 409:
+                raise
+
+    def create_pvc(self, namespace: str, claim: str, host_path: str | os.PathLike[str]) -> dict[str, Any]:
+        """A Bound PVC backed by a host folder (the annotation is the emulator's own, ignored elsewhere)."""
+        self.create_namespace(namespace)
+        return self.post(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims", {
+            "metadata": {"name": claim, "annotations": {HOST_PATH_ANNOTATION: str(host_path)}},
+            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "10Gi"}}},
+        })
+
+    def create_secret(self, namespace: str, name: str, string_data: dict[str, str]) -> dict[str, Any]:
+        self.create_namespace(namespace)
+        return self.post(f"/api/v1/namespaces/{namespace}/secrets",
+                         {"metadata": {"name": name}, "stringData": string_data})
+
+    def stop(self) -> None:
+        if self.pid is not None:
+            # The server kills its pods on SIGTERM; the group kill after the grace catches anything left.
+            stop_group(self.pid, grace=5.0)
+            self.pid = None
+            (self.state_dir / "apiserver.pid").unlink(missing_ok=True)
+
+    @staticmethod
+    def stop_recorded(state_dir: Path) -> bool:
+        """Stop an emulator started by another process from its pid file; False if none was recorded."""
+        pid_file = state_dir / "apiserver.pid"
+        try:
+            pid = int(pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return False
+        try:
+            # A stale pid file must not stop whatever process reused the pid.
+            alive = b"devstack.kube" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            alive = False
+        if alive:
+            stop_group(pid, grace=5.0)
+        pid_file.unlink(missing_ok=True)
+        return True
+
+    def core_v1(self):  # type: ignore[no-untyped-def]
+        """A kubernetes CoreV1Api client for this emulator (imported lazily: the server needs no client)."""
+        from kubernetes import client, config
+
+        api_client = config.new_client_from_config(config_file=str(self.kubeconfig))
+        return client.CoreV1Api(api_client)
+
+    def __enter__(self) -> KubeEmulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,722 @@
+"""The emulator's scheduler and kubelet: place pods on configured nodes, then really run their containers.
+
+Scheduling checks what a real scheduler checks first: nodeSelector, required node affinity, taints vs
+tolerations, resource requests (cpu, memory, extended resources such as nvidia.com/gpu) against what
+running pods already hold, and that referenced PVCs exist. A pod nothing fits stays Pending with
+``PodScheduled=False, reason=Unschedulable`` and a FailedScheduling event, and is retried as pods end.
+
+Running: init containers one by one, then the containers together, each as ``bwrap`` sandbox (or a
+plain process when bubblewrap is missing), stdout+stderr captured line by line with RFC 3339 nano
+timestamps into the pod log, exit codes into ``containerStatuses[].state.terminated``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fnmatch
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from .store import Obj, Store, now_iso
+
+HOST_PATH_ANNOTATION = "devstack.kube/host-path"
+_SUFFIX = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+           "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": 1,
+           "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
+_QTY = re.compile(r"^([+-]?[0-9.]+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][0-9]+)?$")
+_VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+# Host entries bound read-only into every sandbox: enough for a dynamically linked runtime.
+SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+
+
+def parse_quantity(text: object) -> Decimal:
+    m = _QTY.match(str(text).strip())
+    if not m:
+        raise ValueError(f"invalid quantity {text!r}")
+    number, suffix = Decimal(m[1]), m[2] or ""
+    if suffix[:1] in ("e", "E"):
+        return number * (Decimal(10) ** int(suffix[1:]))
+    return number * Decimal(_SUFFIX[suffix])
+
+
+def rfc3339_nano(ns: int | None = None) -> str:
+    ns = time.time_ns() if ns is None else ns
+    secs, frac = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:09d}Z"
+
+
+@dataclass
+class Runtime:
+    """What an image means locally: PATH entries, extra env, host paths the sandbox needs to see."""
+
+    pattern: str
+    path: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    binds: list[str] = field(default_factory=list)
+    entrypoint: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Runtime:
+        return cls(data["pattern"], list(data.get("path", [])), dict(data.get("env", {})),
+                   list(data.get("binds", [])), list(data.get("entrypoint", [])))
+
+
+@dataclass
+class Node:
+    name: str
+    labels: dict[str, str]
+    capacity: dict[str, str]
+    taints: list[dict[str, str]] = field(default_factory=list)
+
+    def to_object(self) -> Obj:
+        return {
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": self.name, "labels": {"kubernetes.io/hostname": self.name, **self.labels}},
+            "spec": {"taints": self.taints} if self.taints else {},
+            "status": {
+                "capacity": dict(self.capacity), "allocatable": dict(self.capacity),
+                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                                "message": "emulated kubelet is posting ready status",
+                                "lastHeartbeatTime": now_iso(), "lastTransitionTime": now_iso()}],
+                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
+                              {"type": "Hostname", "address": self.name}],
+                "nodeInfo": {"kubeletVersion": "v1.31.0-devstack", "operatingSystem": "linux",
+                             "architecture": "amd64", "containerRuntimeVersion": "bwrap://emulated"},
+            },
+        }
+
+
+def pod_requests(pod: Obj) -> dict[str, Decimal]:
+    """Effective requests: max(largest init container, sum of containers); limits stand in for requests."""
+    def of(container: Obj) -> dict[str, Decimal]:
+        res = container.get("resources") or {}
+        merged = {**(res.get("limits") or {}), **(res.get("requests") or {})}
+        return {k: parse_quantity(v) for k, v in merged.items()}
+
+    total: dict[str, Decimal] = {}
+    for c in pod["spec"].get("containers", []):
+        for k, v in of(c).items():
+            total[k] = total.get(k, Decimal(0)) + v
+    for c in pod["spec"].get("initContainers") or []:
+        for k, v in of(c).items():
+            total[k] = max(total.get(k, Decimal(0)), v)
+    return total
+
+
+def _tolerates(tolerations: list[Obj], taint: dict[str, str]) -> bool:
+    for t in tolerations:
+        if t.get("effect") and t["effect"] != taint.get("effect"):
+            continue
+        if t.get("operator") == "Exists":
+            if not t.get("key") or t["key"] == taint.get("key"):
+                return True
+        elif t.get("key") == taint.get("key") and (t.get("value") or "") == (taint.get("value") or ""):
+            return True
+    return False
+
+
+def _affinity_ok(pod: Obj, labels: dict[str, str]) -> bool:
+    required = (((pod["spec"].get("affinity") or {}).get("nodeAffinity") or {})
+                .get("requiredDuringSchedulingIgnoredDuringExecution") or {})
+    terms = required.get("nodeSelectorTerms") or []
+    if not terms:
+        return True
+
+    def expr_ok(e: Obj) -> bool:
+        key, op, values = e["key"], e["operator"], e.get("values") or []
+        return {"In": lambda: labels.get(key) in values, "NotIn": lambda: labels.get(key) not in values,
+                "Exists": lambda: key in labels, "DoesNotExist": lambda: key not in labels}.get(op, lambda: False)()
+
+    return any(all(expr_ok(e) for e in t.get("matchExpressions") or []) for t in terms)
+
+
+class Kubelet:
+    """One scheduler thread plus a runner thread per scheduled pod."""
+
+    def __init__(self, store: Store, *, nodes: list[Node], runtimes: list[Runtime], state_dir: Path,
+                 use_bwrap: bool | None = None) -> None:
+        self.store = store
+        self.nodes = nodes
+        self.runtimes = runtimes
+        self.state_dir = state_dir
+        self.bwrap = shutil.which("bwrap") if use_bwrap in (None, True) else None
+        if use_bwrap is True and not self.bwrap:
+            raise RuntimeError("bwrap was required but is not installed (apt-get install bubblewrap)")
+        self._procs: dict[str, list[subprocess.Popen[bytes]]] = {}  # pod uid -> live processes
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._running: set[str] = set()
+        self._thread = threading.Thread(target=self._schedule_loop, name="scheduler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        with self._lock:
+            procs = [p for ps in self._procs.values() for p in ps]
+        for p in procs:
+            _kill_group(p, signal.SIGKILL)
+
+    # -- scheduling ----------------------------------------------------------------------------------
+
+    def _schedule_loop(self) -> None:
+        seen = -1
+        while not self._stop.is_set():
+            self.store.wait(seen, timeout=1.0)
+            seen = self.store.resource_version
+            pods, _ = self.store.list("pods")
+            for pod in pods:
+                meta, spec = pod["metadata"], pod["spec"]
+                if spec.get("nodeName") or meta.get("deletionTimestamp"):
+                    uid = meta["uid"]
+                    if spec.get("nodeName") and uid not in self._running and pod["status"].get("phase") == "Pending":
+                        self._launch(pod)  # created with nodeName already set (bypasses the scheduler)
+                    continue
+                self._try_schedule(pod)
+
+    def _try_schedule(self, pod: Obj) -> None:
+        ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+        node, reason = self._pick_node(pod)
+        if node is None:
+            def unschedulable(p: Obj) -> None:
+                _set_condition(p, "PodScheduled", "False", "Unschedulable", reason)
+            before = self.store.find("pods", ns, name)
+            after = self.store.mutate("pods", ns, name, unschedulable)
+            if before and after and before["metadata"]["resourceVersion"] != after["metadata"]["resourceVersion"]:
+                self.event(pod, "Warning", "FailedScheduling", reason, component="default-scheduler")
+            return
+
+        def bind(p: Obj) -> None:
+            p["spec"]["nodeName"] = node.name
+            p["status"].update({"hostIP": "127.0.0.1", "podIP": "127.0.0.1", "startTime": now_iso(),
+                                "podIPs": [{"ip": "127.0.0.1"}], "hostIPs": [{"ip": "127.0.0.1"}]})
+            _set_condition(p, "PodScheduled", "True")
+            _set_condition(p, "Initialized", "False" if p["spec"].get("initContainers") else "True",
+                           "ContainersNotInitialized" if p["spec"].get("initContainers") else None)
+            _set_condition(p, "ContainersReady", "False", "ContainersNotReady")
+            _set_condition(p, "Ready", "False", "ContainersNotReady")
+            p["status"]["containerStatuses"] = [_waiting(c, "ContainerCreating") for c in p["spec"]["containers"]]
+            if p["spec"].get("initContainers"):
+                p["status"]["initContainerStatuses"] = [_waiting(c, "PodInitializing")
+                                                        for c in p["spec"]["initContainers"]]
+        bound = self.store.mutate("pods", ns, name, bind)
+        if bound is not None:
+            self.event(bound, "Normal", "Scheduled", f"Successfully assigned {ns}/{name} to {node.name}",
+                       component="default-scheduler")
+            self._launch(bound)
+
+    def _pick_node(self, pod: Obj) -> tuple[Node | None, str]:
+        spec = pod["spec"]
+        ns = pod["metadata"]["namespace"]
+        for vol in spec.get("volumes") or []:
+            claim = (vol.get("persistentVolumeClaim") or {}).get("claimName")
+            if claim and self.store.find("persistentvolumeclaims", ns, claim) is None:
+                return None, f'0/{len(self.nodes)} nodes are available: persistentvolumeclaim "{claim}" not found.'
+        wanted = pod_requests(pod)
+        used = self._usage()
+        reasons: dict[str, int] = {}
+        for node in self.nodes:
+            labels = {"kubernetes.io/hostname": node.name, **node.labels}
+            problem = None
+            if any(labels.get(k) != v for k, v in (spec.get("nodeSelector") or {}).items()) or \
+                    not _affinity_ok(pod, labels):
+                problem = "node(s) didn't match Pod's node affinity/selector"
+            else:
+                for taint in node.taints:
+                    if taint.get("effect") in ("NoSchedule", "NoExecute") and \
+                            not _tolerates(spec.get("tolerations") or [], taint):
+                        problem = f"node(s) had untolerated taint {{{taint['key']}: {taint.get('value', '')}}}"
+                        break
+            if problem is None:
+                for res, qty in sorted(wanted.items()):
+                    have = parse_quantity(node.capacity.get(res, "0")) - used.get(node.name, {}).get(res, 0)
+                    if qty > have:
+                        problem = f"Insufficient {res}"
+                        break
+            if problem is None:
+                return node, ""
+            reasons[problem] = reasons.get(problem, 0) + 1
+        detail = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
+        return None, (f"0/{len(self.nodes)} nodes are available: {detail}. preemption: not emulated "
+                      "(devstack emulator).")
+
+    def _usage(self) -> dict[str, dict[str, Decimal]]:
+        used: dict[str, dict[str, Decimal]] = {}
+        pods, _ = self.store.list("pods")
+        for p in pods:
+            node = p["spec"].get("nodeName")
+            if node and p["status"].get("phase") not in ("Succeeded", "Failed"):
+                bucket = used.setdefault(node, {})
+                for k, v in pod_requests(p).items():
+                    bucket[k] = bucket.get(k, Decimal(0)) + v
+        return used
+
+    # -- events --------------------------------------------------------------------------------------
+
+    def event(self, pod: Obj, type_: str, reason: str, message: str, *, component: str = "kubelet",
+              field_path: str | None = None) -> None:
+        meta = pod["metadata"]
+        ts = now_iso()
+        obj: Obj = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}", "namespace": meta["namespace"]},
+            "involvedObject": {"kind": "Pod", "namespace": meta["namespace"], "name": meta["name"],
+                               "uid": meta["uid"], "apiVersion": "v1",
+                               "resourceVersion": meta.get("resourceVersion", "")},
+            "reason": reason, "message": message, "type": type_, "count": 1,
+            "source": {"component": component}, "firstTimestamp": ts, "lastTimestamp": ts,
+            "reportingComponent": component, "reportingInstance": "",
+        }
+        if field_path:
+            obj["involvedObject"]["fieldPath"] = field_path
+        with contextlib.suppress(Exception):  # the namespace may be going away with the pod
+            self.store.create("events", meta["namespace"], obj)
+
+    # -- running -------------------------------------------------------------------------------------
+
+    def _launch(self, pod: Obj) -> None:
+        uid = pod["metadata"]["uid"]
+        with self._lock:
+            if uid in self._running:
+                return
+            self._running.add(uid)
+        threading.Thread(target=self._run_pod, args=(pod,), name=f"pod-{pod['metadata']['name']}",
+                         daemon=True).start()
+
+    def pod_dir(self, uid: str) -> Path:
+        return self.state_dir / "pods" / uid
+
+    def log_path(self, uid: str, container: str) -> Path:
+        return self.pod_dir(uid) / "logs" / f"{container}.log"
+
+    def _run_pod(self, pod: Obj) -> None:
+        ns, name, uid = pod["metadata"]["namespace"], pod["metadata"]["name"], pod["metadata"]["uid"]
+        try:
+            self._run_pod_inner(pod)
+        except Exception as exc:  # an emulator bug must show on the pod, not vanish in a thread
+            message = f"{type(exc).__name__}: {exc}"
+
+            def broken(p: Obj) -> None:
+                p["status"]["phase"] = "Failed"
+                p["status"]["reason"] = "EmulatorError"
+                p["status"]["message"] = message
+            self.store.mutate("pods", ns, name, broken)
+        finally:
+            with self._lock:
+                self._procs.pop(uid, None)
+            self._finish_deletion(ns, name, uid)
+
+    def _current(self, pod: Obj) -> Obj | None:
+        p = self.store.find("pods", pod["metadata"]["namespace"], pod["metadata"]["name"])
+        return p if p is not None and p["metadata"]["uid"] == pod["metadata"]["uid"] else None
+
+    def _deleting(self, pod: Obj) -> bool:
+        p = self._current(pod)
+        return p is None or bool(p["metadata"].get("deletionTimestamp"))
+
+    def _run_pod_inner(self, pod: Obj) -> None:
+        ns, name, uid = pod["metadata"]["namespace"], pod["metadata"]["name"], pod["metadata"]["uid"]
+        spec = pod["spec"]
+        volumes = self._prepare_volumes(pod)
+        if volumes is None:
+            return
+        # Environment problems (missing Secret or key) keep the pod Pending and are retried, as kubelet does.
+        containers = [("initContainerStatuses", c) for c in spec.get("initContainers") or []] + \
+                     [("containerStatuses", c) for c in spec["containers"]]
+        launch: dict[str, tuple[list[str], dict[str, str], Runtime]] = {}
+        for status_key, c in containers:
+            while True:
+                if self._deleting(pod):
+                    return
+                problem, reason = None, ""
+                try:
+                    launch[c["name"]] = self._prepare_container(pod, c, volumes)
+                except ContainerConfigError as exc:
+                    problem, reason = exc.message, exc.reason
+                if problem is None:
+                    break
+                self._set_waiting(pod, status_key, c["name"], reason, problem)
+                if reason in ("ErrImagePull", "CreateContainerError"):
+                    return  # permanent here: no image runtime, mounts impossible without bwrap
+                time.sleep(1.0)
+
+        deadline = spec.get("activeDeadlineSeconds")
+        deadline_at = time.monotonic() + deadline if deadline else None
+        for c in spec.get("initContainers") or []:
+            code = self._run_containers(pod, [c], launch, volumes, "initContainerStatuses", deadline_at)
+            if code is None:
+                return
+            if code[c["name"]] != 0:
+                self._complete(pod, "Failed", init_failed=True)
+                return
+        if spec.get("initContainers"):
+            self.store.mutate("pods", ns, name, lambda p: _set_condition(p, "Initialized", "True"))
+        codes = self._run_containers(pod, spec["containers"], launch, volumes, "containerStatuses", deadline_at)
+        if codes is None:
+            return
+        self._complete(pod, "Succeeded" if all(v == 0 for v in codes.values()) else "Failed")
+        del uid
+
+    def _set_waiting(self, pod: Obj, key: str, cname: str, reason: str, message: str) -> None:
+        def upd(p: Obj) -> None:
+            for st in p["status"].get(key) or []:
+                if st["name"] == cname:
+                    st["state"] = {"waiting": {"reason": reason, "message": message}}
+        before = self._current(pod)
+        after = self.store.mutate("pods", pod["metadata"]["namespace"], pod["metadata"]["name"], upd)
+        if before and after and before["metadata"]["resourceVersion"] != after["metadata"]["resourceVersion"]:
+            self.event(pod, "Warning", "Failed", f"Error: {message}", field_path=f"spec.containers{{{cname}}}")
+
+    def _complete(self, pod: Obj, phase: str, init_failed: bool = False, reason: str | None = None,
+                  message: str | None = None) -> None:
+        def upd(p: Obj) -> None:
+            p["status"]["phase"] = phase
+            if reason:
+                p["status"]["reason"] = reason
+                p["status"]["message"] = message or reason
+            for st in p["status"].get("containerStatuses") or []:
+                st["ready"] = False
+                if init_failed or "waiting" in st.get("state", {}):
+                    why = "PodInitializing" if init_failed else "ContainerStatusUnknown"
+                    st["state"] = {"terminated": {"exitCode": 137 if reason else 1, "reason": why,
+                                                 "startedAt": None, "finishedAt": now_iso()}}
+            _set_condition(p, "Ready", "False", "PodCompleted")
+            _set_condition(p, "ContainersReady", "False", "PodCompleted")
+        self.store.mutate("pods", pod["metadata"]["namespace"], pod["metadata"]["name"], upd)
+
+    def _finish_deletion(self, ns: str, name: str, uid: str) -> None:
+        p = self.store.find("pods", ns, name)
+        if p is not None and p["metadata"]["uid"] == uid and p["metadata"].get("deletionTimestamp"):
+            with contextlib.suppress(Exception):
+                self.store.delete("pods", ns, name)
+            shutil.rmtree(self.pod_dir(uid) / "volumes", ignore_errors=True)
+
+    # -- volumes, env, sandbox -----------------------------------------------------------------------
+
+    def _prepare_volumes(self, pod: Obj) -> dict[str, Path] | None:
+        ns, uid = pod["metadata"]["namespace"], pod["metadata"]["uid"]
+        out: dict[str, Path] = {}
+        for vol in pod["spec"].get("volumes") or []:
+            vname = vol["name"]
+            if "emptyDir" in vol:
+                path = self.pod_dir(uid) / "volumes" / vname
+                path.mkdir(parents=True, exist_ok=True)
+            elif "persistentVolumeClaim" in vol:
+                claim = self.store.find("persistentvolumeclaims", ns, vol["persistentVolumeClaim"]["claimName"])
+                if claim is None:
+                    return None  # deleted after scheduling; the pod stays as it is
+                path = Path(claim["metadata"].get("annotations", {}).get(HOST_PATH_ANNOTATION)
+                            or self.state_dir / "pvcs" / ns / claim["metadata"]["name"])
+                path.mkdir(parents=True, exist_ok=True)
+            elif "hostPath" in vol:
+                path = Path(vol["hostPath"]["path"])
+            elif "secret" in vol or "configMap" in vol:
+                path = self.pod_dir(uid) / "volumes" / vname
+                path.mkdir(parents=True, exist_ok=True)
+                src = vol.get("secret") or vol.get("configMap")
+                kind = "secrets" if "secret" in vol else "configmaps"
+                obj = self.store.find(kind, ns, src.get("secretName") or src.get("name"))
+                data = (obj or {}).get("data") or {}
+                for key, value in data.items():
+                    raw = base64.b64decode(value) if kind == "secrets" else str(value).encode()
+                    (path / key).write_bytes(raw)
+            else:
+                path = Path("/nonexistent-unsupported-volume")  # reported per container below
+            out[vname] = path
+        return out
+
+    def _prepare_container(
+        self, pod: Obj, c: Obj, volumes: dict[str, Path]
+    ) -> tuple[list[str], dict[str, str], Runtime]:
+        runtime = next((r for r in self.runtimes if fnmatch.fnmatchcase(c.get("image", ""), r.pattern)), None)
+        if runtime is None:
+            raise ContainerConfigError("ErrImagePull", f'image "{c.get("image")}" has no local runtime in the '
+                                       "emulator (add a pattern to its image mapping)")
+        env = self._container_env(pod, c)
+        cmd = [_expand(a, env) for a in (c.get("command") or runtime.entrypoint)] + \
+              [_expand(a, env) for a in c.get("args") or []]
+        if not cmd:
+            raise ContainerConfigError("CreateContainerError", "no command: the emulator cannot read an image's "
+                                       "entrypoint; set command (or an entrypoint in the image mapping)")
+        for m in c.get("volumeMounts") or []:
+            if m["name"] not in volumes or str(volumes[m["name"]]).startswith("/nonexistent"):
+                raise ContainerConfigError("CreateContainerError", f'volume "{m["name"]}" is missing or of a '
+                                           "type the emulator does not support")
+            if not self.bwrap and str(volumes[m["name"]] / m.get("subPath", "")).rstrip("/") != m["mountPath"]:
+                raise ContainerConfigError("CreateContainerError", f"volume mount at {m['mountPath']} needs "
+                                           "bubblewrap (apt-get install bubblewrap); without it only mounts "
+                                           "whose host path equals mountPath work")
+        return cmd, env, runtime
+
+    def _container_env(self, pod: Obj, c: Obj) -> dict[str, str]:
+        ns = pod["metadata"]["namespace"]
+        env: dict[str, str] = {}
+        for src in c.get("envFrom") or []:
+            ref = src.get("secretRef") or src.get("configMapRef")
+            kind = "secrets" if "secretRef" in src else "configmaps"
+            obj = self.store.find(kind, ns, ref["name"])
+            if obj is None:
+                if ref.get("optional"):
+                    continue
+                raise ContainerConfigError("CreateContainerConfigError", f'{kind[:-1]} "{ref["name"]}" not found')
+            for k, v in (obj.get("data") or {}).items():
+                env[src.get("prefix", "") + k] = base64.b64decode(v).decode() if kind == "secrets" else str(v)
+        for e in c.get("env") or []:
+            if "valueFrom" not in e:
+                env[e["name"]] = _expand(e.get("value", ""), env)
+                continue
+            vf = e["valueFrom"]
+            if "secretKeyRef" in vf or "configMapKeyRef" in vf:
+                ref = vf.get("secretKeyRef") or vf.get("configMapKeyRef")
+                kind = "secrets" if "secretKeyRef" in vf else "configmaps"
+                obj = self.store.find(kind, ns, ref["name"])
+                data = (obj or {}).get("data") or {}
+                if obj is None or ref["key"] not in data:
+                    if ref.get("optional"):
+                        continue
+                    what = (f'{kind[:-1]} "{ref["name"]}" not found' if obj is None
+                            else f"couldn't find key {ref['key']} in {kind[:-1].capitalize()} {ns}/{ref['name']}")
+                    raise ContainerConfigError("CreateContainerConfigError", what)
+                raw = data[ref["key"]]
+                env[e["name"]] = base64.b64decode(raw).decode() if kind == "secrets" else str(raw)
+            elif "fieldRef" in vf:
+                env[e["name"]] = _field_ref(pod, vf["fieldRef"]["fieldPath"])
+            else:
+                raise ContainerConfigError("CreateContainerConfigError",
+                                           f"env {e['name']}: valueFrom type not supported by the emulator")
+        return env
+
+    def _sandbox_argv(
+        self, pod: Obj, c: Obj, cmd: list[str], runtime: Runtime, volumes: dict[str, Path]
+    ) -> list[str]:
+        if not self.bwrap:
+            return cmd
+        sc = c.get("securityContext") or {}
+        argv = [self.bwrap, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+                "--hostname", pod["metadata"]["name"][:63]]
+        for entry in SYSTEM_PATHS:
+            if os.path.islink(entry):
+                argv += ["--symlink", os.readlink(entry), entry]
+            elif os.path.exists(entry):
+                argv += ["--ro-bind", entry, entry]
+        for host in runtime.binds:
+            if os.path.exists(host):
+                argv += ["--ro-bind", host, host]
+        argv += ["--proc", "/proc", "--dev", "/dev"]
+        mounts = sorted(c.get("volumeMounts") or [], key=lambda m: m["mountPath"].count("/"))
+        if not any(m["mountPath"] == "/tmp" for m in mounts):
+            # A writable root is not emulated; the nearest honest thing is a scratch /tmp, read-only if asked.
+            argv += ["--tmpfs", "/tmp"]
+            if sc.get("readOnlyRootFilesystem"):
+                argv += ["--remount-ro", "/tmp"]
+        for m in mounts:
+            host = volumes[m["name"]] / m["subPath"] if m.get("subPath") else volumes[m["name"]]
+            if m.get("subPath"):
+                host.mkdir(parents=True, exist_ok=True)
+            argv += ["--ro-bind" if m.get("readOnly") else "--bind", str(host), m["mountPath"]]
+        argv += ["--remount-ro", "/", "--chdir", c.get("workingDir") or "/", "--", *cmd]
+        return argv
+
+    def _run_containers(self, pod: Obj, containers: list[Obj], launch: dict[str, Any], volumes: dict[str, Path],
+                        status_key: str, deadline_at: float | None) -> dict[str, int] | None:
+        ns, name, uid = pod["metadata"]["namespace"], pod["metadata"]["name"], pod["metadata"]["uid"]
+        procs: dict[str, subprocess.Popen[bytes]] = {}
+        readers: list[threading.Thread] = []
+        started: dict[str, str] = {}
+        for c in containers:
+            if self._deleting(pod):
+                self._kill_pod(uid)
+                return None
+            cmd, env, runtime = launch[c["name"]]
+            full_env = {"PATH": ":".join([*runtime.path, "/usr/local/bin:/usr/bin:/bin"]),
+                        "HOSTNAME": name, **runtime.env, **env}
+            log = self.log_path(uid, c["name"])
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.touch()
+            try:
+                proc = subprocess.Popen(
+                    self._sandbox_argv(pod, c, cmd, runtime, volumes), env=full_env, stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                    cwd=None if self.bwrap else (c.get("workingDir") or None),
+                )
+            except OSError as exc:
+                self._set_waiting(pod, status_key, c["name"], "StartError", str(exc))
+                self._complete(pod, "Failed")
+                return None
+            with self._lock:
+                self._procs.setdefault(uid, []).append(proc)
+            procs[c["name"]] = proc
+            started[c["name"]] = now_iso()
+            t = threading.Thread(target=_pump, args=(proc, log, self.store), daemon=True)
+            t.start()
+            readers.append(t)
+            self.event(pod, "Normal", "Started", f"Started container {c['name']}",
+                       field_path=f"spec.containers{{{c['name']}}}")
+
+        def running(p: Obj) -> None:
+            for st in p["status"].get(status_key) or []:
+                if st["name"] in started:
+                    st["state"] = {"running": {"startedAt": started[st["name"]]}}
+                    st["started"] = True
+                    st["ready"] = status_key == "containerStatuses"
+            if status_key == "containerStatuses":
+                p["status"]["phase"] = "Running"
+                _set_condition(p, "ContainersReady", "True")
+                _set_condition(p, "Ready", "True")
+        self.store.mutate("pods", ns, name, running)
+
+        codes: dict[str, int] = {}
+        timed_out = False
+        while len(codes) < len(procs):
+            for cname, proc in procs.items():
+                if cname not in codes and proc.poll() is not None:
+                    codes[cname] = proc.returncode
+                    self._terminated(pod, status_key, cname, proc.returncode, started[cname])
+            if self._deleting(pod):
+                self._kill_pod(uid)
+            if deadline_at is not None and time.monotonic() > deadline_at and not timed_out:
+                timed_out = True
+                self._kill_pod(uid, grace=0)
+            time.sleep(0.05)
+        for t in readers:
+            t.join(timeout=5)
+        if timed_out:
+            self._complete(pod, "Failed", reason="DeadlineExceeded",
+                           message="Pod was active on the node longer than the specified deadline")
+            return None
+        if self._deleting(pod):
+            return None
+        return codes
+
+    def _terminated(self, pod: Obj, key: str, cname: str, code: int, started: str) -> None:
+        # A signal death shows as 128+N, as container runtimes report it.
+        exit_code = 128 - code if code < 0 else code
+
+        def upd(p: Obj) -> None:
+            for st in p["status"].get(key) or []:
+                if st["name"] == cname:
+                    st["ready"] = False
+                    st["state"] = {"terminated": {
+                        "exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
+                        "startedAt": started, "finishedAt": now_iso(),
+                        "containerID": f"bwrap://{p['metadata']['uid']}/{cname}"}}
+            if key == "containerStatuses":
+                _set_condition(p, "ContainersReady", "False", "ContainersNotReady")
+                _set_condition(p, "Ready", "False", "ContainersNotReady")
+        self.store.mutate("pods", pod["metadata"]["namespace"], pod["metadata"]["name"], upd)
+
+    def delete_pod(self, pod: Obj, grace: int) -> None:
+        """Called by the API on DELETE: SIGTERM now, SIGKILL after the grace period (capped for tests)."""
+        uid = pod["metadata"]["uid"]
+        with self._lock:
+            running = uid in self._running and uid in self._procs
+        if not running:
+            return
+        threading.Thread(target=self._kill_pod, args=(uid, grace), daemon=True).start()
+
+    def is_active(self, uid: str) -> bool:
+        with self._lock:
+            return uid in self._procs
+
+    def _kill_pod(self, uid: str, grace: float = 2.0) -> None:
+        with self._lock:
+            procs = list(self._procs.get(uid, []))
+        for p in procs:
+            _kill_group(p, signal.SIGTERM)
+        deadline = time.monotonic() + min(grace, 10.0)
+        while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+            time.sleep(0.05)
+        for p in procs:
+            if p.poll() is None:
+                _kill_group(p, signal.SIGKILL)
+
+
+class ContainerConfigError(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def _kill_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+def _pump(proc: subprocess.Popen[bytes], log: Path, store: Store) -> None:
+    """Copy a container's output into its log, one timestamped line at a time."""
+    assert proc.stdout is not None
+    with open(log, "ab") as out:
+        for line in iter(proc.stdout.readline, b""):
+            if not line.endswith(b"\n"):
+                line += b"\n"
+            out.write(rfc3339_nano().encode() + b" " + line)
+            out.flush()
+            with store.cond:  # wake log followers
+                store.cond.notify_all()
+    proc.stdout.close()
+
+
+def _waiting(c: Obj, reason: str) -> Obj:
+    return {"name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": False, "restartCount": 0,
+            "started": False, "state": {"waiting": {"reason": reason}}}
+
+
+def _set_condition(p: Obj, type_: str, status: str, reason: str | None = None, message: str | None = None) -> None:
+    conds = p["status"].setdefault("conditions", [])
+    for cond in conds:
+        if cond["type"] == type_:
+            if cond["status"] != status:
+                cond["lastTransitionTime"] = now_iso()
+            cond["status"] = status
+            for k, v in (("reason", reason), ("message", message)):
+                if v:
+                    cond[k] = v
+                else:
+                    cond.pop(k, None)
+            return
+    cond = {"type": type_, "status": status, "lastProbeTime": None, "lastTransitionTime": now_iso()}
+    if reason:
+        cond["reason"] = reason
+    if message:
+        cond["message"] = message
+    conds.append(cond)
+
+
+def _expand(text: str, env: dict[str, str]) -> str:
+    """Kubernetes $(VAR) expansion: defined variables are replaced, $$ escapes, unknown stay as written."""
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        return env.get(m.group(1), m.group(0))
+    return _VAR_REF.sub(sub, str(text))
+
+
+def _field_ref(pod: Obj, path: str) -> str:
+    m = re.match(r"^metadata\.(labels|annotations)\['(.+)'\]$", path)
+    if m:
+        return str((pod["metadata"].get(m[1]) or {}).get(m[2], ""))
+    simple = {"metadata.name": pod["metadata"]["name"], "metadata.namespace": pod["metadata"]["namespace"],
+              "metadata.uid": pod["metadata"]["uid"], "spec.nodeName": pod["spec"].get("nodeName", ""),
+              "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default"),
+              "status.podIP": "127.0.0.1", "status.hostIP": "127.0.0.1"}
+    if path not in simple:
+        raise ContainerConfigError("CreateContainerConfigError", f"fieldRef {path} not supported by the emulator")
+    return simple[path]
+
+
+def dumps(obj: object) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()

@@ -1,0 +1,189 @@
+"""Unit tests: the typed deployment config and the pod specs built from it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from triton_rollout.config import (
+    AwsCredentials,
+    KubernetesConfig,
+    ModelDeployment,
+    ResourceSpec,
+    Toleration,
+    load_models,
+)
+from triton_rollout.errors import ConfigError
+from triton_rollout.k8s_specs import build_pod, promote_pod, sync_pod, to_dict
+
+
+def model(**kube: object) -> ModelDeployment:
+    return ModelDeployment(
+        name="llama",
+        release_prefix="s3://releases/prod/",
+        tp_size=2,
+        pp_size=2,
+        kubernetes=KubernetesConfig(gpu_product="NVIDIA-H100-80GB-HBM3", **kube),  # type: ignore[arg-type]
+    )
+
+
+def main_container(pod: dict) -> dict:
+    (container,) = pod["spec"]["containers"]
+    return container
+
+
+# -- config ------------------------------------------------------------------------------------------
+
+
+def test_config_from_dict_roundtrip_and_normalisation() -> None:
+    m = ModelDeployment.from_dict({
+        "name": "llama",
+        "release_prefix": "s3://releases/prod/",
+        "triton_url": "http://triton:8000/",
+        "keep": 3,
+        "kubernetes": {
+            "namespace": "serving",
+            "sync_resources": {"requests": {"cpu": 1, "memory": "1Gi"}},
+            "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "aws": {"irsa_role_arn": "arn:aws:iam::123456789012:role/rollout"},
+        },
+    })
+    assert m.release_uri(7) == "s3://releases/prod/llama/7"
+    assert m.triton_url == "http://triton:8000"
+    assert m.kubernetes.sync_resources.requests == {"cpu": "1", "memory": "1Gi"}
+    assert m.kubernetes.tolerations == (Toleration("gpu", "Exists", None, "NoSchedule"),)
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"name": "m", "release_prefix": "s3://bkt/p", "keep": -1}, "model.keep"),
+        ({"name": "m", "release_prefix": "gs://b/p"}, "model.release_prefix"),
+        ({"name": "m", "release_prefix": "s3://bkt/p", "kubernetes": {"namespace": "Bad_NS"}},
+         "model.kubernetes.namespace"),
+        ({"name": "m", "release_prefix": "s3://bkt/p", "kubernetes": {"run_as_user": 0}},
+         "model.kubernetes.run_as_user"),
+        ({"name": "m", "release_prefix": "s3://bkt/p", "kubernetes": {"tolerationz": []}}, "model.kubernetes"),
+        ({"name": "m", "release_prefix": "s3://bkt/p",
+          "kubernetes": {"sync_resources": {"limits": {"memory": "lots"}}}},
+         "model.kubernetes.sync_resources.limits.memory"),
+        ({"name": "m", "release_prefix": "s3://bkt/p",
+          "kubernetes": {"tolerations": [{"key": "k", "operator": "Maybe"}]}},
+         "model.kubernetes.tolerations[0].operator"),
+        ({"name": "m", "release_prefix": "s3://bkt/p",
+          "kubernetes": {"aws": {"secret_name": "s", "irsa_role_arn": "arn:aws:iam::123456789012:role/r"}}},
+         "model.kubernetes.aws"),
+        ({"name": "m", "release_prefix": "s3://bkt/p", "kubernetes": {"images": {"sync": "has space:1"}}},
+         "model.kubernetes.images.sync"),
+        ({"name": "m", "release_prefix": "s3://bkt/p", "tp_size": 0}, "model.tp_size"),
+        ({"release_prefix": "s3://bkt/p"}, "model.name"),
+    ],
+)
+def test_config_errors_name_the_field(data: dict, field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        ModelDeployment.from_dict(data)
+    assert f"config field '{field}'" in str(info.value)
+
+
+def test_load_models_merges_defaults_and_rejects_duplicates() -> None:
+    doc = {
+        "defaults": {"namespace": "serving", "sync_resources": {"limits": {"cpu": "1"}}},
+        "models": [
+            {"name": "a", "release_prefix": "s3://bkt/r"},
+            {"name": "b", "release_prefix": "s3://bkt/r", "kubernetes": {"namespace": "other"}},
+        ],
+    }
+    a, b = load_models(doc)
+    assert (a.kubernetes.namespace, b.kubernetes.namespace) == ("serving", "other")
+    assert b.kubernetes.sync_resources.limits == {"cpu": "1"}
+    doc["models"].append({"name": "a", "release_prefix": "s3://bkt/r"})
+    with pytest.raises(ConfigError, match=r"models\[2\]\.name"):
+        load_models(doc)
+
+
+# -- pod specs ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("builder", [
+    lambda m: sync_pod(m, 3), lambda m: promote_pod(m, 3), lambda m: build_pod(m, ["build", "--spec", "s.json"]),
+])
+def test_every_pod_is_locked_down(builder) -> None:  # type: ignore[no-untyped-def]
+    pod = to_dict(builder(model()))
+    spec = pod["spec"]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["runAsUser"] == 1000
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["restartPolicy"] == "Never"
+    c = main_container(pod)
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    # A read-only root needs a writable /tmp, and it must be an emptyDir, not the node's disk.
+    tmp = [m for m in c["volumeMounts"] if m["mountPath"] == "/tmp"]
+    assert tmp and any(v["name"] == tmp[0]["name"] and "emptyDir" in v for v in spec["volumes"])
+    assert c["command"] == ["python", "-m", "triton_rollout"]
+
+
+def test_sync_pod_mounts_pvc_and_runs_the_sync_cli() -> None:
+    m = model(pvc_claim="repo-claim", pvc_mount_path="/models")
+    pod = to_dict(sync_pod(m, 5, result_file="/tmp/r.json"))
+    c = main_container(pod)
+    assert c["args"] == ["sync", "--release", "s3://releases/prod/llama/5", "--pvc", "/models",
+                         "--keep", "2", "--result-file", "/tmp/r.json"]
+    (pvc_vol,) = [v for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v]
+    assert pvc_vol["persistentVolumeClaim"]["claimName"] == "repo-claim"
+    assert {"name": pvc_vol["name"], "mountPath": "/models"} in c["volumeMounts"]
+    assert pod["metadata"]["labels"]["triton-rollout/version"] == "5"
+    assert c["resources"]["limits"]["memory"] == "2Gi"
+
+
+def test_aws_credentials_are_references_never_values() -> None:
+    pod = to_dict(sync_pod(model(aws=AwsCredentials(secret_name="s3-creds", endpoint_url="http://s3:9000")), 1))
+    env = {e["name"]: e for e in main_container(pod)["env"]}
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert "value" not in env[var]
+        assert env[var]["valueFrom"]["secretKeyRef"]["name"] == "s3-creds"
+    assert env["AWS_ENDPOINT_URL"]["value"] == "http://s3:9000"
+    # IRSA: no key material at all in the pod; the service account carries the role.
+    irsa = model(aws=AwsCredentials(irsa_role_arn="arn:aws:iam::123456789012:role/x"))
+    env = {e["name"] for e in main_container(to_dict(sync_pod(irsa, 1)))["env"]}
+    assert not env & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+
+
+def test_no_builder_can_inline_a_secret_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Even with credentials in the building process's environment, nothing of them reaches the spec.
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "sup3r-s3cret-value")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEYID")
+    text = json.dumps([to_dict(b) for b in (sync_pod(model(), 1), promote_pod(model(), 1),
+                                            build_pod(model(), ["build"]))])
+    assert "sup3r-s3cret-value" not in text and "AKIAEXAMPLEKEYID" not in text
+
+
+@pytest.mark.parametrize(("tp", "pp"), [(1, 1), (2, 1), (2, 4)])
+def test_build_pod_gpu_count_is_tp_times_pp(tp: int, pp: int) -> None:
+    m = ModelDeployment(name="m", release_prefix="s3://bkt/r", tp_size=tp, pp_size=pp,
+                        kubernetes=KubernetesConfig(gpu_product="NVIDIA-A100-SXM4-80GB"))
+    pod = to_dict(build_pod(m, ["build"]))
+    res = main_container(pod)["resources"]
+    assert res["limits"]["nvidia.com/gpu"] == str(tp * pp)
+    assert res["requests"]["nvidia.com/gpu"] == str(tp * pp)
+    assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+
+
+def test_build_pod_shm_tolerations_and_scratch() -> None:
+    pod = to_dict(build_pod(model(tolerations=(Toleration("dedicated", "Equal", "gpu", "NoSchedule"),)),
+                            ["build"]))
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in main_container(pod)["volumeMounts"]}
+    assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+    assert pod["spec"]["tolerations"] == [
+        {"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]
+    assert "ephemeral-storage" in main_container(pod)["resources"]["requests"]
+    # Build pods never touch the serving PVC.
+    assert not any("persistentVolumeClaim" in v for v in volumes.values())
+
+
+def test_resource_spec_rejects_non_quantities() -> None:
+    with pytest.raises(ConfigError, match=r"requests\.cpu"):
+        ResourceSpec(requests={"cpu": "two"})
