@@ -82,6 +82,13 @@ class ReleaseUri:
     def file_key(self, rel: str) -> str:
         return f"{self.key}/{rel}"
 
+    def engine_release(self, engine_prefix: str | None = None) -> ReleaseUri:
+        """Where the engine built from this checkpoint release is published: same bucket, model and
+        version under ``engine_prefix`` (default ``<prefix>/engines``), so the two never mix."""
+        prefix = engine_prefix if engine_prefix is not None else "/".join(p for p in (self.prefix, "engines") if p)
+        return ReleaseUri.parse(f"s3://{self.bucket}/{'/'.join(p for p in (prefix.strip('/'), self.model) if p)}"
+                                f"/{self.version}")
+
     @property
     def manifest_key(self) -> str:
         return self.file_key(MANIFEST_NAME)
