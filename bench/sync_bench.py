@@ -441,6 +441,7 @@ def count_files(dest: Path) -> tuple[int, int]:
 class Samples:
     full: list[float] = field(default_factory=list)
     noop: list[float] = field(default_factory=list)
+    durable: list[float] = field(default_factory=list)
     rss: list[float] = field(default_factory=list)
     error: str | None = None
 
@@ -451,8 +452,14 @@ def bench_one(tool: Tool, rel: Release, cfg: Config, env: dict[str, str], rnd: i
     dest.mkdir(parents=True)
     logs = WORK / "logs" / f"r{rnd}-{rel.case}-{tool.name}"
     try:
+        # Flush what earlier tools left dirty so no tool pays for another's deferred writeback.
+        os.sync()
         full = run_measured(tool.full(rel, dest), env=env, log_path=logs.with_name(logs.name + "-full.log"),
                             timeout=cfg.timeout)
+        # Time to make the copy durable: triton_rollout fsyncs before publishing, the peers do not.
+        t_sync = time.perf_counter()
+        os.sync()
+        durable = full.seconds + time.perf_counter() - t_sync
         if full.rc != 0:
             s.error = f"full sync exited {full.rc} (log {full.log_path}):\n{tail(full.log_path)}"
             log(f"  {tool.name}: FAILED: {s.error}")
@@ -470,12 +477,14 @@ def bench_one(tool: Tool, rel: Release, cfg: Config, env: dict[str, str], rnd: i
             log(f"  {tool.name}: FAILED: {s.error}")
             return
         s.full.append(full.seconds)
+        s.durable.append(durable)
         s.noop.append(noop.seconds)
         s.rss.extend([full.peak_rss_mib, noop.peak_rss_mib])
         extra = ""
         if tool.name == "triton_rollout":
             extra = " | result: " + _result_summary(full.stdout) + " / no-op: " + _result_summary(noop.stdout)
         log(f"  {tool.name}: full {full.seconds:.2f}s ({rel.total_bytes / MIB / full.seconds:.0f} MiB/s), "
+            f"durable {durable:.2f}s, "
             f"no-op {noop.seconds:.2f}s, peak RSS {max(full.peak_rss_mib, noop.peak_rss_mib):.0f} MiB, "
             f"dest {n} files / {b / MIB:.1f} MiB, verified{extra}")
     finally:
@@ -502,12 +511,13 @@ def report(cfg: Config, releases: dict[str, Release], results: dict[str, dict[st
     cases: dict[str, dict[str, dict[str, float]]] = {}
     errors: dict[str, dict[str, str]] = {}
     header = (f"{'case':<11} {'tool':<15} {'full_s':>8} {'x cp':>6} {'x s5cmd':>8} {'MiB/s':>7} "
-              f"{'noop_s':>7} {'noop x s5':>9} {'rss_MiB':>8}")
+              f"{'noop_s':>7} {'noop x s5':>9} {'rss_MiB':>8} {'durable_s':>10} {'dur x s5':>9}")
     lines = [header, "-" * len(header)]
     for case, per_tool in results.items():
         cases[case] = {}
         med = {t: (statistics.median(s.full), statistics.median(s.noop)) for t, s in per_tool.items()
                if s.full and not s.error}
+        dur = {t: statistics.median(s.durable) for t, s in per_tool.items() if s.durable and not s.error}
         cp_full = med.get("cp", (None, None))[0]
         s5_full, s5_noop = med.get("s5cmd", (None, None))
         mib = releases[case].total_bytes / MIB
@@ -518,9 +528,11 @@ def report(cfg: Config, releases: dict[str, Release], results: dict[str, dict[st
                 continue
             full, noop = med[tool]
             rss = max(s.rss)
-            cases[case][tool] = {"full_s": round(full, 4), "noop_s": round(noop, 4), "peak_rss_mib": round(rss, 1)}
+            cases[case][tool] = {"full_s": round(full, 4), "noop_s": round(noop, 4), "peak_rss_mib": round(rss, 1),
+                                 "durable_s": round(dur[tool], 4)}
             lines.append(f"{case:<11} {tool:<15} {full:>8.2f} {ratio(full, cp_full):>6} {ratio(full, s5_full):>8} "
-                         f"{mib / full:>7.0f} {noop:>7.2f} {ratio(noop, s5_noop):>9} {rss:>8.0f}")
+                         f"{mib / full:>7.0f} {noop:>7.2f} {ratio(noop, s5_noop):>9} {rss:>8.0f} "
+                         f"{dur[tool]:>10.2f} {ratio(dur[tool], dur.get('s5cmd')):>9}")
     for tool, why in skipped.items():
         lines.append(f"{'(all)':<11} {tool:<15} {'SKIPPED':>8}  {why[:80]}")
     print("\n".join(lines), flush=True)
@@ -538,6 +550,9 @@ def report(cfg: Config, releases: dict[str, Release], results: dict[str, dict[st
             "versions": versions,
             "rss_floor": "peak RSS includes the ~6-8 MiB of the measuring helper it was forked from",
             "page_cache": "warm (dropping it is not possible reliably here); same for every tool",
+            "durable_s": "full_s plus the time of a sync(2) right after: when the copy is on disk "
+                         "(triton_rollout fsyncs before it publishes; the peers leave dirty pages)",
+            "dirty_pages": "sync(2) before every timed full sync, so no tool pays another's writeback",
         },
         "skipped": skipped,
         "failed": errors,
@@ -549,6 +564,9 @@ def main() -> int:
     log(f"config: large {cfg.large_mib} MiB + {cfg.small_files} small files, many_small {cfg.many_files} "
         f"files, {cfg.rounds} round(s), tools {','.join(cfg.tools)}, cases {','.join(cfg.cases)}")
     WORK.mkdir(parents=True, exist_ok=True)
+    # An installed package ships compiled bytecode (pip compiles on install); an editable checkout run
+    # with PYTHONDONTWRITEBYTECODE would recompile every module on every start instead.
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "plugins")], check=False)
     s3 = SeaweedS3(data_dir=WORK / "s3", buckets=(BUCKET,))
     shutil.rmtree(s3.data_dir, ignore_errors=True)
     try:

@@ -19,8 +19,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .compat import check_compat
 from .errors import CorruptVersion, DiskFull, IntegrityError
 from .lock import PvcLock
 from .manifest import FileEntry, Manifest, hash_file
@@ -36,7 +37,9 @@ from .pvc import (
 )
 from .s3io import ReleaseUri, fetch_manifest
 from .state import load_state
-from .transfer import Downloader, FileTask
+
+if TYPE_CHECKING:
+    from .transfer import FileTask
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,9 @@ class SyncOptions:
     lock_timeout: float = 600.0
     progress_interval: float = 5.0
     prune: bool = True
+    # The compatibility gate (compat.py): None = not checked.
+    expect_trtllm_version: str | None = None
+    expect_compute_capability: str | None = None
 
 
 @dataclass
@@ -154,6 +160,9 @@ def sync_release(
     started = time.monotonic()
     manifest = fetch_manifest(release)
     manifest.require_servable()
+    # Before the PVC is even opened: a mismatched engine must not cost a byte of it.
+    check_compat(manifest, trtllm_version=opts.expect_trtllm_version,
+                 compute_capability=opts.expect_compute_capability)
     layout = PvcLayout.at(pvc)
     lock = PvcLock(layout.locks / f"{manifest.model}.lock", purpose=f"sync {release}", timeout=opts.lock_timeout)
     with lock:
@@ -206,6 +215,9 @@ def _sync_locked(
         if real_problems:
             log.warning("repairing %s v%d: %s", manifest.model, manifest.version, "; ".join(real_problems[:5]))
             status = "repaired"
+
+    # Imported here: the no-op path above must stay cheap to start (pods re-run it on every reconcile).
+    from .transfer import Downloader, FileTask
 
     staging = layout.staging_release(manifest.model, manifest.version)
     tasks = []

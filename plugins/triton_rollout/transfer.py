@@ -42,13 +42,16 @@ PARTIAL_SUFFIX = ".partial"
 JOURNAL_SUFFIX = ".parts"
 
 _MADV_POPULATE_WRITE = 23
-_libc = ctypes.CDLL(None, use_errno=True)
 _SYNC_FILE_RANGE_WRITE = 2
+_libc: ctypes.CDLL | None = None
 
 
 def start_writeback(fd: int, offset: int, length: int) -> None:
     """Ask the kernel to start writing a finished range to disk now (Linux sync_file_range), so the
     final fsync finds little left to flush. Best effort: a no-op where unsupported."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
     with contextlib.suppress(AttributeError, OSError):
         _libc.sync_file_range(fd, ctypes.c_int64(offset), ctypes.c_int64(length), _SYNC_FILE_RANGE_WRITE)
 
