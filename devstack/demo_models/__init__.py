@@ -14,15 +14,13 @@ load fails), ``wrong`` ships weights that load fine but answer differently from 
 
 from __future__ import annotations
 
-import importlib.util
-import itertools
 import json
 import shutil
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
+from triton_rollout.demo_engine import bigram_table_from_text, generate_text
 
 HERE = Path(__file__).resolve().parent
 LLM_MODEL = "demo-llm"
@@ -35,34 +33,19 @@ GOLDEN_PROMPTS = (("the ", 12), ("model ", 8))
 VOCAB = list(" abcdefghijklmnopqrstuvwxyz.,'")
 
 
-def _module(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def corpus_path(version: int) -> Path:
+    """The corpus a version is trained on (v1, v3, .. and v2, v4, ..)."""
+    return sorted((HERE / "corpus").glob("*.txt"))[(version - 1) % 2]
 
 
 def bigram_table(version: int) -> np.ndarray:
-    """Character bigram counts from the corpus this version is trained on (v1, v3, .. and v2, v4, ..)."""
-    corpus = sorted((HERE / "corpus").glob("*.txt"))[(version - 1) % 2].read_text().lower()
-    index = {ch: i for i, ch in enumerate(VOCAB)}
-    ids = [index.get(ch, 0) for ch in corpus.replace("\n", " ")]
-    table = np.zeros((len(VOCAB), len(VOCAB)), dtype=np.float32)
-    for a, b in itertools.pairwise(ids):
-        table[a, b] += 1.0
-    # A tiny deterministic tie-breaker so no row is all zeros.
-    table += np.arange(len(VOCAB), dtype=np.float32)[::-1] * 1e-3
-    return table
+    """Character bigram counts from the corpus this version is trained on (the demo engine builder's code)."""
+    return bigram_table_from_text(corpus_path(version).read_text(), VOCAB)
 
 
 def llm_generate(table: np.ndarray, prompt: str, max_tokens: int) -> str:
     """What the deployed bundle answers, computed with the bundle's own code."""
-    pre = _module(HERE / "llm" / "preprocessing" / "model.py", "_demo_pre")
-    eng = _module(HERE / "llm" / "tensorrt_llm" / "model.py", "_demo_engine")
-    post = _module(HERE / "llm" / "postprocessing" / "model.py", "_demo_post")
-    ids = pre.encode(VOCAB, prompt)
-    return str(post.decode(VOCAB, eng.generate(table, ids, max_tokens)))
+    return generate_text(HERE / "llm", VOCAB, table, prompt, max_tokens)
 
 
 def write_llm_release(dest: Path, version: int, variant: str = "good") -> Path:
@@ -167,3 +150,46 @@ def publish_demo_releases(bucket: str, work_dir: Path, *, prefix: str = "release
                     raise
             uris.append(uri)
     return uris
+
+
+# -- the demo checkpoint: what the CPU demo builder (`python -m triton_rollout build`, backend cpu-demo) builds --
+
+# The build spec of the demo LLM: the CPU demo builder, no GPU (the build pod asks for none).
+LLM_BUILD_SPEC: dict[str, Any] = {
+    "backend": "cpu-demo", "family": "demo", "dtype": "float32", "max_batch_size": 1,
+    "max_input_len": 256, "max_output_len": 64, "tokenizer_files": ["vocab.json"],
+}
+
+
+def write_llm_checkpoint(dest: Path, version: int) -> Path:
+    """A demo-llm checkpoint release (kind checkpoint): corpus ("weights"), vocab ("tokenizer"), the golden
+    prompts and the python-backend ensemble (what the serving image would provide for a real model)."""
+    from triton_rollout.demo_engine import CORPUS_FILE, MODELS_DIR, PROMPTS_FILE, VOCAB_FILE
+
+    dest = _fresh(dest)
+    shutil.copy2(corpus_path(version), dest / CORPUS_FILE)
+    (dest / VOCAB_FILE).write_text(json.dumps(VOCAB))
+    _write_json(dest / PROMPTS_FILE, [list(p) for p in GOLDEN_PROMPTS])
+    for triton_model in LLM_TRITON_MODELS:
+        out = dest / MODELS_DIR / triton_model
+        out.mkdir(parents=True)
+        for f in (HERE / "llm" / triton_model).iterdir():
+            if f.is_file() and f.suffix in (".pbtxt", ".py"):
+                shutil.copy2(f, out / f.name)
+    return dest
+
+
+def publish_demo_checkpoint(bucket: str, work_dir: Path, version: int, *, prefix: str = "checkpoints",
+                            model: str = LLM_MODEL) -> str:
+    """Publish the demo-llm checkpoint release ``version`` (skipped when it exists); returns its URI."""
+    from triton_rollout.errors import ConfigError
+    from triton_rollout.publish import publish_release
+
+    uri = f"s3://{bucket}/{prefix}/{model}/{version}" if prefix else f"s3://{bucket}/{model}/{version}"
+    src = write_llm_checkpoint(work_dir / f"checkpoint-{model}-{version}", version)
+    try:
+        publish_release(src, uri, kind="checkpoint", source=f"devstack demo checkpoint {model} v{version}")
+    except ConfigError as exc:
+        if "already exists" not in exc.message:
+            raise
+    return uri

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import LLM_MODEL, TENSOR_MODEL, VARIANTS, publish_demo_releases, write_release
+from . import LLM_MODEL, TENSOR_MODEL, VARIANTS, publish_demo_checkpoint, publish_demo_releases, write_release
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,8 +21,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefix", default="releases")
     p.add_argument("--versions", default="1,2", help="comma-separated (default 1,2)")
     p.add_argument("--work-dir", type=Path, default=Path(".devstack/demo-releases"))
+    c = sub.add_parser("publish-checkpoint", help="publish a demo-llm checkpoint release (kind checkpoint)")
+    c.add_argument("--bucket", required=True)
+    c.add_argument("--prefix", default="checkpoints")
+    c.add_argument("--version", type=int, required=True)
+    c.add_argument("--work-dir", type=Path, default=Path(".devstack/demo-releases"))
     args = parser.parse_args(argv)
-    if args.cmd == "write":
+    if args.cmd == "publish-checkpoint":
+        print(publish_demo_checkpoint(args.bucket, args.work_dir, args.version, prefix=args.prefix))
+    elif args.cmd == "write":
         print(write_release(args.model, args.dest, args.version, args.variant))
     else:
         versions = tuple(int(v) for v in args.versions.split(","))

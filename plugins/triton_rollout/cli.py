@@ -31,7 +31,9 @@ COMMANDS: dict[str, str] = {
     "rollback": "triton_rollout.cli_triton",
     "deploy": "triton_rollout.cli_triton",
     "status": "triton_rollout.cli_triton",
+    "reconcile": "triton_rollout.cli_triton",
     "render-manifests": "triton_rollout.cli_k8s",
+    "build": "triton_rollout.cli_build",
 }
 
 

@@ -44,6 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="seconds to wait for another sync of this model (default 600)")
     p.add_argument("--progress-interval", type=float, default=5.0,
                    help="seconds between progress lines in the log, 0 for none (default 5)")
+    p.add_argument("--expect-trtllm-version",
+                   help="refuse an engine release built with another TensorRT-LLM version (before any download)")
+    p.add_argument("--expect-compute-capability",
+                   help="refuse an engine release built for another GPU compute capability, e.g. 9.0")
     p.add_argument("--result-file", help="also write the JSON result here (e.g. /airflow/xcom/return.json)")
     p.set_defaults(func=_sync)
 
@@ -82,7 +86,8 @@ def _sync(args: argparse.Namespace) -> int:
     opts = SyncOptions(
         concurrency=args.concurrency, request_size=args.request_mib * 1024 * 1024, repair=args.repair,
         verify=args.verify, keep=args.keep, prune=not args.no_prune, lock_timeout=args.lock_timeout,
-        progress_interval=args.progress_interval,
+        progress_interval=args.progress_interval, expect_trtllm_version=args.expect_trtllm_version,
+        expect_compute_capability=args.expect_compute_capability,
     )
     result = sync_release(args.release, Path(args.pvc), options=opts)
     emit_result(result.to_dict(), args.result_file)

@@ -186,26 +186,36 @@ def cli_pod(
                 name=name, node_selector=kube.node_selector)
 
 
-def sync_args(model: ModelDeployment, version: int, *, result_file: str | None = None) -> list[str]:
-    args = ["sync", "--release", model.release_uri(version), "--pvc", model.kubernetes.pvc_mount_path,
-            "--keep", str(model.keep)]
+def sync_args(model: ModelDeployment, version: int, *, result_file: str | None = None,
+              release: str | None = None, extra: Sequence[str] = ()) -> list[str]:
+    """``release``: another S3 location of this version (the engine built from a checkpoint release)."""
+    args = ["sync", "--release", release or model.release_uri(version), "--pvc", model.kubernetes.pvc_mount_path,
+            "--keep", str(model.keep), *extra]
     if result_file:
         args += ["--result-file", result_file]
     return args
 
 
 def sync_pod(model: ModelDeployment, version: int, *, name: str | None = None,
-             result_file: str | None = None) -> k8s.V1Pod:
+             result_file: str | None = None, release: str | None = None, extra: Sequence[str] = ()) -> k8s.V1Pod:
     """Sync one release from S3 into the PVC (staging -> verify -> atomic publish)."""
-    return cli_pod(model, sync_args(model, version, result_file=result_file), component="sync",
-                   version=version, name=name)
+    return cli_pod(model, sync_args(model, version, result_file=result_file, release=release, extra=extra),
+                   component="sync", version=version, name=name)
+
+
+def triton_args(model: ModelDeployment, command: str, version: int | None, extra: Sequence[str] = ()) -> list[str]:
+    """A PVC <-> Triton subcommand of cli_triton (load, smoke, promote, rollback, deploy, reconcile)."""
+    kube = model.kubernetes
+    args = [command, "--pvc", kube.pvc_mount_path, "--triton-url", model.triton_url,
+            "--triton-repository", kube.triton_repository_path, "--model", model.name]
+    if version is not None:
+        args += ["--version", str(version)]
+    return [*args, *extra]
 
 
 def promote_args(model: ModelDeployment, version: int) -> list[str]:
     # `deploy` = load the candidate, smoke-test, promote, or roll back (cli_triton).
-    kube = model.kubernetes
-    return ["deploy", "--pvc", kube.pvc_mount_path, "--triton-url", model.triton_url,
-            "--triton-repository", kube.triton_repository_path, "--model", model.name, "--version", str(version)]
+    return triton_args(model, "deploy", version)
 
 
 def promote_pod(model: ModelDeployment, version: int, *, name: str | None = None) -> k8s.V1Pod:
@@ -219,13 +229,17 @@ def build_pod(
     *,
     version: int | None = None,
     name: str | None = None,
+    gpus: int | None = None,
 ) -> k8s.V1Pod:
     """An engine build on GPU nodes: ``nvidia.com/gpu`` = tp x pp, shared memory, scratch space.
+
+    ``gpus`` overrides tp x pp (BuildSpec.gpus); 0 (the CPU demo builder) asks for no GPU, no GPU node.
 
     ``args`` is the build subcommand line (``build --spec FILE ...``). The build pod does not mount the
     model repository: it reads a checkpoint from S3 and publishes an engine release back to S3.
     """
     kube = model.kubernetes
+    gpus = model.gpus if gpus is None else gpus
     tmp, tmp_mount = tmp_volume()
     volumes = [
         tmp,
@@ -247,16 +261,16 @@ def build_pod(
         command=list(CLI),
         args=[str(a) for a in args],
         env=[*common_env(model), k8s.V1EnvVar(name="SCRATCH_DIR", value=SCRATCH_PATH)],
-        resources=resource_requirements(kube.build_resources, {GPU_RESOURCE: str(model.gpus)}),
+        resources=resource_requirements(kube.build_resources, {GPU_RESOURCE: str(gpus)} if gpus else None),
         security_context=container_security_context(),
         volume_mounts=mounts,
         termination_message_policy="FallbackToLogsOnError",
     )
     selector = dict(kube.build_node_selector)
-    if kube.gpu_product:
+    if kube.gpu_product and gpus:
         selector[GPU_PRODUCT_LABEL] = kube.gpu_product
     return _pod(model, component="build", container=container, volumes=volumes, version=version, name=name,
-                node_selector=selector, pod_tolerations=tolerations(kube.tolerations))
+                node_selector=selector, pod_tolerations=tolerations(kube.tolerations) if gpus else None)
 
 
 def to_dict(obj: object) -> dict[str, object]:
