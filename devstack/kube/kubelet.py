@@ -499,6 +499,16 @@ class Kubelet:
                                            f"env {e['name']}: valueFrom type not supported by the emulator")
         return env
 
+    @staticmethod
+    def _rebind(runtime: Runtime, mount_points: list[str]) -> list[str]:
+        """The runtime (the project's venv and code) may itself live under /tmp or a mount path (a
+        checkout in /tmp, as in CI): bind it again on top so those mounts do not hide it."""
+        argv: list[str] = []
+        for host in runtime.binds:
+            if os.path.exists(host) and any(host == p or host.startswith(p.rstrip("/") + "/") for p in mount_points):
+                argv += ["--ro-bind", host, host]
+        return argv
+
     def _sandbox_argv(
         self, pod: Obj, c: Obj, cmd: list[str], runtime: Runtime, volumes: dict[str, Path]
     ) -> list[str]:
@@ -519,7 +529,7 @@ class Kubelet:
         mounts = sorted(c.get("volumeMounts") or [], key=lambda m: m["mountPath"].count("/"))
         if not any(m["mountPath"] == "/tmp" for m in mounts):
             # A writable root is not emulated; the nearest honest thing is a scratch /tmp, read-only if asked.
-            argv += ["--tmpfs", "/tmp"]
+            argv += ["--tmpfs", "/tmp", *self._rebind(runtime, ["/tmp"])]
             if sc.get("readOnlyRootFilesystem"):
                 argv += ["--remount-ro", "/tmp"]
         for m in mounts:
@@ -527,6 +537,7 @@ class Kubelet:
             if m.get("subPath"):
                 host.mkdir(parents=True, exist_ok=True)
             argv += ["--ro-bind" if m.get("readOnly") else "--bind", str(host), m["mountPath"]]
+        argv += self._rebind(runtime, [m["mountPath"] for m in mounts])
         argv += ["--remount-ro", "/", "--chdir", c.get("workingDir") or "/", "--", *cmd]
         return argv
 
