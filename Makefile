@@ -6,7 +6,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONPATH := $(CURDIR):$(CURDIR)/plugins
 export AIRFLOW_HOME ?= $(CURDIR)/.devstack/airflow
+export AIRFLOW_CONFIG ?= $(CURDIR)/airflow.cfg
+export AIRFLOW__CORE__DAGS_FOLDER ?= $(CURDIR)/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
+# Extra flags for the demo, e.g. `make demo DEMO_ARGS=--no-rollback` or `DEMO_ARGS=--keep`.
+DEMO_ARGS ?=
 
 .PHONY: venv triton-server system-deps test test-fast lint demo up down bench clean
 
@@ -46,8 +50,10 @@ test: venv
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# Starts S3 + Triton + the Kubernetes emulator, runs the deploy DAG through Airflow (then a bad release
+# that is rolled back), prints the endpoints and a real answer, stops everything; non-zero on failure.
 demo: venv
-	$(BIN)/python -m devstack demo
+	$(BIN)/python -m devstack demo $(DEMO_ARGS)
 
 up: venv
 	$(BIN)/python -m devstack up

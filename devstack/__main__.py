@@ -16,13 +16,11 @@ import sys
 from pathlib import Path
 
 from .procs import stop_group
-from .s3 import SeaweedS3
 
 REPO = Path(__file__).resolve().parent.parent
 STATE_DIR = REPO / ".devstack"
 STACK_FILE = STATE_DIR / "stack.json"
 ENV_FILE = STATE_DIR / "env"
-DEMO_BUCKET = "models"
 
 
 def _write_env(values: dict[str, str]) -> None:
@@ -32,16 +30,26 @@ def _write_env(values: dict[str, str]) -> None:
 
 
 def up() -> int:
+    from .demo_models import publish_demo_releases
+    from .stack import BUCKET, LocalStack
+
     if STACK_FILE.exists():
         print(f"a stack is already up (see {ENV_FILE}); run `make down` first", file=sys.stderr)
         return 1
-    s3 = SeaweedS3(STATE_DIR / "s3", buckets=(DEMO_BUCKET,)).start()
-    pvc = STATE_DIR / "pvc"
-    pvc.mkdir(parents=True, exist_ok=True)
-    env = {**s3.env(), "PVC_DIR": str(pvc), "ROLLOUT_BUCKET": DEMO_BUCKET}
-    STACK_FILE.write_text(json.dumps({"pids": {"s3": s3.pid}, "env": env}, indent=1))
+    stack = LocalStack(STATE_DIR / "stack").start()
+    try:
+        env = stack.env()
+        os.environ.update(env)
+        uris = publish_demo_releases(BUCKET, STATE_DIR / "demo-releases", versions=(1, 2))
+    except BaseException:
+        stack.stop()
+        raise
+    STACK_FILE.write_text(json.dumps({"pids": stack.pids(), "env": env}, indent=1))
     _write_env(env)
-    print(f"S3 (SeaweedFS) at {s3.endpoint}, bucket '{DEMO_BUCKET}'; PVC folder {pvc}")
+    print(f"S3 (SeaweedFS) {env['AWS_ENDPOINT_URL']}, bucket '{BUCKET}': {len(uris)} demo releases")
+    print(f"Triton {env['TRITON_URL']} serving {env['TRITON_MODEL_REPOSITORY']}")
+    print(f"Kubernetes API emulator: KUBECONFIG={env['KUBECONFIG']} (PVC triton/triton-model-repository -> "
+          f"{env['PVC_DIR']})")
     print(f"environment: . {ENV_FILE}")
     return 0
 
@@ -51,8 +59,10 @@ def down() -> int:
         print("no stack is up")
         return 0
     info = json.loads(STACK_FILE.read_text())
-    for name, pid in info.get("pids", {}).items():
-        stop_group(int(pid))
+    # The emulator first: it stops its pods; then Triton and S3.
+    for name in sorted(info.get("pids", {}), key=lambda n: {"kube": 0, "triton": 1}.get(n, 2)):
+        pid = int(info["pids"][name])
+        stop_group(pid)
         print(f"stopped {name} (pid {pid})")
     STACK_FILE.unlink()
     ENV_FILE.unlink(missing_ok=True)
@@ -78,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="show the background stack")
     demo = sub.add_parser("demo", help="run the main job end to end on a private stack, then stop it")
     demo.add_argument("--keep", action="store_true", help="keep the demo's work folder afterwards")
+    demo.add_argument("--no-rollback", action="store_true",
+                      help="skip the second phase (a bad release that fails its smoke test and is rolled back)")
     args = parser.parse_args(argv)
     if args.cmd == "up":
         return up()
@@ -87,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         return status()
     from .demo import run_demo
 
-    return run_demo(keep=args.keep)
+    return run_demo(keep=args.keep, rollback=not args.no_rollback)
 
 
 if __name__ == "__main__":

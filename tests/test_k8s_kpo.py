@@ -8,10 +8,7 @@ the process output), the PVC and the pods left in the emulator.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,23 +40,6 @@ with DAG(spec["dag_id"], schedule=None, start_date=pendulum.datetime(2024, 1, 1)
         **spec["kpo"],
     )
 '''
-
-
-@pytest.fixture(scope="session")
-def airflow_dags(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An AIRFLOW_HOME with a migrated SQLite DB (once per session); returns its dags folder."""
-    if "airflow.configuration" not in sys.modules:
-        home = tmp_path_factory.mktemp("airflow-home")
-        os.environ["AIRFLOW_HOME"] = str(home)
-        os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
-        os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(home / "dags")
-    from airflow.configuration import AIRFLOW_HOME, conf
-
-    dags = Path(conf.get("core", "dags_folder"))
-    dags.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True,
-                   env={**os.environ, "AIRFLOW_HOME": AIRFLOW_HOME}, timeout=240)
-    return dags
 
 
 @pytest.fixture()

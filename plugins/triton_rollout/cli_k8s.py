@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from .errors import ConfigError
@@ -33,22 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _load_model(path: Path | None, name: str | None):  # type: ignore[no-untyped-def]
-    from .config import load_models
+    from .config import read_config_file
     from .k8s_manifests import example_deployment
 
     if path is None:
         return example_deployment()
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        data = yaml.safe_load(text)
-    else:
-        data = json.loads(text)
-    models = load_models(data)
+    models = read_config_file(path).models
     if name is None:
         if len(models) != 1:
             raise ConfigError(f"{path} holds {len(models)} models; choose one with --model")

@@ -79,6 +79,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--run-id", default=os.environ.get("AIRFLOW_CTX_DAG_RUN_ID", ""))
     p.set_defaults(func=_deploy)
 
+    p = sub.add_parser("reconcile", help="check the promoted version on the PVC and in Triton; repair drift",
+                       description="Compare the promoted version's files with the publish record (stat) or their "
+                                   "sha256 (--full), re-sync damaged or missing files through staging, and load "
+                                   "the version again where Triton does not serve it. " + _ENV_NOTE)
+    _common(p, version=False)
+    p.add_argument("--release-prefix", required=True, help="s3://BUCKET/PREFIX the model's releases live under")
+    p.add_argument("--engine-prefix", help="where engines built from checkpoints live (default PREFIX/engines)")
+    p.add_argument("--full", action="store_true", help="re-hash every file instead of comparing stat records")
+    p.add_argument("--no-repair", action="store_true", help="only report; exit non-zero on drift")
+    p.add_argument("--deadline", type=float, default=600.0)
+    p.set_defaults(func=_reconcile)
+
     p = sub.add_parser("status", help="what is on the PVC, promoted, loaded, and which endpoints answer now")
     _common(p, model=False, version=False)
     p.add_argument("--model", help="only this release model's deployment state")
@@ -137,7 +149,8 @@ def _rollback(args: argparse.Namespace) -> int:
     with control:
         state = rollback(control, layout, args.model, failed_version=args.failed_version, to_version=args.to_version,
                          reason=args.reason, run_id=args.run_id, deadline_s=args.deadline,
-                         live_deadline_s=args.live_deadline, triton_models=_models(args))
+                         live_deadline_s=args.live_deadline, triton_models=_models(args),
+                         triton_repository=args.triton_repository)
     emit_result({"model": state.model, "promoted": state.promoted, "previous": state.previous,
                  "last": state.history[-1]}, args.result_file)
     return 0
@@ -154,7 +167,8 @@ def _deploy(args: argparse.Namespace) -> int:
                                    budget_s=args.latency_budget)
         except SmokeTestFailed as exc:
             state = rollback(control, layout, args.model, failed_version=args.version, reason=exc.message,
-                             run_id=args.run_id, deadline_s=args.deadline, triton_models=_models(args))
+                             run_id=args.run_id, deadline_s=args.deadline, triton_models=_models(args),
+                             triton_repository=args.triton_repository)
             emit_result({"model": args.model, "version": args.version, "outcome": "rolled_back",
                          "promoted": state.promoted, "error": exc.message}, args.result_file)
             raise
@@ -162,6 +176,20 @@ def _deploy(args: argparse.Namespace) -> int:
     emit_result({"model": args.model, "version": args.version, "outcome": "promoted", "load": loaded.to_dict(),
                  "smoke": report.to_dict(), "promoted": state.promoted, "previous": state.previous},
                 args.result_file)
+    return 0
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    from .reconcile import reconcile_model, require_in_sync
+
+    layout, control = _need(args)
+    with control:
+        control.wait_live(args.live_deadline)
+        report = reconcile_model(layout, control, args.model, release_prefix=args.release_prefix,
+                                 engine_prefix=args.engine_prefix, full=args.full, repair=not args.no_repair,
+                                 triton_repository=args.triton_repository, deadline_s=args.deadline)
+    emit_result(report.to_dict(), args.result_file)
+    require_in_sync(report)
     return 0
 
 

@@ -293,6 +293,124 @@ class KubernetesConfig:
         return cls(**kwargs, _path=path)
 
 
+def _num(value: object, path: str, minimum: float, maximum: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(path, f"must be a number, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum:g}" if maximum is None else f"between {minimum:g} and {maximum:g}"
+        raise _fail(path, f"must be {bound}, got {value!r}")
+    return float(value)
+
+
+def _bool(value: object, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(path, f"must be true or false, got {value!r}")
+    return value
+
+
+# Airflow's schedule presets; anything else must look like a 5-field cron expression.
+SCHEDULE_PRESETS = ("@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually", "@midnight")
+_CRON_FIELD = re.compile(r"^[0-9*/,\-A-Za-z?LW#]+$")
+
+
+def _schedule(value: object, path: str) -> str | None:
+    """None (manual and S3-triggered runs only; no backfills), a preset, or a cron expression."""
+    if value is None:
+        return None
+    text = _str(value, path)
+    if text in SCHEDULE_PRESETS:
+        return text
+    fields = text.split()
+    if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
+        raise _fail(path, f"{text!r} is neither a preset {SCHEDULE_PRESETS} nor a 5-field cron expression")
+    return text
+
+
+def _section(cls: type, data: object, path: str) -> Any:
+    """Build a small settings dataclass from a mapping, rejecting unknown keys."""
+    data = _mapping(data, path)
+    names = {f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")}
+    _check_keys(data, names, path)
+    return cls(**dict(data), _path=path)
+
+
+@dataclass(frozen=True)
+class SensorSettings:
+    """How the deploy DAG waits for a complete release (manifest.json present) in S3.
+
+    ``timeout_s``: how long one run waits before it is skipped ("nothing new"); None = the schedule's
+    interval is not known here, so the factory uses ``DEFAULT_SENSOR_TIMEOUT``.
+    """
+
+    poke_interval_s: float = 60.0
+    timeout_s: float | None = None
+    _path: str = field(default="sensor", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _num(self.poke_interval_s, f"{self._path}.poke_interval_s", 0.1, 86400)
+        if self.timeout_s is not None:
+            _num(self.timeout_s, f"{self._path}.timeout_s", 0, 7 * 86400)
+
+
+@dataclass(frozen=True)
+class SmokeSettings:
+    """The candidate's smoke test and load deadlines."""
+
+    latency_budget_s: float = 5.0
+    ready_deadline_s: float = 600.0
+    _path: str = field(default="smoke", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _num(self.latency_budget_s, f"{self._path}.latency_budget_s", 0.01, 3600)
+        _num(self.ready_deadline_s, f"{self._path}.ready_deadline_s", 1, 7200)
+
+
+@dataclass(frozen=True)
+class ParamDefaults:
+    """Defaults of the deploy DAG's trigger form (scheduled runs use them as they are)."""
+
+    force: bool = False
+    skip_smoke: bool = False
+    _path: str = field(default="params", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _bool(self.force, f"{self._path}.force")
+        _bool(self.skip_smoke, f"{self._path}.skip_smoke")
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """Engine builds for checkpoint releases (the build command itself is the engine-build issue's).
+
+    ``engine_prefix``: where built engines are published (default ``<release prefix>/engines``);
+    ``pool``: the Airflow pool GPU builds queue in (each build takes tp x pp slots);
+    ``spec``: the engine build spec (``build_spec.BuildSpec``: family, quantization, max lengths, ...),
+    handed to the build command as ``--spec-json`` with tp_size / pp_size / dtype filled in from here
+    when absent; the build command validates it.
+    """
+
+    engine_prefix: str | None = None
+    pool: str = "gpu_builds"
+    dtype: str = "float16"
+    deferrable: bool = True
+    timeout_s: float = 4 * 3600.0
+    spec: Mapping[str, Any] = field(default_factory=dict)
+    _path: str = field(default="build", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        p = self._path
+        if self.engine_prefix is not None:
+            key = _str(self.engine_prefix, f"{p}.engine_prefix").strip("/")
+            if any(s in ("", ".", "..") for s in key.split("/")):
+                raise _fail(f"{p}.engine_prefix", f"{self.engine_prefix!r} has empty, '.' or '..' segments")
+        _str(self.pool, f"{p}.pool", re.compile(r"^[A-Za-z0-9_.-]{1,256}$"), "pool name")
+        _str(self.dtype, f"{p}.dtype", re.compile(r"^(float16|bfloat16|float32|fp8|int8|int4)$"),
+             "dtype (float16, bfloat16, float32, fp8, int8, int4)")
+        _bool(self.deferrable, f"{p}.deferrable")
+        _num(self.timeout_s, f"{p}.timeout_s", 60, 7 * 86400)
+        object.__setattr__(self, "spec", dict(_mapping(self.spec, f"{p}.spec")))
+
+
 @dataclass(frozen=True)
 class ModelDeployment:
     """One model's deployment: where its releases are, where it is served, how its pods look.
@@ -307,6 +425,11 @@ class ModelDeployment:
     tp_size: int = 1
     pp_size: int = 1
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
+    schedule: str | None = "@hourly"
+    sensor: SensorSettings = field(default_factory=SensorSettings)
+    smoke: SmokeSettings = field(default_factory=SmokeSettings)
+    params: ParamDefaults = field(default_factory=ParamDefaults)
+    build: BuildSettings = field(default_factory=BuildSettings)
     _path: str = field(default="model", repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -328,6 +451,7 @@ class ModelDeployment:
         _int(self.keep, f"{p}.keep", 0, 1000)
         _int(self.tp_size, f"{p}.tp_size", 1, 64)
         _int(self.pp_size, f"{p}.pp_size", 1, 64)
+        object.__setattr__(self, "schedule", _schedule(self.schedule, f"{p}.schedule"))
 
     @property
     def gpus(self) -> int:
@@ -337,6 +461,12 @@ class ModelDeployment:
     def release_uri(self, version: int) -> str:
         _int(version, "version", 1)
         return f"{self.release_prefix}/{self.name}/{version}"
+
+    def engine_uri(self, version: int) -> str:
+        """Where the engine built from checkpoint release ``version`` is published."""
+        from .s3io import ReleaseUri
+
+        return str(ReleaseUri.parse(self.release_uri(version)).engine_release(self.build.engine_prefix))
 
     @classmethod
     def from_dict(cls, data: object, path: str = "model") -> ModelDeployment:
@@ -349,23 +479,72 @@ class ModelDeployment:
         kwargs = dict(data)
         if "kubernetes" in data:
             kwargs["kubernetes"] = KubernetesConfig.from_dict(data["kubernetes"], f"{path}.kubernetes")
+        for name, section in (("sensor", SensorSettings), ("smoke", SmokeSettings), ("params", ParamDefaults),
+                              ("build", BuildSettings)):
+            if name in data:
+                kwargs[name] = _section(section, data[name], f"{path}.{name}")
         return cls(**kwargs, _path=path)
 
 
+@dataclass(frozen=True)
+class ReconcileSettings:
+    """The reconcile DAG: how often it checks every model, and when it re-hashes in full.
+
+    ``full_verify_hour``: runs whose logical date falls in this UTC hour re-hash every file (sha256)
+    instead of comparing stat records; a run triggered with ``full_verify`` does too.
+    """
+
+    schedule: str | None = "*/30 * * * *"
+    full_verify_hour: int | None = 3
+    _path: str = field(default="reconcile", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "schedule", _schedule(self.schedule, f"{self._path}.schedule"))
+        if self.full_verify_hour is not None:
+            _int(self.full_verify_hour, f"{self._path}.full_verify_hour", 0, 23)
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    models: list[ModelDeployment]
+    reconcile: ReconcileSettings = field(default_factory=ReconcileSettings)
+
+    def model(self, name: str) -> ModelDeployment:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise ConfigError(f"model {name!r} is not configured; configured: {[m.name for m in self.models]}")
+
+
+def load_project(data: object) -> ProjectConfig:
+    """``{"defaults", "models", "reconcile"}``: the models (see load_models) plus the reconcile settings."""
+    root = _mapping(data, "<root>")
+    reconcile = _section(ReconcileSettings, root.get("reconcile", {}), "reconcile")
+    return ProjectConfig(models=load_models({k: v for k, v in root.items() if k != "reconcile"}),
+                         reconcile=reconcile)
+
+
 def load_models(data: object) -> list[ModelDeployment]:
-    """``{"defaults": {...kubernetes...}, "models": [...]}``: each model's kubernetes block overrides defaults."""
+    """``{"defaults": {...}, "models": [...]}``: each model's settings override ``defaults`` (deep merge).
+
+    ``defaults`` takes the same keys as a model except name (release_prefix, triton_url, schedule,
+    kubernetes, smoke, ...).
+    """
     root = _mapping(data, "<root>")
     _check_keys(root, {"defaults", "models"}, "<root>")
-    defaults = _mapping(root.get("defaults", {}), "defaults")
+    defaults = dict(_mapping(root.get("defaults", {}), "defaults"))
+    # Older files put only the kubernetes block under defaults; both forms are accepted.
+    model_keys = {f.name for f in dataclasses.fields(ModelDeployment) if not f.name.startswith("_")} - {"name"}
+    if defaults and not set(defaults) & model_keys:
+        defaults = {"kubernetes": defaults}
+    _check_keys(defaults, model_keys, "defaults")
     models = root.get("models")
     if not isinstance(models, list) or not models:
         raise _fail("models", "must be a non-empty list")
     out: list[ModelDeployment] = []
     seen: set[str] = set()
     for i, raw in enumerate(models):
-        raw = dict(_mapping(raw, f"models[{i}]"))
-        if defaults:
-            raw["kubernetes"] = _deep_merge(defaults, _mapping(raw.get("kubernetes", {}), f"models[{i}].kubernetes"))
+        raw = _deep_merge(defaults, _mapping(raw, f"models[{i}]")) if defaults else dict(_mapping(raw, f"models[{i}]"))
         model = ModelDeployment.from_dict(raw, f"models[{i}]")
         if model.name in seen:
             raise _fail(f"models[{i}].name", f"duplicate model name {model.name!r}")
@@ -382,3 +561,75 @@ def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[st
         else:
             out[key] = value
     return out
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
+
+
+def expand_env(value: Any, path: str = "<root>", environ: Mapping[str, str] | None = None) -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of a parsed config document.
+
+    One config file then serves the local stack (whose ports are chosen at start) and a real cluster.
+    A string that is exactly one reference and expands to "" becomes null (the field's default), so
+    ``endpoint_url: ${AWS_ENDPOINT_URL:-}`` means "AWS itself" when the variable is unset.
+    """
+    import contextlib
+    import json
+    import os
+
+    env = os.environ if environ is None else environ
+    if isinstance(value, Mapping):
+        return {k: expand_env(v, f"{path}.{k}", env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, f"{path}[{i}]", env) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(3)
+        if name in env and env[name] != "":
+            return env[name]
+        if default is None:
+            raise _fail(path, f"refers to ${{{name}}}, which is not set in the environment "
+                              f"(set it, or give a default: ${{{name}:-value}})")
+        return default
+
+    out = _ENV_REF.sub(sub, value)
+    if _ENV_REF.fullmatch(value):
+        if out == "":
+            return None
+        # A whole-value reference keeps YAML's scalar types: "30" is a number, "true" a boolean.
+        with contextlib.suppress(ValueError):
+            typed = json.loads(out)
+            if isinstance(typed, int | float | bool):
+                return typed
+    return out
+
+
+def read_config_file(path: str | Any) -> ProjectConfig:
+    """Load the models config file (YAML or JSON), expanding environment references; errors name the file."""
+    import json
+    from pathlib import Path
+
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the models config file {file}: {exc}",
+                          hint="set TRITON_ROLLOUT_MODELS to the config file's path") from exc
+    try:
+        if file.suffix in (".yaml", ".yml"):
+            import yaml
+
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise ValueError(str(exc)) from exc
+        else:
+            data = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"{file} is not valid {file.suffix.lstrip('.').upper() or 'JSON'}: {exc}") from exc
+    try:
+        return load_project(expand_env(data))
+    except ConfigError as exc:
+        raise ConfigError(f"{file}: {exc.message}", hint=exc.hint) from exc

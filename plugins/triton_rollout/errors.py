@@ -139,3 +139,22 @@ class IncompatibleEngine(RolloutError):
         "rebuild the engine with the TensorRT-LLM version and on the GPU type that Triton serves with, "
         "or update the model's serving compatibility settings if Triton was upgraded"
     )
+
+
+class DriftNotRepaired(RolloutError):
+    """Reconcile found the promoted version damaged on the PVC or missing from Triton and could not fix it."""
+
+    exit_code = 16
+    default_hint = (
+        "read the reconcile report above; re-run the model's deploy DAG with force=true, or roll back by hand "
+        "(python -m triton_rollout rollback)"
+    )
+
+
+class NoReleaseFound(RolloutError):
+    """No complete release matches what a deploy asked for (a version, or 'as of' a date)."""
+
+    exit_code = 17
+    default_hint = (
+        "publish the release (manifest.json last), pick an existing version, or check the release prefix"
+    )

@@ -248,9 +248,11 @@ def promote(layout: PvcLayout, release: Release, *, run_id: str = "", control: T
 
 def rollback(control: TritonControl, layout: PvcLayout, model: str, *, failed_version: int | None = None,
              to_version: int | None = None, reason: str = "", run_id: str = "",
-             triton_models: list[str] | None = None,
+             triton_models: list[str] | None = None, triton_repository: str | None = None,
              deadline_s: float = DEFAULT_READY_DEADLINE, live_deadline_s: float = 30.0) -> DeploymentState:
     """Put a known-good version back in service and say so in state/.
+
+    ``triton_repository``: where Triton sees repository/ (engine paths in the restored configs point there).
 
     ``failed_version``: a candidate that was loaded but not promoted (smoke test failed): the promoted
     version is reloaded and stays promoted. Otherwise the promoted version itself is rolled back to
@@ -263,7 +265,8 @@ def rollback(control: TritonControl, layout: PvcLayout, model: str, *, failed_ve
             if failed_version == state.promoted:
                 raise ConfigError(f"{model} v{failed_version} is the promoted version, not a candidate",
                                   hint="to leave it, roll back without --failed-version")
-            failed = prepare_release(layout, model, failed_version, triton_models=triton_models)
+            failed = prepare_release(layout, model, failed_version, triton_models=triton_models,
+                                     triton_repository=triton_repository)
             target = state.promoted
             _restore(control, layout, failed, target, deadline_s, triton_models=triton_models)
             from_version: int | None = failed_version
@@ -272,7 +275,8 @@ def rollback(control: TritonControl, layout: PvcLayout, model: str, *, failed_ve
             if target is None:
                 raise ConfigError(f"{model} has no previous version to roll back to (promoted: {state.promoted})",
                                   hint="pass --to-version N for a version that is on the PVC")
-            good = prepare_release(layout, model, target, triton_models=triton_models)
+            good = prepare_release(layout, model, target, triton_models=triton_models,
+                                   triton_repository=triton_repository)
             # Models the current version has and the target lacks are unloaded; a current version that
             # no longer validates must not block the way back, so it is only consulted when it can be.
             current_models: list[str] = []

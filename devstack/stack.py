@@ -1,0 +1,76 @@
+"""The local real stack the demo and `make up` share: S3, Triton and the Kubernetes emulator, wired up.
+
+S3 (SeaweedFS) holds the demo releases; Triton serves ``<pvc>/repository`` (explicit mode); the emulator
+has the namespace, the PVC claim (backed by the same host folder) and the S3 Secret the models config
+names. ``env()`` is what the DAGs and the CLI need to reach all three (the variables dags/models.yaml reads).
+"""
+
+from __future__ import annotations
+
+import urllib.error
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .kube import KubeEmulator
+from .s3 import SeaweedS3
+from .triton import TritonServer
+
+BUCKET = "models"
+NAMESPACE = "triton"
+PVC_CLAIM = "triton-model-repository"
+S3_SECRET = "triton-rollout-s3"
+
+
+@dataclass
+class LocalStack:
+    root: Path
+    s3: SeaweedS3 | None = None
+    triton: TritonServer | None = None
+    kube: KubeEmulator | None = None
+    started: list[str] = field(default_factory=list)
+
+    @property
+    def pvc(self) -> Path:
+        return self.root / "pvc"
+
+    def start(self) -> LocalStack:
+        """Start all three; on any failure, stop what was started and re-raise."""
+        try:
+            self.pvc.mkdir(parents=True, exist_ok=True)
+            (self.pvc / "repository").mkdir(exist_ok=True)
+            self.s3 = SeaweedS3(self.root / "s3", buckets=(BUCKET,)).start()
+            self.started.append("s3")
+            self.triton = TritonServer(self.pvc / "repository", self.root / "triton").start()
+            self.started.append("triton")
+            self.kube = KubeEmulator(self.root / "kube").start()
+            self.started.append("kube")
+            self.kube.create_pvc(NAMESPACE, PVC_CLAIM, self.pvc)
+            try:
+                self.kube.create_secret(NAMESPACE, S3_SECRET, {"AWS_ACCESS_KEY_ID": self.s3.access_key,
+                                                               "AWS_SECRET_ACCESS_KEY": self.s3.secret_key})
+            except urllib.error.HTTPError as exc:
+                if exc.code != 409:
+                    raise
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def env(self) -> dict[str, str]:
+        assert self.s3 and self.triton and self.kube, "start() the stack first"
+        return {
+            **self.s3.env(), **self.kube.env(),
+            "TRITON_URL": self.triton.http_url,
+            "TRITON_MODEL_REPOSITORY": str(self.pvc / "repository"),
+            "PVC_DIR": str(self.pvc),
+            "ROLLOUT_BUCKET": BUCKET,
+        }
+
+    def pids(self) -> dict[str, int]:
+        return {name: proc.pid for name, proc in (("s3", self.s3), ("triton", self.triton), ("kube", self.kube))
+                if proc is not None and proc.pid is not None}
+
+    def stop(self) -> None:
+        for proc in (self.kube, self.triton, self.s3):
+            if proc is not None:
+                proc.stop()

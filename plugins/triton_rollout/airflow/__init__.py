@@ -1,0 +1,10 @@
+"""Airflow glue: the only part of triton_rollout that imports Airflow.
+
+- ``factory``: the deploy DAG (one per configured model) and the reconcile DAG, from the models file.
+- ``operators``: ``RolloutPodOperator``, one library step (build, sync, load, smoke, promote, rollback,
+  reconcile) as a KubernetesPodOperator pod whose spec comes from ``triton_rollout.k8s_specs``.
+- ``sensors`` / ``triggers``: the deferrable wait for a complete release in S3.
+- ``tasks``: the worker-side steps (resolve the release, announce the deployment as an Asset event).
+
+Everything here is thin: the decisions live in the plain library modules, which the pods run too.
+"""

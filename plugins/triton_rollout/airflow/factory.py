@@ -1,0 +1,158 @@
+"""DAGs from the models config file: one deploy DAG per model, and one reconcile DAG for all of them.
+
+The file is ``$TRITON_ROLLOUT_MODELS`` (default ``dags/models.yaml`` next to the DAG files); an invalid
+entry is an import error that names the file and the field. Parsing imports Airflow, the
+KubernetesPodOperator and the small config module; boto3, tritonclient and the kubernetes client models
+are only imported inside tasks.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pendulum
+from airflow.sdk import DAG, Asset, Param, TriggerRule, task
+
+from triton_rollout.config import ModelDeployment, ProjectConfig, read_config_file
+
+from .operators import RolloutPodOperator
+from .sensors import ReleaseSensor
+
+CONFIG_ENV = "TRITON_ROLLOUT_MODELS"
+# Backfills cannot start before this; it is early enough for any release history worth replaying.
+START_DATE = pendulum.datetime(2024, 1, 1, tz="UTC")
+DEFAULT_SENSOR_TIMEOUT = 3000.0  # under the default @hourly interval, so runs never pile up
+TAGS = ["triton", "model-rollout"]
+
+
+def config_path(dags_folder: str | os.PathLike[str] | None = None) -> Path:
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    return Path(dags_folder or Path(__file__).resolve().parents[3] / "dags") / "models.yaml"
+
+
+def load_config(dags_folder: str | os.PathLike[str] | None = None) -> ProjectConfig:
+    return read_config_file(config_path(dags_folder))
+
+
+def model_asset(model: ModelDeployment) -> Asset:
+    """What a successful deploy updates; downstream DAGs can be scheduled on it (schedule=[asset])."""
+    return Asset(name=f"triton-model-{model.name}", uri=f"triton://models/{model.name}", group="triton-models")
+
+
+def deploy_params(model: ModelDeployment) -> dict[str, Param]:
+    return {
+        "version": Param(None, type=["null", "integer"], minimum=1, title="Release version",
+                         description="Deploy exactly this version. Empty: the newest complete release "
+                                     "(as of the run's logical date)."),
+        "force": Param(model.params.force, type="boolean", title="Force re-sync",
+                       description="Re-hash every file already on the PVC (sha256) and repair what differs."),
+        "skip_smoke": Param(model.params.skip_smoke, type="boolean", title="Skip the smoke test",
+                            description="Promote without the smoke test. Logged loudly; for emergencies."),
+        "only_if_new": Param(False, type="boolean", title="Only if new",
+                             description="Wait for a release newer than what Triton serves (what scheduled runs "
+                                         "do); skip the run if none arrives."),
+    }
+
+
+DEPLOY_DOC = """
+### Deploy `{name}` to Triton
+
+`wait_for_release` (deferrable; skipped when nothing new arrives) -> `resolve` (param `version`, else the
+newest complete release as of the run's date) -> `build_engine` (GPU pod, checkpoint releases only) ->
+`sync` (pod: S3 -> PVC, verified) -> `load` (candidate, pinned version) -> `smoke` -> `promote` ->
+`announce` (Asset event `triton://models/{name}`, version in its extra). A failed load/smoke/promote runs
+`rollback`: the previous version keeps serving and the run fails.
+
+Releases: `{prefix}/{name}/<version>/` · Triton: `{triton}` · schedule: `{schedule}`
+"""
+
+
+def deploy_dag(model: ModelDeployment) -> DAG:
+    asset = model_asset(model)
+    timeout = model.sensor.timeout_s if model.sensor.timeout_s is not None else DEFAULT_SENSOR_TIMEOUT
+    with DAG(
+        dag_id=f"deploy_{model.name}",
+        description=f"Deploy {model.name} releases from S3 to Triton",
+        schedule=model.schedule,
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,  # two deploys of one model would only queue on the PVC lock
+        params=deploy_params(model),
+        tags=[*TAGS, model.name],
+        doc_md=DEPLOY_DOC.format(name=model.name, prefix=model.release_prefix, triton=model.triton_url,
+                                 schedule=model.schedule),
+        default_args={"retries": 0, "retry_delay": timedelta(seconds=30)},
+    ) as dag:
+        wait = ReleaseSensor(task_id="wait_for_release", model=model, timeout=timeout,
+                             poke_interval=model.sensor.poke_interval_s)
+
+        @task(task_id="resolve", retries=2)  # S3 hiccups are worth a retry; a missing release is not
+        def resolve_task(**context: Any) -> dict[str, Any]:
+            from .tasks import resolve
+
+            return resolve(model, context)
+
+        @task(task_id="announce", outlets=[asset])
+        def announce_task(**context: Any) -> dict[str, Any]:
+            from .tasks import announce
+
+            return announce(model, asset, context)
+
+        resolved = resolve_task()
+        build = RolloutPodOperator(
+            task_id="build_engine", model=model, step="build", pool=model.build.pool, pool_slots=model.gpus,
+            deferrable=model.build.deferrable, execution_timeout=timedelta(seconds=model.build.timeout_s),
+            retries=1,  # a lost GPU node (spot, eviction) is the usual cause; the build starts over
+        )
+        # Syncs resume from verified parts, so a retry after a network failure is cheap.
+        sync = RolloutPodOperator(task_id="sync", model=model, step="sync", retries=2,
+                                  trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+        load = RolloutPodOperator(task_id="load", model=model, step="load")
+        smoke = RolloutPodOperator(task_id="smoke", model=model, step="smoke")
+        promote = RolloutPodOperator(task_id="promote", model=model, step="promote", retries=1,
+                                     trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+        rollback = RolloutPodOperator(task_id="rollback", model=model, step="rollback",
+                                      trigger_rule=TriggerRule.ONE_FAILED)
+        wait >> resolved >> build >> sync
+        resolved >> sync >> load >> smoke >> promote >> announce_task()
+        load >> promote
+        [load, smoke, promote] >> rollback
+    return dag
+
+
+def deploy_dags(config: ProjectConfig | None = None) -> dict[str, DAG]:
+    config = config or load_config()
+    return {f"deploy_{m.name}".replace("-", "_").replace(".", "_"): deploy_dag(m) for m in config.models}
+
+
+def reconcile_dag(config: ProjectConfig | None = None) -> DAG:
+    config = config or load_config()
+    settings = config.reconcile
+    with DAG(
+        dag_id="reconcile_triton_models",
+        description="Check every model's promoted version on the PVC and in Triton; repair drift",
+        schedule=settings.schedule,
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        params={
+            "full_verify": Param(False, type="boolean", title="Full sha256 verification",
+                                 description="Re-hash every file instead of comparing stat records "
+                                             f"(runs in UTC hour {settings.full_verify_hour} do it anyway)."),
+            "repair": Param(True, type="boolean", title="Repair drift",
+                            description="Re-sync damaged files and reload Triton; off: report only (fails on drift)."),
+        },
+        tags=[*TAGS, "reconcile"],
+        doc_md="Checks the promoted version of each model: files on the PVC (stat, or sha256) and loaded + "
+               "ready in Triton. Repairs drift through staging and reloads. One task per model.",
+        default_args={"retries": 1, "retry_delay": timedelta(seconds=60)},
+    ) as dag:
+        for model in config.models:
+            RolloutPodOperator(task_id=f"reconcile_{model.name}".replace("-", "_"), model=model, step="reconcile",
+                               full_verify_hour=settings.full_verify_hour)
+    return dag

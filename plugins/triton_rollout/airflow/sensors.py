@@ -1,0 +1,105 @@
+"""The deploy DAG's first task: wait (deferred) for a complete release of the model in S3."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from airflow.sdk import BaseSensorOperator
+from airflow.sdk.exceptions import AirflowSensorTimeout, AirflowSkipException
+
+from triton_rollout.config import ModelDeployment
+
+from .runinfo import as_of, is_replay, is_scheduled, param_version
+from .triggers import ReleaseTrigger
+
+
+class ReleaseSensor(BaseSensorOperator):
+    """Succeeds once the release this run should deploy is complete (its manifest.json exists).
+
+    - ``version`` param set: that version.
+    - scheduled run (or ``only_if_new``): a release newer than what Triton serves now.
+    - otherwise: any release current as of the run's data interval end.
+    Checks once on the worker, then defers to ``ReleaseTrigger`` (no worker slot held while waiting).
+    When nothing arrives within ``timeout`` the task is skipped (``soft_fail``) and so is the rest of
+    the run: "nothing new" is not a failure. A run replaying a past date does not wait at all.
+    """
+
+    ui_color = "#fff2cc"
+
+    def __init__(self, *, model: ModelDeployment, deferrable: bool = True, **kwargs: Any) -> None:
+        kwargs.setdefault("soft_fail", True)
+        super().__init__(**kwargs)
+        self.model = model
+        self.deferrable = deferrable
+
+    def _criteria(self, context: Any) -> dict[str, Any]:
+        from triton_rollout.releases import find_release, serving_version
+
+        version = param_version(context)
+        when = as_of(context)
+        newer_than = None
+        if version is None and (is_scheduled(context) or context["params"].get("only_if_new")):
+            newest = find_release(self.model)
+            newer_than = serving_version(self.model.triton_url, newest.triton_models) if newest else None
+            self.log.info("waiting for a release newer than v%s (what Triton at %s serves)", newer_than,
+                          self.model.triton_url)
+        return {"version": version, "as_of": when, "newer_than": newer_than}
+
+    def _find(self, criteria: dict[str, Any]) -> dict[str, Any] | None:
+        from triton_rollout.releases import find_release
+
+        found = find_release(self.model, **criteria)
+        return found.to_dict() if found else None
+
+    def poke(self, context: Any) -> bool:
+        return self._find(self._criteria(context)) is not None
+
+    def _wanted(self, criteria: dict[str, Any]) -> str:
+        what = f"v{criteria['version']}" if criteria["version"] else "a release"
+        if criteria["newer_than"] is not None:
+            what += f" newer than v{criteria['newer_than']}"
+        if criteria["as_of"] is not None:
+            what += f" created at or before {criteria['as_of'].isoformat()}"
+        return f"{what} of {self.model.name} under {self.model.release_prefix}/{self.model.name}/"
+
+    def _nothing(self, message: str) -> None:
+        if self.soft_fail:
+            raise AirflowSkipException(message + ": nothing to deploy, the run is skipped")
+        raise AirflowSensorTimeout(message)
+
+    def execute(self, context: Any) -> Any:
+        if not self.deferrable:
+            return super().execute(context)
+        criteria = self._criteria(context)
+        found = self._find(criteria)
+        if found is not None:
+            self.log.info("found %s v%s (%s, created %s)", found["model"], found["version"], found["kind"],
+                          found["created_at"])
+            return found
+        if criteria["version"] is None and is_replay(criteria["as_of"]):
+            self._nothing(f"no complete release was current at {criteria['as_of'].isoformat()}: "
+                          f"looked for {self._wanted(criteria)}")
+        timeout = float(self.timeout)
+        deadline = datetime.now(UTC) + timedelta(seconds=timeout)
+        self.log.info("waiting up to %.0fs for %s", timeout, self._wanted(criteria))
+        self.defer(
+            trigger=ReleaseTrigger(
+                model=self.model.name, release_prefix=self.model.release_prefix,
+                engine_prefix=self.model.build.engine_prefix, version=criteria["version"],
+                newer_than=criteria["newer_than"],
+                as_of=criteria["as_of"].isoformat() if criteria["as_of"] else None,
+                poke_interval=float(self.poke_interval), deadline=deadline.isoformat(),
+            ),
+            method_name="execute_complete",
+            # The trigger fires its own timeout event; this only guards a trigger that never answers.
+            timeout=timedelta(seconds=timeout + 300),
+        )
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
+        if not event or event.get("status") != "found":
+            self._nothing(f"no matching release within {float(self.timeout):.0f}s")
+        release = event["release"]  # type: ignore[index]
+        self.log.info("found %s v%s (%s, created %s)", release["model"], release["version"], release["kind"],
+                      release["created_at"])
+        return release
