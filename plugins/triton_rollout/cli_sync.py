@@ -29,7 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("--release", required=True, help="s3://BUCKET/[PREFIX/]MODEL/VERSION")
     p.add_argument("--pvc", required=True, help="the PVC mount: holds repository/, staging/ and state/")
-    p.add_argument("--concurrency", type=int, default=8, help="parallel ranged GETs (default 8)")
+    p.add_argument("--concurrency", type=int, default=8,
+                   help="parallel GETs of whole small files (default 8)")
+    p.add_argument("--large-streams", type=int, default=4,
+                   help="parallel ranged GETs into large (multi-part) files (default 4; more helps on "
+                        "high-latency links with spare cores)")
     p.add_argument("--request-mib", type=int, default=64, help="bytes per ranged GET in MiB (default 64)")
     p.add_argument("--repair", action="store_true",
                    help="if the published version no longer matches its manifest, re-download the damaged "
@@ -81,10 +85,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def _sync(args: argparse.Namespace) -> int:
     from .sync import SyncOptions, sync_release
 
-    if args.concurrency < 1 or args.request_mib < 1 or args.keep < 0:
-        raise ConfigError("--concurrency and --request-mib must be >= 1 and --keep >= 0")
+    if min(args.concurrency, args.large_streams, args.request_mib) < 1 or args.keep < 0:
+        raise ConfigError("--concurrency, --large-streams and --request-mib must be >= 1 and --keep >= 0")
     opts = SyncOptions(
-        concurrency=args.concurrency, request_size=args.request_mib * 1024 * 1024, repair=args.repair,
+        concurrency=args.concurrency, large_streams=args.large_streams,
+        request_size=args.request_mib * 1024 * 1024, repair=args.repair,
         verify=args.verify, keep=args.keep, prune=not args.no_prune, lock_timeout=args.lock_timeout,
         progress_interval=args.progress_interval, expect_trtllm_version=args.expect_trtllm_version,
         expect_compute_capability=args.expect_compute_capability,

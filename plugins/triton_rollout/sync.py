@@ -49,6 +49,7 @@ DEFAULT_KEEP = 3
 @dataclass
 class SyncOptions:
     concurrency: int = 8
+    large_streams: int = 4
     request_size: int = 64 * 1024 * 1024
     repair: bool = False
     verify: str = "stat"  # "stat": size/mtime/inode against the publish record; "full": re-hash
@@ -240,7 +241,11 @@ def _sync_locked(
         f"sync {manifest.model} v{manifest.version}", manifest.total_size, len(tasks), interval=opts.progress_interval
     ).start()
     downloader = Downloader(
-        release.bucket, concurrency=opts.concurrency, request_size=opts.request_size, progress=progress
+        release.bucket,
+        concurrency=opts.concurrency,
+        large_streams=opts.large_streams,
+        request_size=opts.request_size,
+        progress=progress,
     )
     try:
         stats = downloader.run(tasks)
