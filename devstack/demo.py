@@ -126,7 +126,8 @@ def run_demo(*, keep: bool = False, rollback: bool = True) -> int:
             src = demo_models.write_release(MODEL, work / "releases" / "bad", 2, "wrong")
             from triton_rollout.publish import publish_release
 
-            publish_release(src, f"s3://{BUCKET}/releases/{MODEL}/2", source="make demo: bad release")
+            publish_release(src, f"s3://{BUCKET}/releases/{MODEL}/2", source="make demo: bad release",
+                            compat=demo_models.release_compat(MODEL))
             state, states = _run_dag()
             print(f"\nrun: {state}; tasks: {_states(states)}")
             if state != "failed" or states.get("smoke") != "failed" or states.get("rollback") != "success":

@@ -157,7 +157,8 @@ class RolloutStack:
 
         src = demo_models.write_release(model, self.work / f"src-{model}-{version}", version, variant)
         uri = f"s3://{self.bucket}/releases/{model}/{version}"
-        publish_release(src, uri, created_at=created_at)  # type: ignore[arg-type]
+        publish_release(src, uri, created_at=created_at,  # type: ignore[arg-type]
+                        compat=demo_models.release_compat(model))
         return uri
 
     def dag(self, dag_id: str):  # type: ignore[no-untyped-def]

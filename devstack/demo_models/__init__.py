@@ -105,6 +105,22 @@ def write_tensor_release(dest: Path, version: int, variant: str = "good") -> Pat
     return dest
 
 
+def release_compat(model: str) -> Any:
+    """The compatibility facts a pre-built demo release carries (manifest ``compat``), or None.
+
+    demo-llm is served with the CPU demo's "TensorRT-LLM" (dags/models.yaml ``serving``), so its engine
+    releases must say they were built for it, exactly as the CPU demo builder's output does; the
+    tensor model is not an engine and is not gated.
+    """
+    if model != LLM_MODEL:
+        return None
+    from triton_rollout.demo_engine import DEMO_COMPUTE_CAPABILITY, DEMO_TRTLLM_VERSION
+    from triton_rollout.manifest import Compat
+
+    return Compat(trtllm_version=DEMO_TRTLLM_VERSION, compute_capability=DEMO_COMPUTE_CAPABILITY,
+                  tp_size=1, pp_size=1, dtype="float32")
+
+
 def write_release(model: str, dest: Path, version: int, variant: str = "good") -> Path:
     if model == LLM_MODEL:
         return write_llm_release(dest, version, variant)
@@ -144,7 +160,8 @@ def publish_demo_releases(bucket: str, work_dir: Path, *, prefix: str = "release
             uri = f"s3://{bucket}/{prefix}/{model}/{version}" if prefix else f"s3://{bucket}/{model}/{version}"
             src = write_release(model, work_dir / model / str(version), version)
             try:
-                publish_release(src, uri, source=f"devstack demo model {model} v{version}")
+                publish_release(src, uri, source=f"devstack demo model {model} v{version}",
+                                compat=release_compat(model))
             except ConfigError as exc:
                 if "already exists" not in exc.message:
                     raise

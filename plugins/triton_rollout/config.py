@@ -15,12 +15,16 @@ import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from .compat import ServingCompat
 from .errors import ConfigError
 from .manifest import validate_name
 from .s3io import S3Uri
+
+if TYPE_CHECKING:
+    from .build_spec import BuildSpec
 
 # RFC 1123 label (namespaces, service accounts) and subdomain (secrets, PVC claims) names.
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -380,22 +384,25 @@ class ParamDefaults:
 
 @dataclass(frozen=True)
 class BuildSettings:
-    """Engine builds for checkpoint releases (the build command itself is the engine-build issue's).
+    """Engine builds for checkpoint releases.
 
     ``engine_prefix``: where built engines are published (default ``<release prefix>/engines``);
-    ``pool``: the Airflow pool GPU builds queue in (each build takes tp x pp slots);
-    ``spec``: the engine build spec (``build_spec.BuildSpec``: family, quantization, max lengths, ...),
-    handed to the build command as ``--spec-json`` with tp_size / pp_size / dtype filled in from here
-    when absent; the build command validates it.
+    ``pool``: the Airflow pool GPU builds queue in (each build takes its GPU count in slots, at least 1);
+    ``spec``: the engine build spec (``build_spec.BuildSpec``: backend, family, dtype, quantization, tp/pp,
+    max lengths, ...), validated here once, so a bad spec is a parse-time error naming
+    ``models[i].build.spec.<field>``. ``tp_size`` / ``pp_size`` / ``triton_repository`` default to the
+    model's own settings (ModelDeployment.from_dict). Empty: the model has no builder, and a checkpoint
+    release of it fails the build task. dtype and the other engine facts live only in the spec.
     """
 
     engine_prefix: str | None = None
     pool: str = "gpu_builds"
-    dtype: str = "float16"
     deferrable: bool = True
     timeout_s: float = 4 * 3600.0
     spec: Mapping[str, Any] = field(default_factory=dict)
     _path: str = field(default="build", repr=False, compare=False)
+    # The parsed spec (None when ``spec`` is empty); underscored so config files cannot set it.
+    _build_spec: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         p = self._path
@@ -404,11 +411,25 @@ class BuildSettings:
             if any(s in ("", ".", "..") for s in key.split("/")):
                 raise _fail(f"{p}.engine_prefix", f"{self.engine_prefix!r} has empty, '.' or '..' segments")
         _str(self.pool, f"{p}.pool", re.compile(r"^[A-Za-z0-9_.-]{1,256}$"), "pool name")
-        _str(self.dtype, f"{p}.dtype", re.compile(r"^(float16|bfloat16|float32|fp8|int8|int4)$"),
-             "dtype (float16, bfloat16, float32, fp8, int8, int4)")
         _bool(self.deferrable, f"{p}.deferrable")
         _num(self.timeout_s, f"{p}.timeout_s", 60, 7 * 86400)
-        object.__setattr__(self, "spec", dict(_mapping(self.spec, f"{p}.spec")))
+        spec = dict(_mapping(self.spec, f"{p}.spec"))
+        object.__setattr__(self, "spec", spec)
+        if spec:
+            # Lazy: build_spec imports this module's validators.
+            from .build_spec import BuildSpec
+
+            object.__setattr__(self, "_build_spec", BuildSpec.from_dict(spec, f"{p}.spec"))
+
+    @property
+    def build_spec(self) -> BuildSpec | None:
+        """The validated engine build spec, or None when this model has no builder."""
+        return self._build_spec  # type: ignore[no-any-return]
+
+    @property
+    def pool_slots(self) -> int:
+        # A CPU (demo) build still takes one slot, so builds queue one at a time in the pool.
+        return max(1, self.build_spec.gpus) if self.build_spec is not None else 1
 
 
 @dataclass(frozen=True)
@@ -430,6 +451,9 @@ class ModelDeployment:
     smoke: SmokeSettings = field(default_factory=SmokeSettings)
     params: ParamDefaults = field(default_factory=ParamDefaults)
     build: BuildSettings = field(default_factory=BuildSettings)
+    # What the serving Triton runs (TensorRT-LLM version, GPU compute capability): the sync refuses
+    # engine releases built for anything else (compat.py). Unset values are not checked.
+    serving: ServingCompat = field(default_factory=ServingCompat)
     _path: str = field(default="model", repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -452,6 +476,13 @@ class ModelDeployment:
         _int(self.tp_size, f"{p}.tp_size", 1, 64)
         _int(self.pp_size, f"{p}.pp_size", 1, 64)
         object.__setattr__(self, "schedule", _schedule(self.schedule, f"{p}.schedule"))
+        spec = self.build.build_spec
+        if spec is not None and spec.gpus and (spec.tp_size, spec.pp_size) != (self.tp_size, self.pp_size):
+            # Triton serves the engine with one rank per GPU: a build for another shape would not load.
+            raise _fail(f"{self.build._path}.spec.tp_size",
+                        f"the engine would be built for tp={spec.tp_size} x pp={spec.pp_size} but the model is "
+                        f"served with tp={self.tp_size} x pp={self.pp_size} ({p}.tp_size / {p}.pp_size); "
+                        "set them once, at the model level")
 
     @property
     def gpus(self) -> int:
@@ -479,11 +510,38 @@ class ModelDeployment:
         kwargs = dict(data)
         if "kubernetes" in data:
             kwargs["kubernetes"] = KubernetesConfig.from_dict(data["kubernetes"], f"{path}.kubernetes")
-        for name, section in (("sensor", SensorSettings), ("smoke", SmokeSettings), ("params", ParamDefaults),
-                              ("build", BuildSettings)):
+        if "build" in data:
+            kwargs["build"] = _section(BuildSettings, _build_defaults(data, path), f"{path}.build")
+        for name, section in (("sensor", SensorSettings), ("smoke", SmokeSettings), ("params", ParamDefaults)):
             if name in data:
                 kwargs[name] = _section(section, data[name], f"{path}.{name}")
+        if "serving" in data:
+            kwargs["serving"] = ServingCompat.from_dict(_serving_strings(data["serving"]), f"{path}.serving")
         return cls(**kwargs, _path=path)
+
+
+def _build_defaults(data: Mapping[str, Any], path: str) -> Mapping[str, Any]:
+    """The build section with its spec's tp_size / pp_size / triton_repository taken from the model when
+    absent: the engine is built for the shape and the repository path it is served with, set once."""
+    build = _mapping(data["build"], f"{path}.build")
+    spec = build.get("spec")
+    if not isinstance(spec, Mapping) or not spec:
+        return build  # BuildSettings reports a wrong type; empty = no builder
+    filled = dict(spec)
+    for key in ("tp_size", "pp_size"):
+        if key in data:
+            filled.setdefault(key, data[key])
+    kube = data.get("kubernetes")
+    if isinstance(kube, Mapping) and kube.get("triton_repository_path"):
+        filled.setdefault("triton_repository", kube["triton_repository_path"])
+    return {**build, "spec": filled}
+
+
+def _serving_strings(data: object) -> object:
+    # YAML reads `compute_capability: 9.0` as a float and `80` as an int; both mean the string.
+    if not isinstance(data, Mapping):
+        return data
+    return {k: str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v for k, v in data.items()}
 
 
 @dataclass(frozen=True)

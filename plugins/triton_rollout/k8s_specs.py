@@ -188,9 +188,12 @@ def cli_pod(
 
 def sync_args(model: ModelDeployment, version: int, *, result_file: str | None = None,
               release: str | None = None, extra: Sequence[str] = ()) -> list[str]:
-    """``release``: another S3 location of this version (the engine built from a checkpoint release)."""
+    """``release``: another S3 location of this version (the engine built from a checkpoint release).
+
+    The model's ``serving`` compat travels with every sync, so a mismatched engine is refused before a
+    byte reaches the PVC whichever way the sync is started (Airflow, Job, CronJob)."""
     args = ["sync", "--release", release or model.release_uri(version), "--pvc", model.kubernetes.pvc_mount_path,
-            "--keep", str(model.keep), *extra]
+            "--keep", str(model.keep), *model.serving.sync_args(), *extra]
     if result_file:
         args += ["--result-file", result_file]
     return args

@@ -105,7 +105,8 @@ def deploy_dag(model: ModelDeployment) -> DAG:
 
         resolved = resolve_task()
         build = RolloutPodOperator(
-            task_id="build_engine", model=model, step="build", pool=model.build.pool, pool_slots=model.gpus,
+            task_id="build_engine", model=model, step="build", pool=model.build.pool,
+            pool_slots=model.build.pool_slots,
             deferrable=model.build.deferrable, execution_timeout=timedelta(seconds=model.build.timeout_s),
             retries=1,  # a lost GPU node (spot, eviction) is the usual cause; the build starts over
         )

@@ -18,8 +18,12 @@ from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperato
 from airflow.sdk.exceptions import AirflowSkipException
 
 from triton_rollout.config import ModelDeployment
+from triton_rollout.errors import ConfigError, CorruptVersion, IncompatibleEngine, ManifestError, ReleaseNotFound
 
 STEPS = ("build", "sync", "load", "smoke", "promote", "rollback", "reconcile")
+# CLI exit codes (errors.py) that a retry cannot change: the task fails at once instead of retrying.
+PERMANENT_EXIT_CODES = {e.exit_code: e.__name__ for e in (ConfigError, ManifestError, CorruptVersion,
+                                                          IncompatibleEngine)}
 
 
 def _pod_name(model: str, step: str) -> str:
@@ -99,21 +103,31 @@ class RolloutPodOperator(KubernetesPodOperator):
         return specs.cli_pod(m, args, component="rollback", version=v)
 
     def _build_pod(self, rel: Any) -> Any:
+        from airflow.sdk.exceptions import AirflowFailException
+
         from triton_rollout import k8s_specs as specs
-        from triton_rollout.releases import find_release
+        from triton_rollout.s3io import ReleaseUri, fetch_manifest
 
         m = self.model
         if not rel.needs_build:
             raise AirflowSkipException(f"{m.name} v{rel.version} is an engine release: nothing to build")
-        built = find_release(ModelDeployment(name=m.name, release_prefix=rel.serve_release.rsplit("/", 2)[0]),
-                             version=rel.version)
-        if built is not None:
+        try:
+            fetch_manifest(ReleaseUri.parse(rel.serve_release))
+        except ReleaseNotFound:
+            pass  # not built yet (or a build died mid-publish: its files without a manifest are rebuilt)
+        else:
             raise AirflowSkipException(f"the engine of {m.name} v{rel.version} is already in {rel.serve_release}")
-        # The engine-build spec (build_spec.BuildSpec); tp/pp/dtype default from the model's settings.
-        spec = {"tp_size": m.tp_size, "pp_size": m.pp_size, "dtype": m.build.dtype, **m.build.spec}
-        args = ["build", "--spec-json", json.dumps(spec, sort_keys=True), "--checkpoint", rel.release,
+        spec = m.build.build_spec
+        if spec is None:
+            # A retry cannot make a build spec appear.
+            raise AirflowFailException(f"{m.name} v{rel.version} is a checkpoint release, but models[{m.name}] has "
+                                       "no build.spec: set one (triton_rollout.build_spec.BuildSpec) to build it")
+        # The full validated spec, so the pod builds exactly what the config said (no defaults of its own).
+        args = ["build", "--spec-json", json.dumps(spec.to_dict(), sort_keys=True), "--checkpoint", rel.release,
                 "--output", rel.serve_release]
-        return specs.build_pod(m, args, version=rel.version)
+        self.log.info("building %s v%s: %s -> %s (backend %s, family %s, %d GPU(s))", m.name, rel.version,
+                      rel.release, rel.serve_release, spec.backend, spec.family, spec.gpus)
+        return specs.build_pod(m, args, version=rel.version, gpus=spec.gpus)
 
     def _upstream_state(self, context: Any, task_id: str) -> str | None:
         ti = context["ti"]
@@ -134,8 +148,15 @@ class RolloutPodOperator(KubernetesPodOperator):
         started = time.monotonic()
         try:
             super().execute(context)
-        except Exception:
+        except Exception as exc:
             self.log.error(self.summary(failed=True, seconds=time.monotonic() - started))
+            code = self._exit_code()
+            if code in PERMANENT_EXIT_CODES:
+                from airflow.sdk.exceptions import AirflowFailException
+
+                raise AirflowFailException(f"{self.step} pod of {self.model.name} exited with code {code} "
+                                           f"({PERMANENT_EXIT_CODES[code]}): a retry cannot change that, "
+                                           "so the task is not retried") from exc
             raise
         result = self.result()
         if result is not None:
@@ -143,14 +164,58 @@ class RolloutPodOperator(KubernetesPodOperator):
         self.log.info(self.summary(failed=False, seconds=time.monotonic() - started))
         return None
 
+    def trigger_reentry(self, context: Any, event: dict[str, Any]) -> Any:
+        # Deferrable pods (the build) resume here, not in execute(): same result XCom and summary line.
+        from triton_rollout.k8s_specs import VERSION_LABEL
+
+        try:
+            pod = self.hook.get_pod(event["name"], event["namespace"])
+            self._version = int(pod.metadata.labels[VERSION_LABEL])  # a fresh operator: make_pod() did not run
+            self._read_tail(pod)
+        except Exception as exc:  # no pod in the event (e.g. a timeout): the summary says less
+            self.log.warning("could not read the finished pod: %s", exc)
+        seconds = float((self.result() or {}).get("seconds") or 0.0)
+        try:
+            out = super().trigger_reentry(context, event)
+        except Exception:
+            self.log.error(self.summary(failed=True, seconds=seconds))
+            raise
+        result = self.result()
+        if result is not None:
+            context["ti"].xcom_push(key="result", value=result)
+        self.log.info(self.summary(failed=False, seconds=seconds))
+        return out
+
     def await_pod_completion(self, pod: Any) -> Any:
         out = super().await_pod_completion(pod)
+        self._read_tail(pod)
+        return out
+
+    def _read_tail(self, pod: Any) -> None:
         try:
             logs = self.pod_manager.read_pod_logs(pod, self.base_container_name, tail_lines=60, follow=False)
             self._tail = [line.decode(errors="replace").rstrip() for line in logs]
         except Exception as exc:  # the summary is a courtesy; the pod's phase decides success
             self.log.warning("could not read the tail of the pod log: %s", exc)
-        return out
+
+    def _exit_code(self) -> int | None:
+        """The exit code of the step's container in the finished pod (failed pods are kept), or None."""
+        pod = getattr(self, "pod", None)
+        if pod is None:
+            return None
+        for _ in range(5):  # the container status can trail the pod phase by a moment
+            try:
+                remote = self.pod_manager.read_pod(pod)
+            except Exception as exc:  # only decides whether a retry is worth it
+                self.log.warning("could not read the pod's exit code: %s", exc)
+                return None
+            statuses = (remote.status and remote.status.container_statuses) or []
+            mine = [c for c in statuses if c.name == self.base_container_name] or statuses[:1]
+            for c in mine:
+                if c.state and c.state.terminated:
+                    return int(c.state.terminated.exit_code)
+            time.sleep(0.5)
+        return None
 
     def result(self) -> dict[str, Any] | None:
         """The CLI's JSON result: the last log line that parses as a JSON object."""
@@ -175,6 +240,9 @@ class RolloutPodOperator(KubernetesPodOperator):
         elif self.step == "sync":
             outcome = (f"{r.get('status')}, {r.get('files_transferred')} of {r.get('files_total')} files "
                        f"transferred")
+        elif self.step == "build":
+            outcome = f"engine release {r.get('status')} at {r.get('release')}"
+            nbytes = r.get("bytes", 0)
         elif self.step == "smoke":
             outcome = f"{len(r.get('checks', []))} checks passed"
         elif self.step == "promote":
