@@ -545,7 +545,7 @@ class Kubelet:
                         status_key: str, deadline_at: float | None) -> dict[str, int] | None:
         ns, name, uid = pod["metadata"]["namespace"], pod["metadata"]["name"], pod["metadata"]["uid"]
         procs: dict[str, subprocess.Popen[bytes]] = {}
-        readers: list[threading.Thread] = []
+        readers: dict[str, threading.Thread] = {}
         started: dict[str, str] = {}
         for c in containers:
             if self._deleting(pod):
@@ -573,7 +573,7 @@ class Kubelet:
             started[c["name"]] = now_iso()
             t = threading.Thread(target=_pump, args=(proc, log, self.store), daemon=True)
             t.start()
-            readers.append(t)
+            readers[c["name"]] = t
             self.event(pod, "Normal", "Started", f"Started container {c['name']}",
                        field_path=f"spec.containers{{{c['name']}}}")
 
@@ -595,14 +595,20 @@ class Kubelet:
             for cname, proc in procs.items():
                 if cname not in codes and proc.poll() is not None:
                     codes[cname] = proc.returncode
-                    self._terminated(pod, status_key, cname, proc.returncode, started[cname])
+                    # As a kubelet does: the log is complete before the status says terminated, and the
+                    # last container's termination and the pod's phase land in one update, so a client
+                    # that saw "terminated" never reads a Running phase or a short log.
+                    readers[cname].join(timeout=5)
+                    last = len(codes) == len(procs) and status_key == "containerStatuses"
+                    phase = ("Succeeded" if all(v == 0 for v in codes.values()) else "Failed") if last else None
+                    self._terminated(pod, status_key, cname, proc.returncode, started[cname], phase=phase)
             if self._deleting(pod):
                 self._kill_pod(uid)
             if deadline_at is not None and time.monotonic() > deadline_at and not timed_out:
                 timed_out = True
                 self._kill_pod(uid, grace=0)
             time.sleep(0.05)
-        for t in readers:
+        for t in readers.values():
             t.join(timeout=5)
         if timed_out:
             self._complete(pod, "Failed", reason="DeadlineExceeded",
@@ -612,7 +618,8 @@ class Kubelet:
             return None
         return codes
 
-    def _terminated(self, pod: Obj, key: str, cname: str, code: int, started: str) -> None:
+    def _terminated(self, pod: Obj, key: str, cname: str, code: int, started: str,
+                    phase: str | None = None) -> None:
         # A signal death shows as 128+N, as container runtimes report it.
         exit_code = 128 - code if code < 0 else code
 
@@ -627,6 +634,8 @@ class Kubelet:
             if key == "containerStatuses":
                 _set_condition(p, "ContainersReady", "False", "ContainersNotReady")
                 _set_condition(p, "Ready", "False", "ContainersNotReady")
+            if phase is not None:
+                p["status"]["phase"] = phase
         self.store.mutate("pods", pod["metadata"]["namespace"], pod["metadata"]["name"], upd)
 
     def delete_pod(self, pod: Obj, grace: int) -> None:

@@ -233,7 +233,8 @@ class Api:
             default_grace = current["spec"].get("terminationGracePeriodSeconds", 30)
             grace_s = int(grace) if grace not in (None, "") else int(default_grace)
             uid = current["metadata"]["uid"]
-            if self.kubelet.is_active(uid):
+            # A pod in a terminal phase has nothing left to stop: it goes at once, as on a cluster.
+            if self.kubelet.is_active(uid) and current["status"].get("phase") not in ("Succeeded", "Failed"):
                 def mark(p: Obj) -> None:
                     p["metadata"]["deletionTimestamp"] = now_iso()
                     p["metadata"]["deletionGracePeriodSeconds"] = grace_s

@@ -140,9 +140,14 @@ class RolloutPodOperator(KubernetesPodOperator):
 
     # -- running it ----------------------------------------------------------------------------------
 
-    def execute(self, context: Any) -> Any:
+    def _use_kubeconfig_from_env(self) -> None:
         # A kubeconfig in the environment (make up, tests) wins; else in-cluster / the connection.
+        # Set before the hook is first built: a deferred task resumes in a fresh operator that never
+        # ran execute(), and its hook would otherwise look for in-cluster config.
         self.config_file = self.config_file or os.environ.get("KUBECONFIG") or None
+
+    def execute(self, context: Any) -> Any:
+        self._use_kubeconfig_from_env()
         self.full_pod_spec = self.make_pod(context)
         self.pod_request_obj = None
         started = time.monotonic()
@@ -168,6 +173,7 @@ class RolloutPodOperator(KubernetesPodOperator):
         # Deferrable pods (the build) resume here, not in execute(): same result XCom and summary line.
         from triton_rollout.k8s_specs import VERSION_LABEL
 
+        self._use_kubeconfig_from_env()
         try:
             pod = self.hook.get_pod(event["name"], event["namespace"])
             self._version = int(pod.metadata.labels[VERSION_LABEL])  # a fresh operator: make_pod() did not run
