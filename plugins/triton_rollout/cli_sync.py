@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--large-streams", type=int, default=4,
                    help="parallel ranged GETs into large (multi-part) files (default 4; more helps on "
                         "high-latency links with spare cores)")
+    p.add_argument("--write-mode", choices=["mmap", "pwrite"], default="mmap",
+                   help="how parts of large files are written: through a shared mapping of each part "
+                        "(default) or pwrite, for filesystems where shared mappings misbehave")
     p.add_argument("--request-mib", type=int, default=64, help="bytes per ranged GET in MiB (default 64)")
     p.add_argument("--repair", action="store_true",
                    help="if the published version no longer matches its manifest, re-download the damaged "
@@ -88,7 +91,7 @@ def _sync(args: argparse.Namespace) -> int:
     if min(args.concurrency, args.large_streams, args.request_mib) < 1 or args.keep < 0:
         raise ConfigError("--concurrency, --large-streams and --request-mib must be >= 1 and --keep >= 0")
     opts = SyncOptions(
-        concurrency=args.concurrency, large_streams=args.large_streams,
+        concurrency=args.concurrency, large_streams=args.large_streams, write_mode=args.write_mode,
         request_size=args.request_mib * 1024 * 1024, repair=args.repair,
         verify=args.verify, keep=args.keep, prune=not args.no_prune, lock_timeout=args.lock_timeout,
         progress_interval=args.progress_interval, expect_trtllm_version=args.expect_trtllm_version,

@@ -50,6 +50,7 @@ DEFAULT_KEEP = 3
 class SyncOptions:
     concurrency: int = 8
     large_streams: int = 4
+    write_mode: str = "mmap"  # or "pwrite", for filesystems where shared mappings misbehave
     request_size: int = 64 * 1024 * 1024
     repair: bool = False
     verify: str = "stat"  # "stat": size/mtime/inode against the publish record; "full": re-hash
@@ -244,6 +245,7 @@ def _sync_locked(
         release.bucket,
         concurrency=opts.concurrency,
         large_streams=opts.large_streams,
+        write_mode=opts.write_mode,
         request_size=opts.request_size,
         progress=progress,
     )
