@@ -198,7 +198,8 @@ def _url(value: object, path: str) -> str:
 class Images:
     sync: str = "ghcr.io/example/triton-rollout-sync:0.1.0"
     build: str = "ghcr.io/example/triton-rollout-build:0.1.0"
-    triton: str = "nvcr.io/nvidia/tritonserver:24.10-trtllm-python-py3"
+    # The same NGC release as docker/Dockerfile.build: an engine only loads under the runtime it was built by.
+    triton: str = "nvcr.io/nvidia/tritonserver:25.01-trtllm-python-py3"
     _path: str = field(default="images", repr=False, compare=False)
 
     def __post_init__(self) -> None:
