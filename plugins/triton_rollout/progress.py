@@ -8,8 +8,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 
 log = logging.getLogger("triton_rollout.progress")
+
+
+@dataclass(kw_only=True)
+class TransferCounters:
+    """What a transfer moved and what it could skip: kept by the downloader, reported by the sync."""
+
+    files_transferred: int = 0
+    bytes_transferred: int = 0
+    files_skipped: int = 0
+    bytes_skipped: int = 0
+    parts_reused: int = 0
+    retries: int = 0
 
 
 def human_bytes(n: float) -> str:

@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +25,7 @@ from .compat import check_compat
 from .errors import CorruptVersion, DiskFull, IntegrityError
 from .lock import PvcLock
 from .manifest import FileEntry, Manifest, hash_file
-from .progress import Progress, human_bytes
+from .progress import Progress, TransferCounters, human_bytes
 from .pvc import (
     PvcLayout,
     atomic_write_json,
@@ -64,7 +64,7 @@ class SyncOptions:
 
 
 @dataclass
-class SyncResult:
+class SyncResult(TransferCounters):
     release: str
     model: str
     version: int
@@ -73,12 +73,6 @@ class SyncResult:
     published_paths: list[str]
     files_total: int
     bytes_total: int
-    files_transferred: int = 0
-    bytes_transferred: int = 0
-    files_skipped: int = 0
-    bytes_skipped: int = 0
-    parts_reused: int = 0
-    retries: int = 0
     seconds: float = 0.0
     pruned: list[int] = field(default_factory=list)
 
@@ -261,10 +255,10 @@ def _sync_locked(
 
     _publish(layout, manifest, staging, lock, replace=status == "repaired")
     result = _new_result(release, manifest, layout, status)
-    result.files_transferred, result.bytes_transferred = stats.files_transferred, stats.bytes_transferred
-    result.files_skipped = stats.files_skipped + kept_files
-    result.bytes_skipped = stats.bytes_skipped + kept_bytes
-    result.parts_reused, result.retries = stats.parts_reused, stats.retries
+    for counter in fields(TransferCounters):
+        setattr(result, counter.name, getattr(stats, counter.name))
+    result.files_skipped += kept_files
+    result.bytes_skipped += kept_bytes
     return result
 
 

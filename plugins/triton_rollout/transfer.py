@@ -31,7 +31,7 @@ from typing import Any
 
 from .errors import DiskFull, IntegrityError, RolloutError, TransferError
 from .manifest import FileEntry
-from .progress import Progress
+from .progress import Progress, TransferCounters
 from .s3io import ObjectReader, RetryableError
 
 log = logging.getLogger(__name__)
@@ -55,14 +55,10 @@ class FileTask:
     dest: Path
 
 
-@dataclass
-class TransferStats:
-    files_transferred: int = 0
-    bytes_transferred: int = 0
-    files_skipped: int = 0
-    bytes_skipped: int = 0
-    parts_reused: int = 0
-    retries: int = 0
+@dataclass(kw_only=True)
+class TransferStats(TransferCounters):
+    """The counters, updated from every worker thread."""
+
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def bump(self, **deltas: int) -> None:
