@@ -51,6 +51,12 @@ class ReleaseNotFound(RolloutError):
     default_hint = "check the bucket, prefix, model and version; a release is complete only once manifest.json exists"
 
 
+class BucketNotFound(ReleaseNotFound):
+    """The bucket itself is missing (a typo or the wrong account/endpoint, not an unfinished release)."""
+
+    default_hint = "check the bucket name and that AWS_ENDPOINT_URL / the account is the one holding it"
+
+
 class ReleaseIncomplete(ReleaseNotFound):
     """Files exist under the release prefix but manifest.json does not (upload running or failed)."""
 

@@ -11,7 +11,17 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, ManifestError, ReleaseIncomplete, ReleaseNotFound, RolloutError, S3AccessDenied
+from .errors import (
+    BucketNotFound,
+    ConfigError,
+    IntegrityError,
+    ManifestError,
+    ReleaseIncomplete,
+    ReleaseNotFound,
+    RolloutError,
+    S3AccessDenied,
+    TransferError,
+)
 from .manifest import MANIFEST_NAME, Manifest, parse_manifest, parse_version, validate_name
 
 if TYPE_CHECKING:
@@ -119,6 +129,19 @@ def make_client(max_pool_connections: int = 16, read_timeout: float = 60.0) -> S
     return session.client("s3", endpoint_url=endpoint, config=config)
 
 
+def s3_error(code: str, status: int | None, bucket: str, key: str) -> RolloutError | None:
+    """The error that names an S3 refusal (by error code or HTTP status), or None if it is not ours to name.
+    One mapping for both ways the project talks to S3: boto3 calls and the presigned GETs."""
+    where = f"s3://{bucket}/{key}"
+    if code in _DENIED or status == 403:
+        return S3AccessDenied(f"access denied ({code or status}) reading {where}")
+    if code == "NoSuchBucket":
+        return BucketNotFound(f"bucket {bucket!r} does not exist (while reading {where})")
+    if code in _MISSING or status == 404:
+        return ReleaseNotFound(f"{where} does not exist")
+    return None
+
+
 def translate_error(exc: Exception, bucket: str, key: str) -> RolloutError | None:
     """Map a botocore error to one that names the bucket and key, or None if it is not ours to name."""
     from botocore.exceptions import ClientError, NoCredentialsError
@@ -128,14 +151,7 @@ def translate_error(exc: Exception, bucket: str, key: str) -> RolloutError | Non
     if not isinstance(exc, ClientError):
         return None
     code = str(exc.response.get("Error", {}).get("Code", ""))
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    if code in _DENIED or status == 403:
-        return S3AccessDenied(f"access denied ({code or status}) reading s3://{bucket}/{key}")
-    if code == "NoSuchBucket":
-        return ReleaseNotFound(f"bucket {bucket!r} does not exist (while reading s3://{bucket}/{key})")
-    if code in _MISSING or status == 404:
-        return ReleaseNotFound(f"s3://{bucket}/{key} does not exist")
-    return None
+    return s3_error(code, exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode"), bucket, key)
 
 
 def raise_translated(exc: Exception, bucket: str, key: str) -> None:
@@ -149,9 +165,9 @@ def fetch_manifest(release: ReleaseUri, reader: ObjectReader | None = None) -> M
     reader = reader or ObjectReader(release.bucket)
     try:
         body = with_retries(f"reading {release}/manifest.json", lambda: reader.get_bytes(release.manifest_key))
+    except BucketNotFound:
+        raise
     except ReleaseNotFound as exc:
-        if "bucket" in exc.message:
-            raise
         if with_retries(f"listing {release}/", lambda: reader.key_count(release.key + "/")):
             raise ReleaseIncomplete(
                 f"release {release} has files but no manifest.json: the upload is still running or failed"
@@ -353,20 +369,13 @@ class ObjectReader:
         where = f"s3://{self.bucket}/{key}"
         if resp.status in RETRYABLE_STATUS or code in ("SlowDown", "RequestTimeout", "InternalError"):
             return RetryableError(f"GET {where}: HTTP {resp.status} {code}")
-        if resp.status == 403 or code in _DENIED:
-            return S3AccessDenied(f"access denied ({code}) reading {where}")
-        if code == "NoSuchBucket":
-            return ReleaseNotFound(f"bucket {self.bucket!r} does not exist (reading {where})")
-        if resp.status == 404:
-            return ReleaseNotFound(f"{where} does not exist")
-        from .errors import TransferError
-
+        mapped = s3_error(code, resp.status, self.bucket, key)
+        if mapped is not None:
+            return mapped
         return TransferError(f"GET {where}: HTTP {resp.status} {code}")
 
     def open_range(self, key: str, start: int, end: int, size: int) -> Any:
         """A response streaming bytes [start, end) of a ``size``-byte object; read it to the end."""
-        from .errors import IntegrityError, ReleaseNotFound, TransferError
-
         ranged = not (start == 0 and end == size)
         resp = self._get(key, headers={"Range": f"bytes={start}-{end - 1}"} if ranged else None)
         if resp.status in (200, 206):
@@ -420,8 +429,6 @@ def with_retries(what: str, call: Any, attempts: int = 5) -> Any:
     """Run call() retrying RetryableError with jittered exponential backoff."""
     import random
     import time
-
-    from .errors import TransferError
 
     for attempt in range(1, attempts + 1):
         try:
