@@ -425,9 +425,16 @@ class ObjectReader:
         return int(match.group(1)) if match else 0
 
 
+def backoff_delay(attempt: int) -> float:
+    """Seconds to wait before retry ``attempt``: exponential, capped at 8 s, jittered so that parallel
+    workers throttled together do not come back together."""
+    import random
+
+    return min(8.0, 0.2 * 2**attempt) * (0.5 + random.random())
+
+
 def with_retries(what: str, call: Any, attempts: int = 5) -> Any:
     """Run call() retrying RetryableError with jittered exponential backoff."""
-    import random
     import time
 
     for attempt in range(1, attempts + 1):
@@ -436,5 +443,5 @@ def with_retries(what: str, call: Any, attempts: int = 5) -> Any:
         except RetryableError as exc:
             if attempt == attempts:
                 raise TransferError(f"{what}: giving up after {attempts} attempts: {exc}") from exc
-            time.sleep(min(8.0, 0.2 * 2**attempt) * (0.5 + random.random()))
+            time.sleep(backoff_delay(attempt))
     raise AssertionError("unreachable")

@@ -22,7 +22,6 @@ import logging
 import mmap
 import os
 import queue
-import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from typing import Any
 from .errors import DiskFull, IntegrityError, RolloutError, TransferError
 from .manifest import FileEntry
 from .progress import Progress, TransferCounters
-from .s3io import ObjectReader, RetryableError
+from .s3io import ObjectReader, RetryableError, backoff_delay
 
 log = logging.getLogger(__name__)
 
@@ -334,7 +333,7 @@ class Downloader:
                     raise TransferError(
                         f"giving up on s3://{self.bucket}/{state.task.key} after {attempt} attempts: {exc}"
                     ) from exc
-                delay = min(8.0, 0.2 * 2**attempt) * (0.5 + random.random())
+                delay = backoff_delay(attempt)
                 log.warning("retrying %s in %.1fs (attempt %d/%d): %s", entry.path, delay, attempt + 1,
                             self.max_attempts, exc)
                 time.sleep(delay)
