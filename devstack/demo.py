@@ -124,7 +124,7 @@ def run_demo(*, keep: bool = False, rollback: bool = True) -> int:
         if rollback:
             _say("rollback phase: publishing a bad v2 (it loads, but answers differently from its golden cases)")
             src = demo_models.write_release(MODEL, work / "releases" / "bad", 2, "wrong")
-            from triton_rollout.publish import publish_release
+            from triton_rollout.release.publish import publish_release
 
             publish_release(src, f"s3://{BUCKET}/releases/{MODEL}/2", source="make demo: bad release",
                             compat=demo_models.release_compat(MODEL))

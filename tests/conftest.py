@@ -32,7 +32,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
 
 @pytest.fixture()
 def s3_client(s3_server: SeaweedS3):  # type: ignore[no-untyped-def]
-    from triton_rollout.s3io import make_client
+    from triton_rollout.release.s3 import make_client
 
     return make_client()
 
@@ -67,7 +67,7 @@ def triton(triton_install: Path, pvc: Path, tmp_path: Path) -> Iterator[TritonSe
     """A tritonserver serving this test's PVC repository/ (explicit mode). Starting one takes ~0.1 s,
     so each test gets its own and no loaded model leaks between tests; stopped (group, SIGKILL fallback)
     at the end."""
-    from triton_rollout.pvc import PvcLayout
+    from triton_rollout.pvc.layout import PvcLayout
 
     layout = PvcLayout.at(pvc)
     server = TritonServer(layout.repository, tmp_path / "triton-log", install_dir=triton_install).start()
@@ -151,7 +151,7 @@ class RolloutStack:
         self.dags, self.bucket, self.pvc, self.triton, self.work = dags, bucket, pvc, triton, work
 
     def publish(self, model: str, version: int, variant: str = "good", created_at: object = None) -> str:
-        from triton_rollout.publish import publish_release
+        from triton_rollout.release.publish import publish_release
 
         from devstack import demo_models
 
@@ -197,7 +197,7 @@ def rollout(airflow_dags: Path, kube_emulator, s3_server: SeaweedS3, bucket: str
     except urllib.error.HTTPError as exc:
         if exc.code != 409:  # created by an earlier test of the session
             raise
-    from triton_rollout.pvc import PvcLayout
+    from triton_rollout.pvc.layout import PvcLayout
 
     env = {"ROLLOUT_BUCKET": bucket, "TRITON_URL": triton.http_url, "ROLLOUT_PVC_CLAIM": claim,
            "TRITON_MODEL_REPOSITORY": str(PvcLayout.at(pvc).repository), "KUBECONFIG": str(kube_emulator.kubeconfig),

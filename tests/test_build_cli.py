@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 from triton_rollout.errors import IncompatibleEngine
-from triton_rollout.manifest import Compat
-from triton_rollout.publish import publish_release
-from triton_rollout.s3io import ReleaseUri, fetch_manifest
-from triton_rollout.sync import sync_release
+from triton_rollout.release.manifest import Compat
+from triton_rollout.release.publish import publish_release
+from triton_rollout.release.s3 import ReleaseUri, fetch_manifest
+from triton_rollout.release.sync import sync_release
 
 from devstack import demo_models
 from tests.helpers import cli_env, make_release_dir, result_json, run_cli
@@ -189,10 +189,10 @@ def test_compat_gate_refuses_a_mismatched_engine_before_touching_the_pvc(
 def test_demo_checkpoint_builds_into_an_engine_release_that_triton_serves(
     s3_server: Any, bucket: str, tmp_path: Path, pvc: Path, triton: Any
 ) -> None:
-    from triton_rollout.promote import load_candidate, prepare_release, promote
-    from triton_rollout.pvc import PvcLayout
-    from triton_rollout.smoke import smoke_release
-    from triton_rollout.triton_control import TritonControl
+    from triton_rollout.pvc.layout import PvcLayout
+    from triton_rollout.triton.control import TritonControl
+    from triton_rollout.triton.promote import load_candidate, prepare_release, promote
+    from triton_rollout.triton.smoke import smoke_release
 
     from tests.test_triton_rollout import golden_text, llm_request
 

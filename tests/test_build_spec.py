@@ -6,13 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from triton_rollout.build_spec import TRITON_MODELS, BuildPaths, BuildSpec, fill_template
-from triton_rollout.compat import ServingCompat, check_compat, normalize_compute_capability
+from triton_rollout.build.spec import TRITON_MODELS, BuildPaths, BuildSpec, fill_template
 from triton_rollout.config import KubernetesConfig, ModelDeployment
 from triton_rollout.errors import BuildError, ConfigError, IncompatibleEngine
-from triton_rollout.k8s_specs import build_pod, to_dict
-from triton_rollout.manifest import Compat, FileEntry, Manifest, format_time, parse_time
-from triton_rollout.triton_config import dependencies, parse_config, unfilled_placeholders
+from triton_rollout.kube.specs import build_pod, to_dict
+from triton_rollout.release.compat import ServingCompat, check_compat, normalize_compute_capability
+from triton_rollout.release.manifest import Compat, FileEntry, Manifest, format_time, parse_time
+from triton_rollout.triton.config import dependencies, parse_config, unfilled_placeholders
 
 PATHS = BuildPaths(Path("/scratch/llama"))
 LLAMA_7B_TP2 = {

@@ -28,7 +28,7 @@ def sync_exit_codes(kubeconfig: Path, version: int) -> list[int]:
 def test_checkpoint_builds_in_a_pod_deploys_and_a_mismatched_engine_never_reaches_the_pvc(
         rollout: RolloutStack, kube_emulator, capfd: pytest.CaptureFixture[str],  # type: ignore[no-untyped-def]
         caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    from triton_rollout.s3io import ReleaseUri, fetch_manifest
+    from triton_rollout.release.s3 import ReleaseUri, fetch_manifest
 
     # v1 is a checkpoint (corpus + vocab + the python ensemble): only a build makes it servable.
     ckpt = demo_models.publish_demo_checkpoint(rollout.bucket, rollout.work, 1, prefix="releases")

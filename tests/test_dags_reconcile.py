@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from triton_rollout.triton_control import TritonControl
+from triton_rollout.triton.control import TritonControl
 
 from devstack import demo_models
 from tests.conftest import RolloutStack

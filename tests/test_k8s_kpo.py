@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from triton_rollout.config import AwsCredentials, KubernetesConfig, ModelDeployment, ResourceSpec
-from triton_rollout.k8s_specs import build_pod, cli_pod, sync_pod, to_dict
+from triton_rollout.kube.specs import build_pod, cli_pod, sync_pod, to_dict
 
 from devstack.kube import KubeEmulator
 
@@ -83,7 +83,7 @@ def labelled_pods(v1: Any, dag_id: str) -> list[Any]:
 def test_sync_pod_syncs_a_release_into_the_pvc(airflow_dags: Path, kube_emulator: KubeEmulator, k8s: Any,
                                                s3_server: Any, bucket: str, pvc: Path, tmp_path: Path,
                                                capfd: pytest.CaptureFixture[str]) -> None:
-    from triton_rollout.publish import publish_release
+    from triton_rollout.release.publish import publish_release
 
     from tests.helpers import make_release_dir
 

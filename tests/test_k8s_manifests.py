@@ -10,7 +10,7 @@ import pytest
 import yaml
 from triton_rollout.cli import main
 from triton_rollout.config import AwsCredentials, KubernetesConfig, ModelDeployment
-from triton_rollout.k8s_manifests import ARGO_HOOK, ARGO_HOOK_DELETE, render
+from triton_rollout.kube.manifests import ARGO_HOOK, ARGO_HOOK_DELETE, render
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "k8s"

@@ -14,7 +14,7 @@ from triton_rollout.config import (
     load_models,
 )
 from triton_rollout.errors import ConfigError
-from triton_rollout.k8s_specs import build_pod, promote_pod, sync_pod, to_dict
+from triton_rollout.kube.specs import build_pod, promote_pod, sync_pod, to_dict
 
 
 def model(**kube: object) -> ModelDeployment:

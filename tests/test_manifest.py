@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 from triton_rollout.errors import ConfigError, ManifestError
-from triton_rollout.manifest import SCHEMA_VERSION, build_manifest, parse_manifest, parse_version
-from triton_rollout.s3io import ReleaseUri
+from triton_rollout.release.manifest import SCHEMA_VERSION, build_manifest, parse_manifest, parse_version
+from triton_rollout.release.s3 import ReleaseUri
 
 SHA = "a" * 64
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from triton_rollout.s3io import ObjectReader, sigv4_presign
+from triton_rollout.release.s3 import ObjectReader, sigv4_presign
 
 
 @pytest.mark.parametrize(

@@ -18,11 +18,11 @@ from triton_rollout.errors import (
     ReleaseIncomplete,
     ReleaseNotFound,
 )
-from triton_rollout.lock import PvcLock
-from triton_rollout.publish import publish_release
-from triton_rollout.pvc import PvcLayout
-from triton_rollout.state import DeploymentState, save_state
-from triton_rollout.sync import sync_release
+from triton_rollout.pvc.layout import PvcLayout
+from triton_rollout.pvc.lock import PvcLock
+from triton_rollout.pvc.state import DeploymentState, save_state
+from triton_rollout.release.publish import publish_release
+from triton_rollout.release.sync import sync_release
 
 from devstack.s3 import SeaweedS3
 from tests.helpers import FaultProxy, cli_env, make_release_dir, result_json, run_cli, tree_digest

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from triton_rollout.publish import publish_release
+from triton_rollout.release.publish import publish_release
 
 from tests.helpers import cli_env, make_release_dir, result_json, run_cli, tree_digest
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from triton_rollout.triton_config import (
+from triton_rollout.triton.config import (
     ModelConfigError,
     list_models,
     load_order,

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 from triton_rollout import cli
 from triton_rollout.errors import SmokeTestFailed, TritonError
-from triton_rollout.promote import Release, load_candidate, prepare_release, promote, rollback
-from triton_rollout.pvc import PvcLayout
-from triton_rollout.smoke import smoke_release
-from triton_rollout.state import state_path
-from triton_rollout.triton_config import ModelConfigError, pinned_versions, read_config
-from triton_rollout.triton_control import TritonControl
+from triton_rollout.pvc.layout import PvcLayout
+from triton_rollout.pvc.state import state_path
+from triton_rollout.triton.config import ModelConfigError, pinned_versions, read_config
+from triton_rollout.triton.control import TritonControl
+from triton_rollout.triton.promote import Release, load_candidate, prepare_release, promote, rollback
+from triton_rollout.triton.smoke import smoke_release
 
 from devstack import demo_models
 from devstack.triton import TritonServer
@@ -28,8 +28,8 @@ from devstack.triton import TritonServer
 
 def put_on_pvc(model: str, version: int, bucket: str, pvc: Path, work: Path, variant: str = "good") -> None:
     """The S3 -> PVC step: write the demo release, publish it to S3 (manifest last), sync it to the PVC."""
-    from triton_rollout.publish import publish_release
-    from triton_rollout.sync import sync_release
+    from triton_rollout.release.publish import publish_release
+    from triton_rollout.release.sync import sync_release
 
     src = demo_models.write_release(model, work / f"src-{model}-{version}", version, variant)
     uri = f"s3://{bucket}/releases/{model}/{version}"
@@ -268,7 +268,7 @@ def test_triton_down_is_a_clear_error_and_changes_nothing(pvc: Path, tmp_path: P
     assert sorted(str(p.relative_to(pvc)) for p in pvc.rglob("*")) == before
     control.close()
     # status still reports the PVC, and says Triton is unreachable with no endpoints.
-    from triton_rollout.cli_triton import collect_status
+    from triton_rollout.cli.triton import collect_status
 
     with TritonControl(f"127.0.0.1:{port}", timeout=1) as dead:
         status = collect_status(layout, dead)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from triton_rollout.errors import TritonError
-from triton_rollout.triton_control import TritonControl
+from triton_rollout.triton.control import TritonControl
 
 from devstack import triton as dt
 from devstack.procs import free_ports

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from triton_rollout.demo_engine import bigram_table_from_text, generate_text
+from triton_rollout.build.demo_engine import bigram_table_from_text, generate_text
 
 HERE = Path(__file__).resolve().parent
 LLM_MODEL = "demo-llm"
@@ -114,8 +114,8 @@ def release_compat(model: str) -> Any:
     """
     if model != LLM_MODEL:
         return None
-    from triton_rollout.demo_engine import DEMO_COMPUTE_CAPABILITY, DEMO_TRTLLM_VERSION
-    from triton_rollout.manifest import Compat
+    from triton_rollout.build.demo_engine import DEMO_COMPUTE_CAPABILITY, DEMO_TRTLLM_VERSION
+    from triton_rollout.release.manifest import Compat
 
     return Compat(trtllm_version=DEMO_TRTLLM_VERSION, compute_capability=DEMO_COMPUTE_CAPABILITY,
                   tp_size=1, pp_size=1, dtype="float32")
@@ -152,7 +152,7 @@ def publish_demo_releases(bucket: str, work_dir: Path, *, prefix: str = "release
     Already-published versions are skipped (releases are immutable), so this can run on every `make up`.
     """
     from triton_rollout.errors import ConfigError
-    from triton_rollout.publish import publish_release
+    from triton_rollout.release.publish import publish_release
 
     uris = []
     for model in (LLM_MODEL, TENSOR_MODEL):
@@ -181,7 +181,7 @@ LLM_BUILD_SPEC: dict[str, Any] = {
 def write_llm_checkpoint(dest: Path, version: int) -> Path:
     """A demo-llm checkpoint release (kind checkpoint): corpus ("weights"), vocab ("tokenizer"), the golden
     prompts and the python-backend ensemble (what the serving image would provide for a real model)."""
-    from triton_rollout.demo_engine import CORPUS_FILE, MODELS_DIR, PROMPTS_FILE, VOCAB_FILE
+    from triton_rollout.build.demo_engine import CORPUS_FILE, MODELS_DIR, PROMPTS_FILE, VOCAB_FILE
 
     dest = _fresh(dest)
     shutil.copy2(corpus_path(version), dest / CORPUS_FILE)
@@ -200,7 +200,7 @@ def publish_demo_checkpoint(bucket: str, work_dir: Path, version: int, *, prefix
                             model: str = LLM_MODEL) -> str:
     """Publish the demo-llm checkpoint release ``version`` (skipped when it exists); returns its URI."""
     from triton_rollout.errors import ConfigError
-    from triton_rollout.publish import publish_release
+    from triton_rollout.release.publish import publish_release
 
     uri = f"s3://{bucket}/{prefix}/{model}/{version}" if prefix else f"s3://{bucket}/{model}/{version}"
     src = write_llm_checkpoint(work_dir / f"checkpoint-{model}-{version}", version)

@@ -1,3 +1,3 @@
-from .cli import main
+from triton_rollout.cli import main
 
 raise SystemExit(main())

@@ -2,7 +2,7 @@
 
 - ``factory``: the deploy DAG (one per configured model) and the reconcile DAG, from the models file.
 - ``operators``: ``RolloutPodOperator``, one library step (build, sync, load, smoke, promote, rollback,
-  reconcile) as a KubernetesPodOperator pod whose spec comes from ``triton_rollout.k8s_specs``.
+  reconcile) as a KubernetesPodOperator pod whose spec comes from ``triton_rollout.kube.specs``.
 - ``sensors`` / ``triggers``: the deferrable wait for a complete release in S3.
 - ``tasks``: the worker-side steps (resolve the release, announce the deployment as an Asset event).
 

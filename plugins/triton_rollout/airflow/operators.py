@@ -1,7 +1,7 @@
 """One library step as a Kubernetes pod: ``python -m triton_rollout <step> ...`` in the sync/build image.
 
 The pod spec is built when the task runs (the release version is only known then) by the same
-builders the Job/CronJob manifests use (``triton_rollout.k8s_specs``), then handed to the stock
+builders the Job/CronJob manifests use (``triton_rollout.kube.specs``), then handed to the stock
 KubernetesPodOperator. Results: the CLI prints one JSON line last; it is read back from the pod log
 (KPO's xcom sidecar needs ``exec``, which not every API server offers) and pushed as XCom ``result``.
 """
@@ -55,7 +55,7 @@ class RolloutPodOperator(KubernetesPodOperator):
     # -- the pod -------------------------------------------------------------------------------------
 
     def _release(self, context: Any) -> Any:
-        from triton_rollout.releases import ResolvedRelease
+        from triton_rollout.release.resolve import ResolvedRelease
 
         data = context["ti"].xcom_pull(task_ids=self.resolve_task_id)
         if not data:
@@ -65,7 +65,7 @@ class RolloutPodOperator(KubernetesPodOperator):
         return release
 
     def make_pod(self, context: Any) -> Any:
-        from triton_rollout import k8s_specs as specs
+        from triton_rollout.kube import specs as specs
 
         m, params, run_id = self.model, context["params"], context["run_id"]
         if self.step == "reconcile":
@@ -105,8 +105,8 @@ class RolloutPodOperator(KubernetesPodOperator):
     def _build_pod(self, rel: Any) -> Any:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from triton_rollout import k8s_specs as specs
-        from triton_rollout.s3io import ReleaseUri, fetch_manifest
+        from triton_rollout.kube import specs as specs
+        from triton_rollout.release.s3 import ReleaseUri, fetch_manifest
 
         m = self.model
         if not rel.needs_build:
@@ -121,7 +121,7 @@ class RolloutPodOperator(KubernetesPodOperator):
         if spec is None:
             # A retry cannot make a build spec appear.
             raise AirflowFailException(f"{m.name} v{rel.version} is a checkpoint release, but models[{m.name}] has "
-                                       "no build.spec: set one (triton_rollout.build_spec.BuildSpec) to build it")
+                                       "no build.spec: set one (triton_rollout.build.spec.BuildSpec) to build it")
         # The full validated spec, so the pod builds exactly what the config said (no defaults of its own).
         args = ["build", "--spec-json", json.dumps(spec.to_dict(), sort_keys=True), "--checkpoint", rel.release,
                 "--output", rel.serve_release]
@@ -171,7 +171,7 @@ class RolloutPodOperator(KubernetesPodOperator):
 
     def trigger_reentry(self, context: Any, event: dict[str, Any]) -> Any:
         # Deferrable pods (the build) resume here, not in execute(): same result XCom and summary line.
-        from triton_rollout.k8s_specs import VERSION_LABEL
+        from triton_rollout.kube.specs import VERSION_LABEL
 
         self._use_kubeconfig_from_env()
         try:

@@ -34,7 +34,7 @@ class ReleaseSensor(BaseSensorOperator):
         self.deferrable = deferrable
 
     def _criteria(self, context: Any) -> dict[str, Any]:
-        from triton_rollout.releases import find_release, serving_version
+        from triton_rollout.release.resolve import find_release, serving_version
 
         version = param_version(context)
         when = as_of(context)
@@ -47,7 +47,7 @@ class ReleaseSensor(BaseSensorOperator):
         return {"version": version, "as_of": when, "newer_than": newer_than}
 
     def _find(self, criteria: dict[str, Any]) -> dict[str, Any] | None:
-        from triton_rollout.releases import find_release
+        from triton_rollout.release.resolve import find_release
 
         found = find_release(self.model, **criteria)
         return found.to_dict() if found else None

@@ -17,7 +17,7 @@ def resolve(model: ModelDeployment, context: Any) -> dict[str, Any]:
     """The explicit ``version`` param, else the newest complete release as of the run's date."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from triton_rollout.releases import describe, find_release
+    from triton_rollout.release.resolve import describe, find_release
 
     t0 = time.monotonic()
     version, when = param_version(context), as_of(context)
@@ -37,7 +37,7 @@ def resolve(model: ModelDeployment, context: Any) -> dict[str, Any]:
 def announce(model: ModelDeployment, asset: Any, context: Any) -> dict[str, Any]:
     """Check the promoted version answers ready, then record the Asset event (version in its extra)."""
     from triton_rollout.errors import TritonError
-    from triton_rollout.triton_control import TritonControl
+    from triton_rollout.triton.control import TritonControl
 
     t0 = time.monotonic()
     ti = context["ti"]

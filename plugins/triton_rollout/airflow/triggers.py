@@ -36,7 +36,7 @@ class ReleaseTrigger(BaseTrigger):
 
     def _find(self) -> dict[str, Any] | None:
         from triton_rollout.config import BuildSettings, ModelDeployment
-        from triton_rollout.releases import find_release
+        from triton_rollout.release.resolve import find_release
 
         model = ModelDeployment(name=self.model, release_prefix=self.release_prefix,
                                 build=BuildSettings(engine_prefix=self.engine_prefix))

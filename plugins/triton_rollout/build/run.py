@@ -1,0 +1,359 @@
+"""Build an engine release from a checkpoint release: what the GPU build pod runs.
+
+    checkpoint release (kind checkpoint, verified download)
+      -> probe the runtime (TensorRT-LLM version, GPU compute capability) - fail fast, before the download
+      -> conversion step, trtllm-build step (subprocesses, output streamed to the log)
+      -> lay out <triton_model>/... (tensorrt_llm/ = config.pbtxt + engine files; preprocessing,
+         postprocessing with tokenizer files; ensemble), every config rendered and checked
+      -> publish_release(kind="engine", compat=...) - files first, manifest.json last
+
+A failed step raises BuildError carrying that step's exit code and the last lines of its output, so
+the pod fails with the step's code. Re-running with the same ``--workdir`` reuses the verified
+checkpoint files already downloaded; an engine release that already exists is left alone (releases are
+immutable), which makes a retried task after a successful publish a no-op.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from triton_rollout.build.spec import TRITON_MODELS, BuildPaths, BuildSpec, Step, check_no_placeholders
+from triton_rollout.release.compat import normalize_compute_capability
+from triton_rollout.errors import BuildError, ConfigError, ReleaseNotFound
+from triton_rollout.release.manifest import Compat
+from triton_rollout.release.s3 import ReleaseUri, fetch_manifest
+
+log = logging.getLogger(__name__)
+
+TAIL_LINES = 40
+_VERSION = re.compile(r"^[0-9][0-9A-Za-z.+-]*$")
+TRTLLM_VERSION_PROBE = "import tensorrt_llm; print(tensorrt_llm.__version__)"
+NVIDIA_SMI_PROBE = ("nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader")
+TORCH_PROBE = ("import torch; assert torch.cuda.is_available(), 'no CUDA device'; "
+               "print('%d.%d' % torch.cuda.get_device_capability(0))")
+
+
+@dataclass
+class BuildResult:
+    release: str
+    checkpoint: str
+    status: str  # published | exists
+    compat: dict[str, Any]
+    files: int = 0
+    bytes: int = 0
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_releases(checkpoint: str, output: str) -> tuple[ReleaseUri, ReleaseUri]:
+    """Both URIs parsed; the engine must carry the checkpoint's model and version, at another prefix."""
+    ckpt = ReleaseUri.parse(checkpoint)
+    out = ReleaseUri.parse(output)
+    if (out.model, out.version) != (ckpt.model, ckpt.version):
+        raise ConfigError(
+            f"--output {out} must be the same model and version as --checkpoint {ckpt} "
+            f"(got {out.model} v{out.version} for {ckpt.model} v{ckpt.version})",
+            hint=f"use the engine location of the checkpoint, e.g. {ckpt.engine_release()}",
+        )
+    if (out.bucket, out.key) == (ckpt.bucket, ckpt.key):
+        raise ConfigError(f"--output {out} is the checkpoint release itself; engines go to another prefix",
+                          hint=f"e.g. {ckpt.engine_release()}")
+    return ckpt, out
+
+
+def default_workdir(release: ReleaseUri) -> Path:
+    # SCRATCH_DIR is the build pod's node-local scratch volume (k8s_specs.build_pod).
+    base = os.environ.get("SCRATCH_DIR") or tempfile.gettempdir()
+    return Path(base) / f"triton-rollout-build-{release.model}-{release.version}"
+
+
+# -- subprocesses --------------------------------------------------------------------------------------
+
+
+def run_step(step: Step, *, tail_lines: int = TAIL_LINES, stream: TextIO | None = None) -> float:
+    """Run one step, streaming its output line by line to the log; BuildError with its exit code on failure."""
+    out = stream or sys.stderr
+    log.info("step %s: %s", step.name, step.shell())
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen(list(step.argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                errors="replace", bufsize=1)
+    except OSError as exc:
+        err = BuildError(f"build step {step.name!r} could not start {step.argv[0]!r}: {exc.strerror}",
+                         hint="check the build image (python, trtllm-build, the examples dir) and the spec's "
+                              "python / trtllm_build / examples_dir fields; nothing was published")
+        err.exit_code = 127  # the shell's "command not found"
+        raise err from None
+    tail: deque[str] = deque(maxlen=tail_lines)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        tail.append(line)
+        print(f"[{step.name}] {line}", file=out, flush=True)
+    rc = proc.wait()
+    seconds = time.monotonic() - started
+    if rc != 0:
+        code = rc if rc > 0 else 128 - rc  # killed by a signal: the shell's 128 + signal number
+        shown = "\n".join(f"    {t}" for t in tail) or "    (no output)"
+        err = BuildError(f"build step {step.name!r} failed with exit code {rc} after {seconds:.1f}s: "
+                         f"{step.shell()}\n  last {len(tail)} lines of its output:\n{shown}")
+        err.exit_code = code
+        raise err
+    log.info("step %s finished in %.1fs", step.name, seconds)
+    return seconds
+
+
+def _capture(argv: list[str] | tuple[str, ...], timeout: float = 120) -> tuple[int, str]:
+    try:
+        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, errors="replace")
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return 127, str(exc)
+    return proc.returncode, (proc.stdout or "") + (proc.stderr or "")
+
+
+def probe_trtllm_version(spec: BuildSpec) -> str:
+    """tensorrt_llm.__version__ from the build image's interpreter (its import banner is skipped)."""
+    rc, text = _capture([spec.interpreter, "-c", TRTLLM_VERSION_PROBE])
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    version = lines[-1] if lines else ""
+    if rc != 0 or not _VERSION.match(version):
+        raise BuildError(
+            f"cannot read the TensorRT-LLM version with `{spec.interpreter} -c '{TRTLLM_VERSION_PROBE}'` "
+            f"(exit {rc}): {' | '.join(lines[-3:]) or 'no output'}",
+            hint="run the build in the TensorRT-LLM build image (docker/Dockerfile.build), or set the spec's "
+                 "python field to the interpreter that has tensorrt_llm",
+        )
+    return version
+
+
+def probe_compute_capability(spec: BuildSpec) -> str:
+    """The GPU compute capability the engine is built for: nvidia-smi, else torch. All GPUs must agree."""
+    rc, text = _capture(NVIDIA_SMI_PROBE)
+    values = sorted({normalize_compute_capability(ln) for ln in text.splitlines() if ln.strip()}) if rc == 0 else []
+    source = " ".join(NVIDIA_SMI_PROBE)
+    if not values:
+        rc2, text2 = _capture([spec.interpreter, "-c", TORCH_PROBE])
+        lines = [ln.strip() for ln in text2.splitlines() if ln.strip()]
+        if rc2 == 0 and lines:
+            values, source = [normalize_compute_capability(lines[-1])], "torch.cuda.get_device_capability"
+        else:
+            raise BuildError(
+                f"no GPU visible to the build: `{source}` exited {rc} ({text.strip()[:200] or 'no output'}) and "
+                f"torch could not tell either ({(lines[-1] if lines else 'no output')[:200]})",
+                hint="the build pod must request nvidia.com/gpu (tp x pp) on a GPU node with the NVIDIA "
+                     "device plugin; use backend cpu-demo only for the GPU-less demo",
+            )
+    if len(values) > 1:
+        raise BuildError(f"the build sees GPUs of different compute capabilities {values} ({source}); "
+                         "an engine is tied to one",
+                         hint="schedule the build on a node with one GPU type (kubernetes.gpu_product)")
+    if not re.match(r"^[0-9]+\.[0-9]$", values[0]):
+        raise BuildError(f"unexpected compute capability {values[0]!r} from {source}")
+    return values[0]
+
+
+def probe_runtime(spec: BuildSpec) -> tuple[str, str]:
+    if spec.is_demo:
+        from triton_rollout.build.demo_engine import DEMO_COMPUTE_CAPABILITY, DEMO_TRTLLM_VERSION
+
+        # MOCK: the CPU demo has no TensorRT-LLM and no GPU; its engines record that instead.
+        return DEMO_TRTLLM_VERSION, DEMO_COMPUTE_CAPABILITY
+    return probe_trtllm_version(spec), probe_compute_capability(spec)
+
+
+# -- release layout --------------------------------------------------------------------------------------
+
+
+def _copy(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src, dest)
+
+
+def _tokenizer_files(spec: BuildSpec, checkpoint: Path) -> list[Path]:
+    found = sorted(p for p in checkpoint.iterdir()
+                   if p.is_file() and any(fnmatch.fnmatch(p.name, pat) for pat in spec.tokenizer_files))
+    if not found:
+        raise BuildError(f"the checkpoint has no tokenizer files matching {list(spec.tokenizer_files)} "
+                         f"at its top level ({checkpoint})",
+                         hint="publish the tokenizer with the checkpoint, or set the spec's tokenizer_files")
+    return found
+
+
+def _templates_and_code(spec: BuildSpec, paths: BuildPaths) -> tuple[dict[str, str] | None, dict[str, Path]]:
+    """Config templates (None = the package's) and each model's python-backend model.py, by Triton model."""
+    if spec.is_demo:
+        from triton_rollout.build.demo_engine import MODELS_DIR
+
+        # The demo's python-backend ensemble travels in its checkpoint (it has no serving image).
+        root = paths.checkpoint / MODELS_DIR
+        missing = [m for m in TRITON_MODELS if not (root / m / "config.pbtxt").is_file()]
+        if missing:
+            raise BuildError(f"demo checkpoint lacks {MODELS_DIR}/<model>/config.pbtxt for {missing}",
+                             hint="publish it with devstack.demo_models.publish_demo_checkpoint")
+        templates = {m: (root / m / "config.pbtxt").read_text() for m in TRITON_MODELS}
+        code = {m: root / m / "model.py" for m in TRITON_MODELS if (root / m / "model.py").is_file()}
+        return templates, code
+    code = {}
+    for m in ("preprocessing", "postprocessing"):
+        path = Path(spec.backend_models_dir) / m / "1" / "model.py"
+        if not path.is_file():
+            raise BuildError(f"{path} is missing: the tokenizer models' code comes from tensorrtllm_backend in the "
+                             "build image", hint="set the spec's backend_models_dir to its all_models/"
+                                                 "inflight_batcher_llm directory")
+        code[m] = path
+    return None, code
+
+
+def assemble_release(spec: BuildSpec, paths: BuildPaths, version: int) -> dict[str, str]:
+    """Lay out <triton_model>/... under paths.release; returns the rendered configs by Triton model."""
+    if paths.release.exists():
+        shutil.rmtree(paths.release)
+    templates, code = _templates_and_code(spec, paths)
+    configs = spec.render_configs(version, templates)
+    for name, text in configs.items():
+        check_no_placeholders(text, source=f"{name}/config.pbtxt")
+        dest = paths.release / name / "config.pbtxt"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(text)
+    for name, src in code.items():
+        _copy(src, paths.release / name / "model.py")
+    engine_files = sorted(p for p in paths.engine.rglob("*") if p.is_file()) if paths.engine.is_dir() else []
+    if not engine_files:
+        raise BuildError(f"the engine build produced no files in {paths.engine}",
+                         hint="read the build step's output above")
+    for f in engine_files:
+        _copy(f, paths.release / "tensorrt_llm" / f.relative_to(paths.engine))
+    # The demo's python models read vocab.json from their version dir; the real ones take tokenizer_dir.
+    tok_sub = "" if spec.is_demo else "tokenizer"
+    for f in _tokenizer_files(spec, paths.checkpoint):
+        for name in ("preprocessing", "postprocessing"):
+            _copy(f, paths.release / name / tok_sub / f.name)
+    if spec.is_demo:
+        _write_demo_golden(paths)
+    return configs
+
+
+def _write_demo_golden(paths: BuildPaths) -> None:
+    """The demo release ships golden answers (smoke.json), computed with its own model code."""
+    import numpy as np
+
+    from triton_rollout.build.demo_engine import ENGINE_FILE, PROMPTS_FILE, VOCAB_FILE, golden_cases
+
+    prompts_file = paths.checkpoint / PROMPTS_FILE
+    if not prompts_file.is_file():
+        return
+    vocab = json.loads((paths.checkpoint / VOCAB_FILE).read_text())
+    table = np.load(paths.release / "tensorrt_llm" / ENGINE_FILE)
+    golden = golden_cases(paths.release, vocab, table, json.loads(prompts_file.read_text()))
+    (paths.release / "ensemble" / "smoke.json").write_text(json.dumps(golden, indent=1) + "\n")
+
+
+# -- the build -------------------------------------------------------------------------------------------
+
+
+def plan_text(spec: BuildSpec, checkpoint: ReleaseUri, output: ReleaseUri, paths: BuildPaths) -> str:
+    """What the build would run and write, exactly; --dry-run prints it and touches nothing."""
+    lines = [f"build plan for {checkpoint} -> {output} (backend {spec.backend}, family {spec.family}, "
+             f"{spec.gpus} GPU(s))",
+             f"download: {checkpoint} (kind checkpoint, every file verified against its sha256) -> {paths.checkpoint}"]
+    if spec.is_demo:
+        lines.append("probe: none (cpu-demo records trtllm_version 'cpu-demo', compute_capability 'cpu')")
+    else:
+        lines.append(f"probe: {spec.interpreter} -c {TRTLLM_VERSION_PROBE!r}")
+        lines.append(f"probe: {' '.join(NVIDIA_SMI_PROBE)}  (fallback: torch.cuda.get_device_capability)")
+    for step in spec.commands(paths):
+        lines.append(f"run [{step.name}]: {step.shell()}")
+    lines.append(f"write: {paths.release}/tensorrt_llm/<every file of {paths.engine}>")
+    tok = "" if spec.is_demo else "tokenizer/"
+    lines.append(f"write: {paths.release}/{{preprocessing,postprocessing}}/{tok}<checkpoint files matching "
+                 f"{list(spec.tokenizer_files)}>")
+    if spec.is_demo:
+        lines.append(f"write: {paths.release}/<model>/config.pbtxt rendered from the checkpoint's triton_models/, "
+                     "model.py copied, ensemble/smoke.json (golden answers)")
+    else:
+        lines.append(f"write: {paths.release}/{{preprocessing,postprocessing}}/model.py from "
+                     f"{spec.backend_models_dir}/<model>/1/model.py")
+        for name, text in spec.render_configs(output.version).items():
+            lines.append(f"write: {paths.release}/{name}/config.pbtxt:")
+            lines.extend(f"    {t}" for t in text.rstrip("\n").splitlines())
+    lines.append(f"publish: {paths.release} -> {output} (kind engine, manifest.json last) with compat "
+                 f"trtllm_version=<probed>, compute_capability=<probed>, tp_size={spec.tp_size}, "
+                 f"pp_size={spec.pp_size}, dtype={spec.dtype}")
+    return "\n".join(lines) + "\n"
+
+
+def download_checkpoint(checkpoint: ReleaseUri, dest: Path, *, concurrency: int = 8) -> int:
+    """The checkpoint release into ``dest``, every byte verified (the sync's download engine)."""
+    from triton_rollout.release.manifest import validate_relpath
+    from triton_rollout.pvc.layout import safe_join
+    from triton_rollout.release.transfer import Downloader, FileTask
+
+    manifest = fetch_manifest(checkpoint)
+    if manifest.kind != "checkpoint":
+        raise BuildError(f"{checkpoint} is a '{manifest.kind}' release, not a checkpoint",
+                         hint="point --checkpoint at the checkpoint release (kind checkpoint); engine releases "
+                              "are synced, not built")
+    dest.mkdir(parents=True, exist_ok=True)
+    tasks = [FileTask(e, checkpoint.file_key(e.path), safe_join(dest, validate_relpath(e.path)))
+             for e in manifest.files]
+    stats = Downloader(checkpoint.bucket, concurrency=concurrency).run(tasks)
+    log.info("checkpoint %s: %d files / %d bytes downloaded and verified, %d already present", checkpoint,
+             stats.files_transferred, manifest.total_size, stats.files_skipped)
+    return manifest.total_size
+
+
+def run_build(spec: BuildSpec, checkpoint_uri: str, output_uri: str, *, workdir: str | Path | None = None,
+              dry_run: bool = False, out: TextIO | None = None) -> BuildResult | None:
+    """The whole build; None on a dry run (after printing the plan to ``out``)."""
+    checkpoint, output = resolve_releases(checkpoint_uri, output_uri)
+    paths = BuildPaths(Path(workdir) if workdir else default_workdir(output))
+    if dry_run:
+        print(plan_text(spec, checkpoint, output, paths), file=out or sys.stdout, end="", flush=True)
+        return None
+    started = time.monotonic()
+    try:
+        existing = fetch_manifest(output)
+    except ReleaseNotFound:
+        existing = None  # absent, or files without a manifest (a build that died mid-publish): build it
+    if existing is not None:
+        log.warning("engine release %s already exists (releases are immutable); nothing to build", output)
+        return BuildResult(str(output), str(checkpoint), "exists",
+                           existing.compat.to_dict() if existing.compat else {}, len(existing.files),
+                           existing.total_size, seconds=round(time.monotonic() - started, 3))
+    trtllm_version, capability = probe_runtime(spec)
+    log.info("build runtime: TensorRT-LLM %s, compute capability %s", trtllm_version, capability)
+    download_checkpoint(checkpoint, paths.checkpoint)
+    for stale in (paths.converted, paths.engine, paths.release):
+        if stale.exists():
+            shutil.rmtree(stale)  # a previous attempt's half-written output must not leak into this one
+    steps = []
+    for step in spec.commands(paths):
+        steps.append({"name": step.name, "seconds": round(run_step(step), 3)})
+    assemble_release(spec, paths, output.version)
+    compat = Compat(trtllm_version=trtllm_version, compute_capability=capability, tp_size=spec.tp_size,
+                    pp_size=spec.pp_size, dtype=spec.dtype)
+    from triton_rollout.release.publish import publish_release
+
+    manifest = publish_release(
+        paths.release, output, kind="engine", compat=compat,
+        source=f"triton_rollout build from {checkpoint} ({spec.backend}, {spec.family})",
+        extra={"build": {"checkpoint": str(checkpoint), "spec": spec.to_dict()}},
+    )
+    return BuildResult(str(output), str(checkpoint), "published", compat.to_dict(), len(manifest.files),
+                       manifest.total_size, steps, round(time.monotonic() - started, 3))

@@ -1,0 +1,445 @@
+"""The typed engine build spec: what to build from a checkpoint, and the exact commands and configs it renders.
+
+One spec per model (JSON or YAML; in the per-model config under ``build``), validated once with errors
+that name the field. From it come:
+
+- the TensorRT-LLM commands: the family's checkpoint conversion (or ``quantization/quantize.py`` for
+  FP8 / AWQ, which need calibration), then ``trtllm-build`` with the matching flags;
+- the four config.pbtxt files of the tensorrtllm_backend ensemble (ensemble, preprocessing,
+  tensorrt_llm, postprocessing), filled from templates shipped in this package. The backend's own
+  templates keep an unfilled ``${var}`` silently (FACTS: TensorRT-LLM); here any placeholder left over
+  after filling is an error, so a release never ships a config that only fails at load time.
+
+``backend: cpu-demo`` (family ``demo``) renders the CPU demo builder's commands instead: the same two
+steps and the same release layout, run by :mod:`triton_rollout.build.demo_engine` on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shlex
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+# The per-model config's validators: a spec error reads like any other config error (field path first).
+from triton_rollout.config import _fail, _int
+from triton_rollout.errors import BuildError, ConfigError
+
+BACKEND_TRTLLM = "tensorrt-llm"
+BACKEND_DEMO = "cpu-demo"
+BACKENDS = (BACKEND_TRTLLM, BACKEND_DEMO)
+DEMO_FAMILY = "demo"
+# Checkpoint family -> the examples/<dir> whose convert_checkpoint.py handles it (Mistral and Mixtral
+# are converted by the Llama script upstream).
+FAMILY_EXAMPLES = {
+    "llama": "llama",
+    "mistral": "llama",
+    "mixtral": "llama",
+    "qwen": "qwen",
+    "gpt": "gpt",
+    "falcon": "falcon",
+    "phi": "phi",
+}
+DTYPES = ("float16", "bfloat16", "float32")
+# none / weight-only go through convert_checkpoint.py; fp8 / int4_awq through quantize.py (calibration).
+QUANTIZATIONS = ("none", "int8_weight_only", "int4_weight_only", "fp8", "int4_awq")
+_WEIGHT_ONLY = {"int8_weight_only": "int8", "int4_weight_only": "int4"}
+_QFORMAT = {"fp8": "fp8", "int4_awq": "int4_awq"}
+KV_CACHE_DTYPES = ("auto", "int8", "fp8")
+PLUGIN_VALUES = ("auto", "disable", "float16", "bfloat16", "float32")
+BATCHING_STRATEGIES = ("inflight_fused_batching", "V1")
+SCHEDULER_POLICIES = ("guaranteed_no_evict", "max_utilization")
+TRITON_MODELS = ("ensemble", "preprocessing", "tensorrt_llm", "postprocessing")
+DEFAULT_TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+    "vocab.json", "merges.txt", "*.tiktoken",
+)
+TEMPLATE_PACKAGE = "inflight_batcher_llm"
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_ANY_PLACEHOLDER = re.compile(r"\$\{[^}]*\}?")
+# Paths land inside quoted pbtxt strings and on command lines: keep them to a safe alphabet.
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/-]*$")
+_SAFE_WORD = re.compile(r"^[A-Za-z0-9._/+-]+$")
+
+
+def _choice(value: object, path: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise _fail(path, f"must be one of {', '.join(choices)}; got {value!r}")
+    return str(value)
+
+
+def _bool(value: object, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(path, f"must be true or false, got {value!r}")
+    return value
+
+
+def _word(value: object, path: str) -> str:
+    if not isinstance(value, str) or not _SAFE_WORD.match(value):
+        raise _fail(path, f"must be a non-empty string of letters, digits and ._/+-, got {value!r}")
+    return value
+
+
+def _abs_path(value: object, path: str) -> str:
+    if not isinstance(value, str) or not _SAFE_PATH.match(value) or ".." in value.split("/"):
+        raise _fail(path, f"must be an absolute path of letters, digits and ._/- without '..', got {value!r}")
+    return value.rstrip("/") or "/"
+
+
+def _pb_bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One subprocess of the build, with the exact argv that runs (no shell)."""
+
+    name: str
+    argv: tuple[str, ...]
+
+    def shell(self) -> str:
+        return shlex.join(self.argv)
+
+
+@dataclass(frozen=True)
+class BuildPaths:
+    """Where a build works: the downloaded checkpoint, the converted checkpoint, the engine, the release."""
+
+    workdir: Path
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.workdir / "checkpoint"
+
+    @property
+    def converted(self) -> Path:
+        return self.workdir / "trtllm_checkpoint"
+
+    @property
+    def engine(self) -> Path:
+        return self.workdir / "engine"
+
+    @property
+    def release(self) -> Path:
+        return self.workdir / "release"
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """How one model's checkpoint becomes an engine release. Validated at construction."""
+
+    family: str
+    backend: str = BACKEND_TRTLLM
+    dtype: str = "float16"
+    quantization: str = "none"
+    kv_cache_dtype: str = "auto"
+    tp_size: int = 1
+    pp_size: int = 1
+    # trtllm-build limits (fixed in the engine; a request beyond them is refused at serve time).
+    max_batch_size: int = 8
+    max_input_len: int = 1024
+    max_output_len: int = 1024
+    max_num_tokens: int | None = None
+    max_beam_width: int = 1
+    gemm_plugin: str = "auto"
+    gpt_attention_plugin: str = "auto"
+    paged_kv_cache: bool = True
+    remove_input_padding: bool = True
+    context_fmha: bool = True
+    workers: int = 1
+    calib_size: int = 512
+    calib_dataset: str | None = None
+    # Serving settings rendered into the ensemble's config.pbtxt files.
+    batching_strategy: str = "inflight_fused_batching"
+    batch_scheduler_policy: str = "guaranteed_no_evict"
+    kv_cache_free_gpu_mem_fraction: float = 0.9
+    enable_kv_cache_reuse: bool = False
+    enable_chunked_context: bool = False
+    decoupled: bool = False
+    exclude_input_in_output: bool = True
+    max_queue_delay_microseconds: int = 0
+    preprocessing_instance_count: int = 1
+    postprocessing_instance_count: int = 1
+    add_special_tokens: bool = True
+    skip_special_tokens: bool = True
+    tokenizer_files: tuple[str, ...] = DEFAULT_TOKENIZER_FILES
+    # Where Triton mounts the PVC's repository/ (KubernetesConfig.triton_repository_path).
+    triton_repository: str = "/models"
+    # Tools inside the build image (nvcr.io/nvidia/tritonserver:<tag>-trtllm-python-py3 layout).
+    python: str | None = None
+    examples_dir: str = "/app/tensorrt_llm/examples"
+    trtllm_build: str = "trtllm-build"
+    backend_models_dir: str = "/app/all_models/inflight_batcher_llm"
+    _path: str = field(default="build", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        p = self._path
+        _choice(self.backend, f"{p}.backend", BACKENDS)
+        demo = self.backend == BACKEND_DEMO
+        families = (DEMO_FAMILY,) if demo else tuple(FAMILY_EXAMPLES)
+        if self.family not in families:
+            hint = "" if demo or self.family != DEMO_FAMILY else " (family 'demo' needs backend 'cpu-demo')"
+            raise _fail(f"{p}.family", f"must be one of {', '.join(families)} for backend {self.backend!r}; "
+                                       f"got {self.family!r}{hint}")
+        _choice(self.dtype, f"{p}.dtype", DTYPES)
+        _choice(self.quantization, f"{p}.quantization", QUANTIZATIONS)
+        _choice(self.kv_cache_dtype, f"{p}.kv_cache_dtype", KV_CACHE_DTYPES)
+        if self.kv_cache_dtype == "fp8" and self.quantization not in _QFORMAT:
+            raise _fail(f"{p}.kv_cache_dtype", "fp8 KV cache is produced by quantize.py: set quantization to "
+                                               f"fp8 or int4_awq, got quantization {self.quantization!r}")
+        _int(self.tp_size, f"{p}.tp_size", 1, 64)
+        _int(self.pp_size, f"{p}.pp_size", 1, 64)
+        _int(self.max_batch_size, f"{p}.max_batch_size", 1, 4096)
+        _int(self.max_input_len, f"{p}.max_input_len", 1)
+        _int(self.max_output_len, f"{p}.max_output_len", 1)
+        if self.max_num_tokens is not None:
+            _int(self.max_num_tokens, f"{p}.max_num_tokens", 1)
+        _int(self.max_beam_width, f"{p}.max_beam_width", 1, 64)
+        _choice(self.gemm_plugin, f"{p}.gemm_plugin", PLUGIN_VALUES)
+        _choice(self.gpt_attention_plugin, f"{p}.gpt_attention_plugin", PLUGIN_VALUES)
+        for name in ("paged_kv_cache", "remove_input_padding", "context_fmha", "enable_kv_cache_reuse",
+                     "enable_chunked_context", "decoupled", "exclude_input_in_output", "add_special_tokens",
+                     "skip_special_tokens"):
+            _bool(getattr(self, name), f"{p}.{name}")
+        _int(self.workers, f"{p}.workers", 1, 64)
+        _int(self.calib_size, f"{p}.calib_size", 1)
+        if self.calib_dataset is not None:
+            _word(self.calib_dataset, f"{p}.calib_dataset")
+        _choice(self.batching_strategy, f"{p}.batching_strategy", BATCHING_STRATEGIES)
+        _choice(self.batch_scheduler_policy, f"{p}.batch_scheduler_policy", SCHEDULER_POLICIES)
+        frac = self.kv_cache_free_gpu_mem_fraction
+        if isinstance(frac, bool) or not isinstance(frac, int | float) or not 0 < frac < 1:
+            raise _fail(f"{p}.kv_cache_free_gpu_mem_fraction", f"must be a number between 0 and 1, got {frac!r}")
+        _int(self.max_queue_delay_microseconds, f"{p}.max_queue_delay_microseconds", 0)
+        _int(self.preprocessing_instance_count, f"{p}.preprocessing_instance_count", 1, 64)
+        _int(self.postprocessing_instance_count, f"{p}.postprocessing_instance_count", 1, 64)
+        files = self.tokenizer_files
+        if isinstance(files, str) or not isinstance(files, list | tuple) or not files:
+            raise _fail(f"{p}.tokenizer_files", "must be a non-empty list of file names or glob patterns")
+        for i, pattern in enumerate(files):
+            if not isinstance(pattern, str) or not pattern or "/" in pattern or pattern.startswith("."):
+                raise _fail(f"{p}.tokenizer_files[{i}]", f"must be a top-level file name or pattern, got {pattern!r}")
+        object.__setattr__(self, "tokenizer_files", tuple(files))
+        object.__setattr__(self, "triton_repository", _abs_path(self.triton_repository, f"{p}.triton_repository"))
+        if self.python is not None:
+            _word(self.python, f"{p}.python")
+        for name in ("examples_dir", "backend_models_dir"):
+            object.__setattr__(self, name, _abs_path(getattr(self, name), f"{p}.{name}"))
+        _word(self.trtllm_build, f"{p}.trtllm_build")
+        if self.batching_strategy == "inflight_fused_batching" and not demo:
+            # In-flight batching runs only on engines built with these (the backend refuses others at load).
+            for name, ok in (("paged_kv_cache", self.paged_kv_cache),
+                             ("remove_input_padding", self.remove_input_padding),
+                             ("gpt_attention_plugin", self.gpt_attention_plugin != "disable")):
+                if not ok:
+                    raise _fail(f"{p}.{name}", "must be enabled for batching_strategy inflight_fused_batching "
+                                               "(or set batching_strategy to V1)")
+        if demo:
+            # The CPU demo engine is a float32 table on one process; anything else would be pretended.
+            for name, want in (("dtype", "float32"), ("quantization", "none"), ("tp_size", 1), ("pp_size", 1)):
+                if getattr(self, name) != want:
+                    raise _fail(f"{p}.{name}", f"must be {want!r} for backend cpu-demo, got {getattr(self, name)!r}")
+
+    # -- loading -----------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: object, path: str = "build") -> BuildSpec:
+        if not isinstance(data, Mapping):
+            raise _fail(path, f"must be a mapping, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise _fail(path, f"unknown key(s) {unknown}; allowed: {sorted(names)}")
+        if "family" not in data:
+            raise _fail(f"{path}.family", "is required")
+        return cls(**dict(data), _path=path)
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "--spec-json") -> BuildSpec:
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"{source} is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> BuildSpec:
+        """A spec file: JSON, or YAML (.yaml/.yml) when PyYAML is installed."""
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read build spec {p}: {exc.strerror}") from None
+        if p.suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError:
+                raise ConfigError(f"{p} is YAML but PyYAML is not installed; write the spec as JSON") from None
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"build spec {p} is not valid YAML: {exc}") from None
+            return cls.from_dict(data)
+        return cls.from_json(text, source=f"build spec {p}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.name.startswith("_")}
+        out["tokenizer_files"] = list(self.tokenizer_files)
+        return out
+
+    # -- derived facts -----------------------------------------------------------------------------
+    @property
+    def is_demo(self) -> bool:
+        return self.backend == BACKEND_DEMO
+
+    @property
+    def gpus(self) -> int:
+        """GPUs the build pod asks for: one per rank (tp x pp); the CPU demo asks for none."""
+        return 0 if self.is_demo else self.tp_size * self.pp_size
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.max_input_len + self.max_output_len
+
+    @property
+    def interpreter(self) -> str:
+        # The demo steps run the library itself, so they use the interpreter running the build.
+        return self.python or (sys.executable if self.is_demo else "python3")
+
+    # -- commands ----------------------------------------------------------------------------------
+    def commands(self, paths: BuildPaths) -> list[Step]:
+        """The conversion step, then the engine build step, with every flag spelled out."""
+        if self.is_demo:
+            return self._demo_commands(paths)
+        return [self._convert_step(paths), self._build_step(paths)]
+
+    def _convert_step(self, paths: BuildPaths) -> Step:
+        common = ["--model_dir", str(paths.checkpoint), "--output_dir", str(paths.converted),
+                  "--dtype", self.dtype, "--tp_size", str(self.tp_size), "--pp_size", str(self.pp_size)]
+        if self.quantization in _QFORMAT:
+            argv = [self.interpreter, f"{self.examples_dir}/quantization/quantize.py", *common,
+                    "--qformat", _QFORMAT[self.quantization], "--calib_size", str(self.calib_size)]
+            if self.calib_dataset:
+                argv += ["--calib_dataset", self.calib_dataset]
+            if self.kv_cache_dtype != "auto":
+                argv += ["--kv_cache_dtype", self.kv_cache_dtype]
+            return Step("quantize", tuple(argv))
+        script = f"{self.examples_dir}/{FAMILY_EXAMPLES[self.family]}/convert_checkpoint.py"
+        argv = [self.interpreter, script, *common]
+        if self.quantization in _WEIGHT_ONLY:
+            argv += ["--use_weight_only", "--weight_only_precision", _WEIGHT_ONLY[self.quantization]]
+        if self.kv_cache_dtype == "int8":
+            argv += ["--int8_kv_cache"]
+        return Step("convert", tuple(argv))
+
+    def _build_step(self, paths: BuildPaths) -> Step:
+        def onoff(flag: bool) -> str:
+            return "enable" if flag else "disable"
+
+        argv = [
+            self.trtllm_build,
+            "--checkpoint_dir", str(paths.converted),
+            "--output_dir", str(paths.engine),
+            "--gemm_plugin", self.gemm_plugin,
+            "--gpt_attention_plugin", self.gpt_attention_plugin,
+            "--max_batch_size", str(self.max_batch_size),
+            "--max_input_len", str(self.max_input_len),
+            "--max_seq_len", str(self.max_seq_len),
+            "--max_beam_width", str(self.max_beam_width),
+            "--paged_kv_cache", onoff(self.paged_kv_cache),
+            "--remove_input_padding", onoff(self.remove_input_padding),
+            "--context_fmha", onoff(self.context_fmha),
+            "--workers", str(self.workers),
+        ]
+        if self.max_num_tokens is not None:
+            argv += ["--max_num_tokens", str(self.max_num_tokens)]
+        return Step("trtllm-build", tuple(argv))
+
+    def _demo_commands(self, paths: BuildPaths) -> list[Step]:
+        module = [self.interpreter, "-m", "triton_rollout.build.demo_engine"]
+        return [
+            Step("convert", (*module, "convert", "--checkpoint_dir", str(paths.checkpoint),
+                             "--output_dir", str(paths.converted), "--dtype", self.dtype)),
+            Step("build", (*module, "build", "--checkpoint_dir", str(paths.converted),
+                           "--output_dir", str(paths.engine), "--max_batch_size", str(self.max_batch_size),
+                           "--max_input_len", str(self.max_input_len), "--max_seq_len", str(self.max_seq_len))),
+        ]
+
+    # -- config.pbtxt ------------------------------------------------------------------------------
+    def engine_dir(self, version: int) -> str:
+        """gpt_model_path as Triton sees it: the tensorrt_llm version directory (the loader pins it too)."""
+        return f"{self.triton_repository.rstrip('/')}/tensorrt_llm/{version}"
+
+    def template_values(self, triton_model: str, version: int) -> dict[str, str]:
+        """Every template variable, as text, for one Triton model of release ``version``."""
+        repo = self.triton_repository.rstrip("/")
+        return {
+            "triton_backend": "tensorrtllm",
+            "triton_max_batch_size": str(self.max_batch_size),
+            "decoupled_mode": _pb_bool(self.decoupled),
+            "max_queue_delay_microseconds": str(self.max_queue_delay_microseconds),
+            "batching_strategy": self.batching_strategy,
+            "engine_dir": self.engine_dir(version),
+            "max_beam_width": str(self.max_beam_width),
+            "batch_scheduler_policy": self.batch_scheduler_policy,
+            "kv_cache_free_gpu_mem_fraction": f"{self.kv_cache_free_gpu_mem_fraction:g}",
+            "enable_kv_cache_reuse": _pb_bool(self.enable_kv_cache_reuse),
+            "enable_chunked_context": _pb_bool(self.enable_chunked_context),
+            "exclude_input_in_output": _pb_bool(self.exclude_input_in_output),
+            "normalize_log_probs": "true",
+            # Each tokenizer-using model ships its own copy, so its directory is its own version dir.
+            "tokenizer_dir": f"{repo}/{triton_model}/{version}/tokenizer",
+            "add_special_tokens": _pb_bool(self.add_special_tokens),
+            "skip_special_tokens": _pb_bool(self.skip_special_tokens),
+            "preprocessing_instance_count": str(self.preprocessing_instance_count),
+            "postprocessing_instance_count": str(self.postprocessing_instance_count),
+        }
+
+    def render_configs(self, version: int, templates: Mapping[str, str] | None = None) -> dict[str, str]:
+        """config.pbtxt text per Triton model, every placeholder filled and the result parsed by protobuf.
+
+        ``templates`` defaults to this package's TensorRT-LLM ensemble templates; the CPU demo passes
+        its own python-backend models' configs.
+        """
+        from triton_rollout.triton.config import parse_config
+
+        templates = templates if templates is not None else package_templates()
+        out: dict[str, str] = {}
+        for name, text in templates.items():
+            source = f"{name}/config.pbtxt"
+            rendered = fill_template(text, self.template_values(name, version), source=source)
+            cfg = parse_config(rendered, source=f"rendered {source}")
+            if cfg.name and cfg.name != name:
+                raise BuildError(f"rendered {source} names model {cfg.name!r}, not {name!r}",
+                                 hint="the template's name must match its Triton model directory")
+            out[name] = rendered
+        return out
+
+
+def package_templates() -> dict[str, str]:
+    """This package's config.pbtxt templates for the TensorRT-LLM ensemble, by Triton model."""
+    root = resources.files("triton_rollout.build") / "templates" / TEMPLATE_PACKAGE
+    return {name: (root / name / "config.pbtxt").read_text() for name in TRITON_MODELS}
+
+
+def fill_template(text: str, values: Mapping[str, str], *, source: str) -> str:
+    """Replace every ``${name}``; a name without a value, or any ``${`` left afterwards, is an error."""
+    missing = sorted({m.group(1) for m in _PLACEHOLDER.finditer(text) if m.group(1) not in values})
+    if missing:
+        raise BuildError(f"{source}: template variable(s) {', '.join(missing)} have no value",
+                         hint="add them to the build spec / template values; an unfilled ${...} is never shipped")
+    rendered = _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
+    check_no_placeholders(rendered, source=source)
+    return rendered
+
+
+def check_no_placeholders(text: str, *, source: str) -> None:
+    left = sorted(set(_ANY_PLACEHOLDER.findall(text)))
+    if left:
+        raise BuildError(f"{source}: unfilled placeholder(s) {', '.join(left)} after rendering",
+                         hint="fix the template or the value that contains '${'; Triton would keep it as text")

@@ -1,0 +1,144 @@
+"""The PVC layout and the filesystem primitives that make publishing atomic.
+
+    <pvc>/repository/<triton_model>/<version>/   published, immutable (Triton mounts only repository/)
+    <pvc>/staging/<model>/<version>/<triton_model>/...   in-progress syncs, same filesystem
+    <pvc>/staging/.trash/                         versions moved out of repository/ before deletion
+    <pvc>/state/published/<model>/<version>.json  what was published, with each file's stat record
+    <pvc>/state/deployments/<model>.json          promoted / previous version (state.py)
+    <pvc>/state/locks/<model>.lock                one writer per model (lock.py)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from triton_rollout.errors import ConfigError
+from triton_rollout.release.manifest import validate_relpath
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write-to-temp, fsync, rename: readers see the old or the new file, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path) -> Any | None:
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+
+
+def safe_join(root: Path, rel: str) -> Path:
+    """Join a manifest path under root, refusing anything that could land outside it.
+
+    The check is lexical (no '..', no absolute paths, no empty segments): directories under the PVC
+    are created by this code, and a realpath() per file costs more than the rest of a small-file sync.
+    """
+    validate_relpath(rel)
+    return root.joinpath(*rel.split("/"))
+
+
+@dataclass(frozen=True)
+class PvcLayout:
+    root: Path
+
+    @classmethod
+    def at(cls, root: str | os.PathLike[str], *, create: bool = True) -> PvcLayout:
+        path = Path(root).absolute()
+        if not path.exists() and not create:
+            raise ConfigError(f"PVC directory {path} does not exist")
+        layout = cls(path)
+        if create:
+            for d in (layout.repository, layout.staging, layout.state, layout.trash, layout.locks):
+                d.mkdir(parents=True, exist_ok=True)
+        if not path.is_dir():
+            raise ConfigError(f"PVC path {path} is not a directory")
+        return layout
+
+    @property
+    def repository(self) -> Path:
+        return self.root / "repository"
+
+    @property
+    def staging(self) -> Path:
+        return self.root / "staging"
+
+    @property
+    def trash(self) -> Path:
+        return self.staging / ".trash"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def locks(self) -> Path:
+        return self.state / "locks"
+
+    def staging_release(self, model: str, version: int) -> Path:
+        return self.staging / model / str(version)
+
+    def version_dir(self, triton_model: str, version: int) -> Path:
+        return self.repository / triton_model / str(version)
+
+    def model_dir(self, triton_model: str) -> Path:
+        return self.repository / triton_model
+
+    def published_record(self, model: str, version: int) -> Path:
+        return self.state / "published" / model / f"{version}.json"
+
+    def published_versions(self, model: str) -> list[int]:
+        folder = self.state / "published" / model
+        if not folder.is_dir():
+            return []
+        return sorted(int(p.stem) for p in folder.glob("*.json") if p.stem.isdigit())
+
+    def move_to_trash(self, path: Path, label: str) -> Path:
+        """Atomically take a directory out of repository/ (a rename), to delete it afterwards."""
+        self.trash.mkdir(parents=True, exist_ok=True)
+        dest = self.trash / f"{label}.{uuid.uuid4().hex[:8]}"
+        os.rename(path, dest)
+        fsync_dir(path.parent)
+        return dest
+
+    def empty_trash(self) -> None:
+        if self.trash.is_dir():
+            for child in self.trash.iterdir():
+                shutil.rmtree(child, ignore_errors=True)
+
+
+def stat_record(path: Path) -> dict[str, int]:
+    """Identity of a published file: a rename keeps it, any rewrite or replacement changes it."""
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
+
+
+def remove_tree(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(path)

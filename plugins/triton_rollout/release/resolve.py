@@ -1,0 +1,119 @@
+"""Which release to deploy: the explicit version, or the newest complete one (as of a date / newer than X).
+
+Plain library code used by the deploy DAG's sensor (in the triggerer) and its resolve task (on the
+worker); both only need S3 (and, for "newer than what serves", Triton over HTTP), never the PVC.
+
+"As of" a date: the newest complete release whose manifest ``created_at`` is at or before that date.
+This is what lets a backfill re-deploy, for each past date, the version that was current then.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from triton_rollout.config import ModelDeployment
+from triton_rollout.errors import ManifestError, ReleaseNotFound
+from triton_rollout.release.manifest import Manifest, format_time
+from triton_rollout.release.s3 import ObjectReader, ReleaseUri, fetch_manifest, list_release_versions, make_client
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ResolvedRelease:
+    """A complete release chosen for deployment, and where its servable engine is (``serve_release``)."""
+
+    model: str
+    version: int
+    release: str
+    kind: str
+    created_at: str
+    files: int
+    bytes: int
+    triton_models: list[str]
+    serve_release: str
+
+    @property
+    def needs_build(self) -> bool:
+        return self.kind == "checkpoint"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ResolvedRelease:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+
+def resolved(model: ModelDeployment, manifest: Manifest) -> ResolvedRelease:
+    release = model.release_uri(manifest.version)
+    serve = model.engine_uri(manifest.version) if manifest.kind == "checkpoint" else release
+    return ResolvedRelease(model=model.name, version=manifest.version, release=release, kind=manifest.kind,
+                           created_at=format_time(manifest.created_at), files=len(manifest.files),
+                           bytes=manifest.total_size, triton_models=manifest.triton_models, serve_release=serve)
+
+
+def find_release(model: ModelDeployment, *, version: int | None = None, as_of: datetime | None = None,
+                 newer_than: int | None = None, client: Any = None) -> ResolvedRelease | None:
+    """The release to deploy, or None when there is none (yet).
+
+    ``version``: exactly that release, once its manifest exists (``as_of`` / ``newer_than`` ignored).
+    Otherwise the newest complete release with ``created_at <= as_of`` (any, if None) and a version
+    above ``newer_than``. Incomplete releases (no manifest.json yet) are passed over; a malformed
+    manifest is logged and passed over, so one bad upload does not block the releases before it.
+    """
+    base = ReleaseUri.parse(model.release_uri(version or 1))
+    reader = ObjectReader(base.bucket)
+    if version is not None:
+        try:
+            return resolved(model, fetch_manifest(base, reader))
+        except ReleaseNotFound as exc:  # ReleaseIncomplete included: not complete yet
+            log.info("%s", exc.message)
+            return None
+    client = client or make_client()
+    for candidate in sorted(list_release_versions(client, base.bucket, base.model_key), reverse=True):
+        if newer_than is not None and candidate <= newer_than:
+            break
+        uri = ReleaseUri(base.bucket, base.prefix, base.model, candidate)
+        try:
+            manifest = fetch_manifest(uri, reader)
+        except ReleaseNotFound as exc:
+            log.info("skipping %s: %s", uri, exc.message)
+            continue
+        except ManifestError as exc:
+            log.warning("skipping %s: %s", uri, exc)
+            continue
+        if as_of is not None and manifest.created_at > as_of:
+            continue
+        return resolved(model, manifest)
+    return None
+
+
+def serving_version(triton_url: str, triton_models: list[str], *, timeout: float = 10.0) -> int | None:
+    """The newest version every one of ``triton_models`` serves READY right now; None if none (or unreachable).
+
+    Used to tell whether a release is *new*; an unreachable Triton counts as serving nothing, so the
+    deploy goes ahead and its load step reports the outage.
+    """
+    from triton_rollout.triton.control import TritonControl
+
+    with TritonControl(triton_url, timeout=timeout) as control:
+        if not control.is_live():
+            log.warning("Triton at %s is not reachable: treating it as serving nothing", triton_url)
+            return None
+        index = control.repository_index()
+    common: set[int] | None = None
+    for name in triton_models:
+        ready = {int(m.version) for m in index if m.name == name and m.state == "READY" and m.version.isdigit()}
+        common = ready if common is None else common & ready
+    return max(common) if common else None
+
+
+def describe(r: ResolvedRelease | None) -> str:
+    if r is None:
+        return "no release"
+    built = f", engine built to {r.serve_release}" if r.needs_build else ""
+    return f"{r.model} v{r.version} ({r.kind}, created {r.created_at}, {r.files} files, {r.bytes} bytes{built})"

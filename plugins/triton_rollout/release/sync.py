@@ -1,0 +1,360 @@
+"""Sync one S3 release into the PVC: download to staging, verify, fsync, rename into repository/.
+
+Guarantees (each has a test):
+- repository/ only ever gains a version directory whole and verified: it is renamed in from staging
+  (same filesystem) after every file's sha256 matched and was fsynced. A kill at any point leaves
+  repository/ as it was; a re-run resumes from the files and parts already verified in staging.
+- re-syncing a version that is published and intact transfers nothing; one whose files changed
+  since publishing is reported (CorruptVersion) and only replaced, whole, with ``repair=True``.
+- one writer per model (PvcLock); retention never prunes the promoted or rollback version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from triton_rollout.errors import CorruptVersion, DiskFull, IntegrityError
+from triton_rollout.pvc.layout import (
+    PvcLayout,
+    atomic_write_json,
+    fsync_dir,
+    read_json,
+    remove_tree,
+    safe_join,
+    stat_record,
+)
+from triton_rollout.pvc.lock import PvcLock
+from triton_rollout.pvc.state import load_state
+from triton_rollout.release.compat import check_compat
+from triton_rollout.release.manifest import FileEntry, Manifest, hash_file
+from triton_rollout.release.progress import Progress, TransferCounters, human_bytes
+from triton_rollout.release.s3 import ReleaseUri, fetch_manifest
+
+if TYPE_CHECKING:
+    from triton_rollout.release.transfer import FileTask
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KEEP = 3
+
+
+@dataclass
+class SyncOptions:
+    concurrency: int = 8
+    large_streams: int = 4
+    write_mode: str = "mmap"  # or "pwrite", for filesystems where shared mappings misbehave
+    request_size: int = 64 * 1024 * 1024
+    repair: bool = False
+    verify: str = "stat"  # "stat": size/mtime/inode against the publish record; "full": re-hash
+    keep: int = DEFAULT_KEEP
+    lock_timeout: float = 600.0
+    progress_interval: float = 5.0
+    prune: bool = True
+    # The compatibility gate (compat.py): None = not checked.
+    expect_trtllm_version: str | None = None
+    expect_compute_capability: str | None = None
+
+
+@dataclass
+class SyncResult(TransferCounters):
+    release: str
+    model: str
+    version: int
+    status: str  # published | unchanged | repaired | adopted
+    triton_models: list[str]
+    published_paths: list[str]
+    files_total: int
+    bytes_total: int
+    seconds: float = 0.0
+    pruned: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        rate = self.bytes_transferred / self.seconds if self.seconds > 0 else 0
+        return (
+            f"{self.status}: {self.model} v{self.version} -> {', '.join(self.published_paths)}; "
+            f"transferred {self.files_transferred} files / {human_bytes(self.bytes_transferred)}, "
+            f"skipped {self.files_skipped} files / {human_bytes(self.bytes_skipped)}, "
+            f"{self.seconds:.2f}s ({human_bytes(rate)}/s)"
+        )
+
+
+# -- the publish record: what a published version looked like when it was renamed in ---------------
+
+
+def _record(layout: PvcLayout, manifest: Manifest, status: str, stats: dict[str, dict[str, int]]) -> None:
+    atomic_write_json(
+        layout.published_record(manifest.model, manifest.version),
+        {
+            "status": status,
+            "manifest": manifest.to_dict(),
+            "files": stats,
+            "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        },
+    )
+
+
+def _repo_path(layout: PvcLayout, manifest: Manifest, entry: FileEntry) -> Path:
+    triton_model, _, rest = entry.path.partition("/")
+    return safe_join(layout.version_dir(triton_model, manifest.version), rest)
+
+
+def check_published(layout: PvcLayout, manifest: Manifest, *, full: bool = False) -> list[str]:
+    """Problems with a published version: files missing, resized, rewritten or (full) wrong content."""
+    record = read_json(layout.published_record(manifest.model, manifest.version)) or {}
+    recorded: dict[str, dict[str, int]] = record.get("files", {})
+    problems = []
+    for entry in manifest.files:
+        path = _repo_path(layout, manifest, entry)
+        try:
+            now = stat_record(path)
+        except FileNotFoundError:
+            problems.append(f"{entry.path}: missing")
+            continue
+        if now["size"] != entry.size:
+            problems.append(f"{entry.path}: size {now['size']} != manifest {entry.size}")
+            continue
+        # A stat identical to the publish record means untouched since it was verified; else re-hash.
+        if (full or recorded.get(entry.path) != now) and not _content_matches(path, entry):
+            problems.append(f"{entry.path}: content differs from the manifest's sha256")
+    return problems
+
+
+def _content_matches(path: Path, entry: FileEntry) -> bool:
+    whole, parts = hash_file(path, entry.size, entry.part_size or max(entry.size, 1))
+    if entry.part_sha256:
+        return parts == entry.part_sha256
+    return whole == entry.sha256
+
+
+# -- the sync ------------------------------------------------------------------------------------------
+
+
+def sync_release(
+    release_uri: str | ReleaseUri,
+    pvc: str | os.PathLike[str],
+    *,
+    options: SyncOptions | None = None,
+    **overrides: Any,
+) -> SyncResult:
+    opts = options or SyncOptions()
+    for key, value in overrides.items():
+        if not hasattr(opts, key):
+            raise TypeError(f"unknown sync option {key!r}")
+        setattr(opts, key, value)
+    release = release_uri if isinstance(release_uri, ReleaseUri) else ReleaseUri.parse(release_uri)
+    started = time.monotonic()
+    manifest = fetch_manifest(release)
+    manifest.require_servable()
+    # Before the PVC is even opened: a mismatched engine must not cost a byte of it.
+    check_compat(manifest, trtllm_version=opts.expect_trtllm_version,
+                 compute_capability=opts.expect_compute_capability)
+    layout = PvcLayout.at(pvc)
+    lock = PvcLock(layout.locks / f"{manifest.model}.lock", purpose=f"sync {release}", timeout=opts.lock_timeout)
+    with lock:
+        result = _sync_locked(release, manifest, layout, opts, lock)
+        if opts.prune:
+            result.pruned = prune(layout, manifest.model, keep=opts.keep, also_keep={manifest.version})
+    result.seconds = round(time.monotonic() - started, 3)
+    log.info(result.summary())
+    return result
+
+
+def _new_result(release: ReleaseUri, manifest: Manifest, layout: PvcLayout, status: str) -> SyncResult:
+    return SyncResult(
+        release=str(release),
+        model=manifest.model,
+        version=manifest.version,
+        status=status,
+        triton_models=manifest.triton_models,
+        published_paths=[str(layout.version_dir(t, manifest.version)) for t in manifest.triton_models],
+        files_total=len(manifest.files),
+        bytes_total=manifest.total_size,
+    )
+
+
+def _sync_locked(
+    release: ReleaseUri, manifest: Manifest, layout: PvcLayout, opts: SyncOptions, lock: PvcLock
+) -> SyncResult:
+    record = read_json(layout.published_record(manifest.model, manifest.version))
+    present = [t for t in manifest.triton_models if layout.version_dir(t, manifest.version).exists()]
+    status = "published"
+    if present:
+        problems = check_published(layout, manifest, full=opts.verify == "full")
+        if not problems and len(present) == len(manifest.triton_models):
+            result = _new_result(release, manifest, layout, "unchanged")
+            result.files_skipped, result.bytes_skipped = len(manifest.files), manifest.total_size
+            if not record or record.get("status") != "published":
+                # Renamed in by a sync that died before writing its record: adopt it.
+                _record(layout, manifest, "published", _stats(layout, manifest))
+                result.status = "adopted"
+            log.info("%s v%d is already published and intact (%s check)", manifest.model, manifest.version, opts.verify)
+            return result
+        missing_models = [t for t in manifest.triton_models if t not in present]
+        real_problems = [p for p in problems if p.split("/", 1)[0] not in missing_models]
+        if real_problems and not opts.repair:
+            more = f"; and {len(real_problems) - 5} more" if len(real_problems) > 5 else ""
+            shown = "; ".join(real_problems[:5]) + more
+            raise CorruptVersion(
+                f"{manifest.model} v{manifest.version} is on the PVC but does not match its manifest: {shown}"
+            )
+        if real_problems:
+            log.warning("repairing %s v%d: %s", manifest.model, manifest.version, "; ".join(real_problems[:5]))
+            status = "repaired"
+
+    # Imported here: the no-op path above must stay cheap to start (pods re-run it on every reconcile).
+    from triton_rollout.release.transfer import Downloader, FileTask
+
+    staging = layout.staging_release(manifest.model, manifest.version)
+    tasks = []
+    kept_files = kept_bytes = 0
+    for entry in manifest.files:
+        triton_model = entry.path.split("/", 1)[0]
+        dest = safe_join(staging, entry.path)
+        if triton_model in present:
+            if status != "repaired":
+                # Published whole and verified by an earlier run that died before the next rename.
+                kept_files, kept_bytes = kept_files + 1, kept_bytes + entry.size
+                continue
+            if not dest.exists():
+                # Intact files of a version being repaired are hard-linked, not downloaded again.
+                _link_if_intact(_repo_path(layout, manifest, entry), entry, dest, record)
+        tasks.append(FileTask(entry, release.file_key(entry.path), dest))
+
+    _check_space(layout, tasks)
+    progress = Progress(
+        f"sync {manifest.model} v{manifest.version}", manifest.total_size, len(tasks), interval=opts.progress_interval
+    ).start()
+    downloader = Downloader(
+        release.bucket,
+        concurrency=opts.concurrency,
+        large_streams=opts.large_streams,
+        write_mode=opts.write_mode,
+        request_size=opts.request_size,
+        progress=progress,
+    )
+    try:
+        stats = downloader.run(tasks)
+    except (DiskFull, IntegrityError):
+        # Full disk: free what staging took. Integrity: S3 differs from the manifest, a fix is a new release.
+        _remove_staging(staging)
+        raise
+    finally:
+        progress.stop()
+    log.info(progress.line())
+
+    _publish(layout, manifest, staging, lock, replace=status == "repaired")
+    result = _new_result(release, manifest, layout, status)
+    for counter in fields(TransferCounters):
+        setattr(result, counter.name, getattr(stats, counter.name))
+    result.files_skipped += kept_files
+    result.bytes_skipped += kept_bytes
+    return result
+
+
+def _link_if_intact(repo_file: Path, entry: FileEntry, dest: Path, record: dict[str, Any] | None) -> None:
+    recorded = (record or {}).get("files", {}).get(entry.path)
+    try:
+        now = stat_record(repo_file)
+    except FileNotFoundError:
+        return
+    intact = now["size"] == entry.size and (now == recorded or _content_matches(repo_file, entry))
+    if intact:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.link(repo_file, dest)
+
+
+def _remove_staging(staging: Path) -> None:
+    remove_tree(staging)
+    with contextlib.suppress(OSError):
+        staging.parent.rmdir()  # the model's staging folder, when no other version is in flight
+
+
+def _check_space(layout: PvcLayout, tasks: list[FileTask]) -> None:
+    need = 0
+    for t in tasks:
+        if t.dest.exists() and t.dest.stat().st_size == t.entry.size:
+            continue
+        need += t.entry.size
+    free = shutil.disk_usage(layout.root).free
+    if need > free:
+        raise DiskFull(
+            f"the PVC at {layout.root} has {human_bytes(free)} free but the release needs {human_bytes(need)} more"
+        )
+
+
+def _stats(layout: PvcLayout, manifest: Manifest) -> dict[str, dict[str, int]]:
+    return {e.path: stat_record(_repo_path(layout, manifest, e)) for e in manifest.files}
+
+
+def _publish(layout: PvcLayout, manifest: Manifest, staging: Path, lock: PvcLock, *, replace: bool) -> None:
+    """Rename each verified Triton model directory from staging into repository/<model>/<version>/."""
+    for root, dirs, _files in os.walk(staging, topdown=False):
+        for d in dirs:
+            fsync_dir(Path(root) / d)
+    fsync_dir(staging)
+    if not lock.still_held():
+        raise IntegrityError(
+            f"lost the PVC lock for {manifest.model} before publishing (another sync took it over); "
+            "nothing was published",
+            hint="re-run the sync; if this repeats, raise the lock's stale timeout",
+        )
+    # Stat records survive the rename (same inode), so they can be taken before it.
+    staged_stats = {e.path: stat_record(safe_join(staging, e.path)) for e in manifest.files}
+    _record(layout, manifest, "publishing", staged_stats)
+    for triton_model in manifest.triton_models:
+        target = layout.version_dir(triton_model, manifest.version)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            if replace:
+                # The damaged copy leaves repository/ in one rename; the verified one enters in another.
+                layout.move_to_trash(target, f"{triton_model}-{manifest.version}-damaged")
+            else:
+                continue  # published by an earlier, interrupted run and verified above
+        os.rename(staging / triton_model, target)
+        fsync_dir(target.parent)
+    _record(layout, manifest, "published", staged_stats)
+    _remove_staging(staging)
+    layout.empty_trash()
+
+
+# -- retention -----------------------------------------------------------------------------------------
+
+
+def prune(layout: PvcLayout, model: str, *, keep: int, also_keep: set[int] | None = None) -> list[int]:
+    """Keep the promoted, the previous and the ``keep`` newest versions; move the rest out, then delete.
+
+    Must run under the model's lock. A version leaves repository/ by rename (atomic for Triton), and
+    its record is removed last, so an interrupted prune is finished by the next one.
+    """
+    versions = layout.published_versions(model)
+    state = load_state(layout, model)
+    protected = state.protected | set(also_keep or ()) | set(sorted(versions)[-keep:] if keep > 0 else [])
+    pruned = []
+    for version in versions:
+        if version in protected:
+            continue
+        record_path = layout.published_record(model, version)
+        record = read_json(record_path) or {}
+        triton_models = sorted({f["path"].split("/", 1)[0] for f in record.get("manifest", {}).get("files", [])})
+        record["status"] = "pruning"
+        atomic_write_json(record_path, record)
+        for triton_model in triton_models:
+            path = layout.version_dir(triton_model, version)
+            if path.exists():
+                layout.move_to_trash(path, f"{triton_model}-{version}-pruned")
+        record_path.unlink()
+        pruned.append(version)
+        log.info("pruned %s v%d (%s)", model, version, ", ".join(triton_models))
+    layout.empty_trash()
+    return pruned

@@ -1,0 +1,300 @@
+"""Load a candidate release into Triton, promote it, or roll back to the previous version.
+
+A release (one S3 prefix MODEL/VERSION) holds one or more Triton models. Its *entry* models are the
+ones nothing else in the release calls (the ensemble of a TRT-LLM bundle, or a lone model); the rest
+are *composing* models. Every load pins exact versions (version_policy specific), so Triton swaps a
+model only once the new version is ready: the old version keeps answering during the load and stays
+if the load fails.
+
+One Triton behaviour shapes the protocol (measured on tritonserver 2.51): loading an ensemble makes
+Triton re-read its composing models *from disk*, and a model loaded through a config override always
+counts as modified, so the override is thrown away and the on-disk config.pbtxt wins. Therefore:
+
+- composing models: their model-level config.pbtxt is switched to the candidate first (atomic
+  rename), then they are loaded from disk; rollback switches it back and reloads.
+- entry models: loaded with a config override; their config.pbtxt on disk changes only at promote,
+  so a restarted Triton comes back on the promoted version of what clients call.
+
+A failed load leaves state/ untouched (nothing was promoted); a failed smoke test is rolled back and
+recorded in the deployment history.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from triton_rollout.errors import ConfigError, TritonError
+from triton_rollout.pvc.layout import PvcLayout, read_json
+from triton_rollout.pvc.lock import PvcLock
+from triton_rollout.pvc.state import DeploymentState, load_state, save_state
+from triton_rollout.triton.config import (
+    CONFIG_NAME,
+    ModelConfig,
+    ModelConfigError,
+    dependencies,
+    load_order,
+    pinned,
+    validate_version,
+    write_config,
+)
+from triton_rollout.triton.control import TritonControl
+
+log = logging.getLogger(__name__)
+
+DEFAULT_READY_DEADLINE = 600.0
+
+
+@dataclass
+class Release:
+    """The Triton models of one release version, validated, in load order."""
+
+    model: str
+    version: int
+    configs: dict[str, ModelConfig]
+    order: list[str]
+    entries: list[str]
+    triton_repository: str
+
+    @property
+    def composing(self) -> list[str]:
+        return [t for t in self.order if t not in self.entries]
+
+    def engine_dir(self, triton_model: str) -> str:
+        """The version directory as Triton sees it (its mount of repository/ may differ from ours)."""
+        return f"{self.triton_repository.rstrip('/')}/{triton_model}/{self.version}"
+
+    def load_config(self, triton_model: str) -> ModelConfig:
+        cfg = self.configs[triton_model]
+        # Each composing model serves exactly one version, so "-1" (the one loaded) is that version, and
+        # an ensemble keeps answering while its composing models swap one by one during a deploy.
+        steps = {dep: -1 for dep in dependencies(cfg) if dep in self.configs}
+        return pinned(cfg, triton_model, [self.version], engine_dir=self.engine_dir(triton_model),
+                      step_versions=steps)
+
+
+def release_triton_models(layout: PvcLayout, model: str, version: int,
+                          triton_models: list[str] | None = None) -> list[str]:
+    """Which Triton models a release holds: given, else from the sync's publish record."""
+    if triton_models:
+        return list(triton_models)
+    record = read_json(layout.published_record(model, version)) or {}
+    files = record.get("manifest", {}).get("files", [])
+    found = sorted({f["path"].split("/", 1)[0] for f in files if "/" in f.get("path", "")})
+    if found:
+        return found
+    # A version promoted before remembers its models in the deployment history.
+    for entry in reversed(load_state(layout, model).history):
+        if entry.get("version") == version and entry.get("triton_models"):
+            return list(entry["triton_models"])
+    if layout.version_dir(model, version).is_dir():
+        return [model]  # a single-model release named like its Triton model
+    raise ConfigError(
+        f"release {model} v{version} is not on the PVC {layout.root} (no publish record under "
+        f"{layout.published_record(model, version)})",
+        hint="sync the release first (python -m triton_rollout sync), or name its models with --triton-models",
+    )
+
+
+def prepare_release(layout: PvcLayout, model: str, version: int, *, triton_models: list[str] | None = None,
+                    triton_repository: str | None = None) -> Release:
+    """Validate every model of the release on disk before anything is loaded."""
+    names = release_triton_models(layout, model, version, triton_models)
+    repo = triton_repository or os.environ.get("TRITON_MODEL_REPOSITORY") or str(layout.repository)
+    configs: dict[str, ModelConfig] = {}
+    for name in names:
+        engine_dir = f"{repo.rstrip('/')}/{name}/{version}"
+        configs[name] = validate_version(layout.model_dir(name), version, engine_dir=engine_dir)
+    called = {dep for cfg in configs.values() for dep in dependencies(cfg)}
+    for name, cfg in configs.items():
+        missing = [d for d in dependencies(cfg) if d not in configs and not layout.model_dir(d).is_dir()]
+        if missing:
+            raise ModelConfigError(f"ensemble {name!r} v{version} calls {missing}, which are in neither the "
+                                   "release nor the repository")
+    order = load_order(configs)
+    entries = [n for n in order if n not in called]
+    return Release(model=model, version=version, configs=configs, order=order, entries=entries,
+                   triton_repository=repo)
+
+
+def _lock(layout: PvcLayout, model: str, purpose: str, timeout: float = 600.0) -> PvcLock:
+    # The sync's lock: retention must not prune a version while it is being loaded or promoted.
+    return PvcLock(layout.locks / f"{model}.lock", purpose=purpose, timeout=timeout)
+
+
+def _switch_on_disk(layout: PvcLayout, triton_model: str, cfg: ModelConfig | None) -> None:
+    path = layout.model_dir(triton_model) / CONFIG_NAME
+    if cfg is None:
+        path.unlink(missing_ok=True)
+    else:
+        write_config(path, cfg)
+
+
+def _apply(control: TritonControl, layout: PvcLayout, release: Release, deadline_s: float) -> None:
+    """Serve ``release``: composing models from disk (switched first), entries by override."""
+    for name in release.order:
+        cfg = release.load_config(name)
+        if name in release.entries:
+            control.load(name, cfg)
+        else:
+            _switch_on_disk(layout, name, cfg)
+            control.load_from_disk(name)
+    for name in release.order:
+        control.wait_ready(name, release.version, deadline_s)
+
+
+@dataclass
+class LoadResult:
+    model: str
+    version: int
+    triton_models: list[str]
+    entries: list[str]
+    seconds: float
+    endpoints: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "version": self.version, "triton_models": self.triton_models,
+                "entries": self.entries, "seconds": self.seconds, "endpoints": self.endpoints}
+
+
+def load_candidate(control: TritonControl, layout: PvcLayout, release: Release, *,
+                   deadline_s: float = DEFAULT_READY_DEADLINE, live_deadline_s: float = 30.0) -> LoadResult:
+    """Load ``release`` as the candidate; on failure put the promoted version back and re-raise.
+
+    state/ is not written: a candidate is not a deployment until it is promoted.
+    """
+    control.wait_live(live_deadline_s)  # a Triton that is down fails here, before anything changes
+    t0 = time.monotonic()
+    with _lock(layout, release.model, f"load {release.model} v{release.version}"):
+        try:
+            _apply(control, layout, release, deadline_s)
+        except (TritonError, OSError) as exc:
+            # OSError: e.g. the PVC filled up while a config.pbtxt was being switched.
+            cause = exc.message if isinstance(exc, TritonError) else f"writing a config.pbtxt failed: {exc}"
+            state = load_state(layout, release.model)
+            log.error("loading %s v%s failed; restoring v%s", release.model, release.version, state.promoted)
+            try:
+                _restore(control, layout, release, state.promoted, deadline_s)
+            except Exception as restore_exc:  # report both: the load error is the cause
+                raise TritonError(f"{cause}; restoring v{state.promoted} also failed: {restore_exc}",
+                                  hint="roll back by hand: python -m triton_rollout rollback") from exc
+            raise TritonError(
+                f"candidate {release.model} v{release.version} failed to load: {cause}",
+                hint=f"v{state.promoted} keeps serving and state/ is unchanged; read the Triton log, fix the "
+                     "release and publish a new version" if state.promoted else
+                     "nothing was serving before; read the Triton log and fix the release",
+            ) from exc
+    return LoadResult(
+        model=release.model, version=release.version, triton_models=release.order, entries=release.entries,
+        seconds=round(time.monotonic() - t0, 3),
+        endpoints=[f"{control.base_url}/v2/models/{n}/versions/{release.version}/infer" for n in release.entries],
+    )
+
+
+def _restore(control: TritonControl, layout: PvcLayout, failed: Release, version: int | None,
+             deadline_s: float, *, triton_models: list[str] | None = None) -> None:
+    """Serve ``version`` of the release model again (or nothing, if no version was ever promoted)."""
+    if version is not None:
+        previous = prepare_release(layout, failed.model, version,
+                                   triton_models=triton_models or _models_of(layout, failed, version),
+                                   triton_repository=failed.triton_repository)
+        # Models only the failed candidate had are unloaded and their disk config removed.
+        for name in failed.order:
+            if name not in previous.configs:
+                _switch_on_disk(layout, name, None)
+                control.unload(name)
+        _apply(control, layout, previous, deadline_s)
+        return
+    for name in reversed(failed.order):
+        if name not in failed.entries:
+            _switch_on_disk(layout, name, None)
+        control.unload(name)
+
+
+def _models_of(layout: PvcLayout, release: Release, version: int) -> list[str] | None:
+    """The models of another version of the same release model (same set unless the record says)."""
+    try:
+        return release_triton_models(layout, release.model, version)
+    except ConfigError:
+        return [t for t in release.order if layout.version_dir(t, version).is_dir()] or None
+
+
+def promote(layout: PvcLayout, release: Release, *, run_id: str = "", control: TritonControl | None = None,
+            require_ready: bool = True) -> DeploymentState:
+    """Make ``release`` the promoted version: config.pbtxt for every model, then state/."""
+    with _lock(layout, release.model, f"promote {release.model} v{release.version}"):
+        if control is not None and require_ready:
+            for name in release.order:
+                if not control.is_version_ready(name, release.version):
+                    raise TritonError(
+                        f"refusing to promote {release.model} v{release.version}: Triton model {name!r} "
+                        f"version {release.version} is not ready on {control.url}",
+                        hint="load and smoke-test the candidate first (python -m triton_rollout load / smoke)",
+                    )
+        for name in release.order:
+            _switch_on_disk(layout, name, release.load_config(name))
+        state = load_state(layout, release.model)
+        if state.promoted != release.version:
+            state.previous = state.promoted
+        state.promoted = release.version
+        state.record("promote", release.version, run_id=run_id, previous=state.previous,
+                     triton_models=release.order)
+        save_state(layout, state)
+        return state
+
+
+def rollback(control: TritonControl, layout: PvcLayout, model: str, *, failed_version: int | None = None,
+             to_version: int | None = None, reason: str = "", run_id: str = "",
+             triton_models: list[str] | None = None, triton_repository: str | None = None,
+             deadline_s: float = DEFAULT_READY_DEADLINE, live_deadline_s: float = 30.0) -> DeploymentState:
+    """Put a known-good version back in service and say so in state/.
+
+    ``triton_repository``: where Triton sees repository/ (engine paths in the restored configs point there).
+
+    ``failed_version``: a candidate that was loaded but not promoted (smoke test failed): the promoted
+    version is reloaded and stays promoted. Otherwise the promoted version itself is rolled back to
+    ``to_version`` (default: the previous one), which becomes the promoted version.
+    """
+    control.wait_live(live_deadline_s)
+    with _lock(layout, model, f"rollback {model}"):
+        state = load_state(layout, model)
+        if failed_version is not None:
+            if failed_version == state.promoted:
+                raise ConfigError(f"{model} v{failed_version} is the promoted version, not a candidate",
+                                  hint="to leave it, roll back without --failed-version")
+            failed = prepare_release(layout, model, failed_version, triton_models=triton_models,
+                                     triton_repository=triton_repository)
+            target = state.promoted
+            _restore(control, layout, failed, target, deadline_s, triton_models=triton_models)
+            from_version: int | None = failed_version
+        else:
+            target = to_version if to_version is not None else state.previous
+            if target is None:
+                raise ConfigError(f"{model} has no previous version to roll back to (promoted: {state.promoted})",
+                                  hint="pass --to-version N for a version that is on the PVC")
+            good = prepare_release(layout, model, target, triton_models=triton_models,
+                                   triton_repository=triton_repository)
+            # Models the current version has and the target lacks are unloaded; a current version that
+            # no longer validates must not block the way back, so it is only consulted when it can be.
+            current_models: list[str] = []
+            if state.promoted is not None:
+                try:
+                    current_models = release_triton_models(layout, model, state.promoted, triton_models)
+                except ConfigError as exc:
+                    log.warning("cannot list the models of %s v%s: %s", model, state.promoted, exc)
+            for name in current_models:
+                if name not in good.configs:
+                    _switch_on_disk(layout, name, None)
+                    control.unload(name)
+            _apply(control, layout, good, deadline_s)
+            for name in good.entries:
+                _switch_on_disk(layout, name, good.load_config(name))
+            from_version = state.promoted
+            state.previous, state.promoted = state.promoted, target
+        state.record("rollback", target, run_id=run_id, reason=reason, from_version=from_version,
+                     candidate_failed=failed_version is not None)
+        save_state(layout, state)
+        return state
