@@ -51,6 +51,11 @@ What it does not emulate (honestly):
   No storage classes, sizes or access modes are enforced.
 - a mountPath must not shadow the runtime's host paths (the project's .venv lives under /work/main):
   mount volumes at paths such as /pvc, /scratch, /models, as real images would.
+
+Modules: ``store`` (objects, resourceVersions, watch events), ``selectors`` (label / field selectors),
+``api`` (API semantics over the store), ``transport`` (HTTP, watch and log streams, ``serve``),
+``scheduler`` (nodes, quantities, placing pods), ``kubelet`` (running a placed pod in its sandbox),
+``pod_status`` and ``events`` (what both write about a pod), ``emulator`` (the KubeEmulator process).
 """
 
 from .emulator import KubeEmulator, default_node, default_runtime

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .server import serve
+from .transport import serve
 
 
 def main() -> None:

@@ -1,13 +1,9 @@
-"""The emulator's scheduler and kubelet: place pods on configured nodes, then really run their containers.
+"""The emulator's kubelet: really run a scheduled pod's containers and report them on the pod.
 
-Scheduling checks what a real scheduler checks first: nodeSelector, required node affinity, taints vs
-tolerations, resource requests (cpu, memory, extended resources such as nvidia.com/gpu) against what
-running pods already hold, and that referenced PVCs exist. A pod nothing fits stays Pending with
-``PodScheduled=False, reason=Unschedulable`` and a FailedScheduling event, and is retried as pods end.
-
-Running: init containers one by one, then the containers together, each as ``bwrap`` sandbox (or a
-plain process when bubblewrap is missing), stdout+stderr captured line by line with RFC 3339 nano
-timestamps into the pod log, exit codes into ``containerStatuses[].state.terminated``.
+Init containers run one by one, then the containers together, each as ``bwrap`` sandbox (or a plain
+process when bubblewrap is missing) with the pod's volumes bind-mounted and its env resolved;
+stdout+stderr are captured line by line with RFC 3339 nano timestamps into the pod log, exit codes
+into ``containerStatuses[].state.terminated``. Deletion is SIGTERM, then SIGKILL after the grace period.
 """
 
 from __future__ import annotations
@@ -15,7 +11,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import fnmatch
-import json
 import os
 import re
 import shutil
@@ -23,32 +18,19 @@ import signal
 import subprocess
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from .events import record_pod_event
+from .pod_status import set_condition
 from .store import Obj, Store, now_iso
 
+# The emulator-only PVC annotation naming the host folder behind the claim (api.py sets it on create).
 HOST_PATH_ANNOTATION = "devstack.kube/host-path"
-_SUFFIX = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
-           "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": 1,
-           "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
-_QTY = re.compile(r"^([+-]?[0-9.]+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][0-9]+)?$")
 _VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 # Host entries bound read-only into every sandbox: enough for a dynamically linked runtime.
 SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
-
-
-def parse_quantity(text: object) -> Decimal:
-    m = _QTY.match(str(text).strip())
-    if not m:
-        raise ValueError(f"invalid quantity {text!r}")
-    number, suffix = Decimal(m[1]), m[2] or ""
-    if suffix[:1] in ("e", "E"):
-        return number * (Decimal(10) ** int(suffix[1:]))
-    return number * Decimal(_SUFFIX[suffix])
 
 
 def rfc3339_nano(ns: int | None = None) -> str:
@@ -73,82 +55,12 @@ class Runtime:
                    list(data.get("binds", [])), list(data.get("entrypoint", [])))
 
 
-@dataclass
-class Node:
-    name: str
-    labels: dict[str, str]
-    capacity: dict[str, str]
-    taints: list[dict[str, str]] = field(default_factory=list)
-
-    def to_object(self) -> Obj:
-        return {
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": self.name, "labels": {"kubernetes.io/hostname": self.name, **self.labels}},
-            "spec": {"taints": self.taints} if self.taints else {},
-            "status": {
-                "capacity": dict(self.capacity), "allocatable": dict(self.capacity),
-                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                                "message": "emulated kubelet is posting ready status",
-                                "lastHeartbeatTime": now_iso(), "lastTransitionTime": now_iso()}],
-                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
-                              {"type": "Hostname", "address": self.name}],
-                "nodeInfo": {"kubeletVersion": "v1.31.0-devstack", "operatingSystem": "linux",
-                             "architecture": "amd64", "containerRuntimeVersion": "bwrap://emulated"},
-            },
-        }
-
-
-def pod_requests(pod: Obj) -> dict[str, Decimal]:
-    """Effective requests: max(largest init container, sum of containers); limits stand in for requests."""
-    def of(container: Obj) -> dict[str, Decimal]:
-        res = container.get("resources") or {}
-        merged = {**(res.get("limits") or {}), **(res.get("requests") or {})}
-        return {k: parse_quantity(v) for k, v in merged.items()}
-
-    total: dict[str, Decimal] = {}
-    for c in pod["spec"].get("containers", []):
-        for k, v in of(c).items():
-            total[k] = total.get(k, Decimal(0)) + v
-    for c in pod["spec"].get("initContainers") or []:
-        for k, v in of(c).items():
-            total[k] = max(total.get(k, Decimal(0)), v)
-    return total
-
-
-def _tolerates(tolerations: list[Obj], taint: dict[str, str]) -> bool:
-    for t in tolerations:
-        if t.get("effect") and t["effect"] != taint.get("effect"):
-            continue
-        if t.get("operator") == "Exists":
-            if not t.get("key") or t["key"] == taint.get("key"):
-                return True
-        elif t.get("key") == taint.get("key") and (t.get("value") or "") == (taint.get("value") or ""):
-            return True
-    return False
-
-
-def _affinity_ok(pod: Obj, labels: dict[str, str]) -> bool:
-    required = (((pod["spec"].get("affinity") or {}).get("nodeAffinity") or {})
-                .get("requiredDuringSchedulingIgnoredDuringExecution") or {})
-    terms = required.get("nodeSelectorTerms") or []
-    if not terms:
-        return True
-
-    def expr_ok(e: Obj) -> bool:
-        key, op, values = e["key"], e["operator"], e.get("values") or []
-        return {"In": lambda: labels.get(key) in values, "NotIn": lambda: labels.get(key) not in values,
-                "Exists": lambda: key in labels, "DoesNotExist": lambda: key not in labels}.get(op, lambda: False)()
-
-    return any(all(expr_ok(e) for e in t.get("matchExpressions") or []) for t in terms)
-
-
 class Kubelet:
-    """One scheduler thread plus a runner thread per scheduled pod."""
+    """A runner thread per scheduled pod, and the live processes of each, for deletion and shutdown."""
 
-    def __init__(self, store: Store, *, nodes: list[Node], runtimes: list[Runtime], state_dir: Path,
+    def __init__(self, store: Store, *, runtimes: list[Runtime], state_dir: Path,
                  use_bwrap: bool | None = None) -> None:
         self.store = store
-        self.nodes = nodes
         self.runtimes = runtimes
         self.state_dir = state_dir
         self.bwrap = shutil.which("bwrap") if use_bwrap in (None, True) else None
@@ -156,138 +68,18 @@ class Kubelet:
             raise RuntimeError("bwrap was required but is not installed (apt-get install bubblewrap)")
         self._procs: dict[str, list[subprocess.Popen[bytes]]] = {}  # pod uid -> live processes
         self._lock = threading.Lock()
-        self._stop = threading.Event()
         self._running: set[str] = set()
-        self._thread = threading.Thread(target=self._schedule_loop, name="scheduler", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
 
     def shutdown(self) -> None:
-        self._stop.set()
         with self._lock:
             procs = [p for ps in self._procs.values() for p in ps]
         for p in procs:
             _kill_group(p, signal.SIGKILL)
 
-    # -- scheduling ----------------------------------------------------------------------------------
-
-    def _schedule_loop(self) -> None:
-        seen = -1
-        while not self._stop.is_set():
-            self.store.wait(seen, timeout=1.0)
-            seen = self.store.resource_version
-            pods, _ = self.store.list("pods")
-            for pod in pods:
-                meta, spec = pod["metadata"], pod["spec"]
-                if spec.get("nodeName") or meta.get("deletionTimestamp"):
-                    uid = meta["uid"]
-                    if spec.get("nodeName") and uid not in self._running and pod["status"].get("phase") == "Pending":
-                        self._launch(pod)  # created with nodeName already set (bypasses the scheduler)
-                    continue
-                self._try_schedule(pod)
-
-    def _try_schedule(self, pod: Obj) -> None:
-        ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
-        node, reason = self._pick_node(pod)
-        if node is None:
-            def unschedulable(p: Obj) -> None:
-                _set_condition(p, "PodScheduled", "False", "Unschedulable", reason)
-            before = self.store.find("pods", ns, name)
-            after = self.store.mutate("pods", ns, name, unschedulable)
-            if before and after and before["metadata"]["resourceVersion"] != after["metadata"]["resourceVersion"]:
-                self.event(pod, "Warning", "FailedScheduling", reason, component="default-scheduler")
-            return
-
-        def bind(p: Obj) -> None:
-            p["spec"]["nodeName"] = node.name
-            p["status"].update({"hostIP": "127.0.0.1", "podIP": "127.0.0.1", "startTime": now_iso(),
-                                "podIPs": [{"ip": "127.0.0.1"}], "hostIPs": [{"ip": "127.0.0.1"}]})
-            _set_condition(p, "PodScheduled", "True")
-            _set_condition(p, "Initialized", "False" if p["spec"].get("initContainers") else "True",
-                           "ContainersNotInitialized" if p["spec"].get("initContainers") else None)
-            _set_condition(p, "ContainersReady", "False", "ContainersNotReady")
-            _set_condition(p, "Ready", "False", "ContainersNotReady")
-            p["status"]["containerStatuses"] = [_waiting(c, "ContainerCreating") for c in p["spec"]["containers"]]
-            if p["spec"].get("initContainers"):
-                p["status"]["initContainerStatuses"] = [_waiting(c, "PodInitializing")
-                                                        for c in p["spec"]["initContainers"]]
-        bound = self.store.mutate("pods", ns, name, bind)
-        if bound is not None:
-            self.event(bound, "Normal", "Scheduled", f"Successfully assigned {ns}/{name} to {node.name}",
-                       component="default-scheduler")
-            self._launch(bound)
-
-    def _pick_node(self, pod: Obj) -> tuple[Node | None, str]:
-        spec = pod["spec"]
-        ns = pod["metadata"]["namespace"]
-        for vol in spec.get("volumes") or []:
-            claim = (vol.get("persistentVolumeClaim") or {}).get("claimName")
-            if claim and self.store.find("persistentvolumeclaims", ns, claim) is None:
-                return None, f'0/{len(self.nodes)} nodes are available: persistentvolumeclaim "{claim}" not found.'
-        wanted = pod_requests(pod)
-        used = self._usage()
-        reasons: dict[str, int] = {}
-        for node in self.nodes:
-            labels = {"kubernetes.io/hostname": node.name, **node.labels}
-            problem = None
-            if any(labels.get(k) != v for k, v in (spec.get("nodeSelector") or {}).items()) or \
-                    not _affinity_ok(pod, labels):
-                problem = "node(s) didn't match Pod's node affinity/selector"
-            else:
-                for taint in node.taints:
-                    if taint.get("effect") in ("NoSchedule", "NoExecute") and \
-                            not _tolerates(spec.get("tolerations") or [], taint):
-                        problem = f"node(s) had untolerated taint {{{taint['key']}: {taint.get('value', '')}}}"
-                        break
-            if problem is None:
-                for res, qty in sorted(wanted.items()):
-                    have = parse_quantity(node.capacity.get(res, "0")) - used.get(node.name, {}).get(res, 0)
-                    if qty > have:
-                        problem = f"Insufficient {res}"
-                        break
-            if problem is None:
-                return node, ""
-            reasons[problem] = reasons.get(problem, 0) + 1
-        detail = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
-        return None, (f"0/{len(self.nodes)} nodes are available: {detail}. preemption: not emulated "
-                      "(devstack emulator).")
-
-    def _usage(self) -> dict[str, dict[str, Decimal]]:
-        used: dict[str, dict[str, Decimal]] = {}
-        pods, _ = self.store.list("pods")
-        for p in pods:
-            node = p["spec"].get("nodeName")
-            if node and p["status"].get("phase") not in ("Succeeded", "Failed"):
-                bucket = used.setdefault(node, {})
-                for k, v in pod_requests(p).items():
-                    bucket[k] = bucket.get(k, Decimal(0)) + v
-        return used
-
-    # -- events --------------------------------------------------------------------------------------
-
-    def event(self, pod: Obj, type_: str, reason: str, message: str, *, component: str = "kubelet",
-              field_path: str | None = None) -> None:
-        meta = pod["metadata"]
-        ts = now_iso()
-        obj: Obj = {
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}", "namespace": meta["namespace"]},
-            "involvedObject": {"kind": "Pod", "namespace": meta["namespace"], "name": meta["name"],
-                               "uid": meta["uid"], "apiVersion": "v1",
-                               "resourceVersion": meta.get("resourceVersion", "")},
-            "reason": reason, "message": message, "type": type_, "count": 1,
-            "source": {"component": component}, "firstTimestamp": ts, "lastTimestamp": ts,
-            "reportingComponent": component, "reportingInstance": "",
-        }
-        if field_path:
-            obj["involvedObject"]["fieldPath"] = field_path
-        with contextlib.suppress(Exception):  # the namespace may be going away with the pod
-            self.store.create("events", meta["namespace"], obj)
-
     # -- running -------------------------------------------------------------------------------------
 
-    def _launch(self, pod: Obj) -> None:
+    def launch(self, pod: Obj) -> None:
+        """Run a bound pod on its own thread; once per pod uid, later calls for it do nothing."""
         uid = pod["metadata"]["uid"]
         with self._lock:
             if uid in self._running:
@@ -363,7 +155,7 @@ class Kubelet:
                 self._complete(pod, "Failed", init_failed=True)
                 return
         if spec.get("initContainers"):
-            self.store.mutate("pods", ns, name, lambda p: _set_condition(p, "Initialized", "True"))
+            self.store.mutate("pods", ns, name, lambda p: set_condition(p, "Initialized", "True"))
         codes = self._run_containers(pod, spec["containers"], launch, volumes, "containerStatuses", deadline_at)
         if codes is None:
             return
@@ -378,7 +170,8 @@ class Kubelet:
         before = self._current(pod)
         after = self.store.mutate("pods", pod["metadata"]["namespace"], pod["metadata"]["name"], upd)
         if before and after and before["metadata"]["resourceVersion"] != after["metadata"]["resourceVersion"]:
-            self.event(pod, "Warning", "Failed", f"Error: {message}", field_path=f"spec.containers{{{cname}}}")
+            record_pod_event(self.store, pod, "Warning", "Failed", f"Error: {message}",
+                             field_path=f"spec.containers{{{cname}}}")
 
     def _complete(self, pod: Obj, phase: str, init_failed: bool = False, reason: str | None = None,
                   message: str | None = None) -> None:
@@ -393,8 +186,8 @@ class Kubelet:
                     why = "PodInitializing" if init_failed else "ContainerStatusUnknown"
                     st["state"] = {"terminated": {"exitCode": 137 if reason else 1, "reason": why,
                                                  "startedAt": None, "finishedAt": now_iso()}}
-            _set_condition(p, "Ready", "False", "PodCompleted")
-            _set_condition(p, "ContainersReady", "False", "PodCompleted")
+            set_condition(p, "Ready", "False", "PodCompleted")
+            set_condition(p, "ContainersReady", "False", "PodCompleted")
         self.store.mutate("pods", pod["metadata"]["namespace"], pod["metadata"]["name"], upd)
 
     def _finish_deletion(self, ns: str, name: str, uid: str) -> None:
@@ -574,8 +367,8 @@ class Kubelet:
             t = threading.Thread(target=_pump, args=(proc, log, self.store), daemon=True)
             t.start()
             readers[c["name"]] = t
-            self.event(pod, "Normal", "Started", f"Started container {c['name']}",
-                       field_path=f"spec.containers{{{c['name']}}}")
+            record_pod_event(self.store, pod, "Normal", "Started", f"Started container {c['name']}",
+                             field_path=f"spec.containers{{{c['name']}}}")
 
         def running(p: Obj) -> None:
             for st in p["status"].get(status_key) or []:
@@ -585,8 +378,8 @@ class Kubelet:
                     st["ready"] = status_key == "containerStatuses"
             if status_key == "containerStatuses":
                 p["status"]["phase"] = "Running"
-                _set_condition(p, "ContainersReady", "True")
-                _set_condition(p, "Ready", "True")
+                set_condition(p, "ContainersReady", "True")
+                set_condition(p, "Ready", "True")
         self.store.mutate("pods", ns, name, running)
 
         codes: dict[str, int] = {}
@@ -632,8 +425,8 @@ class Kubelet:
                         "startedAt": started, "finishedAt": now_iso(),
                         "containerID": f"bwrap://{p['metadata']['uid']}/{cname}"}}
             if key == "containerStatuses":
-                _set_condition(p, "ContainersReady", "False", "ContainersNotReady")
-                _set_condition(p, "Ready", "False", "ContainersNotReady")
+                set_condition(p, "ContainersReady", "False", "ContainersNotReady")
+                set_condition(p, "Ready", "False", "ContainersNotReady")
             if phase is not None:
                 p["status"]["phase"] = phase
         self.store.mutate("pods", pod["metadata"]["namespace"], pod["metadata"]["name"], upd)
@@ -665,6 +458,8 @@ class Kubelet:
 
 
 class ContainerConfigError(Exception):
+    """A container that cannot be created yet; ``reason`` is the waiting reason its status shows."""
+
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
@@ -690,32 +485,6 @@ def _pump(proc: subprocess.Popen[bytes], log: Path, store: Store) -> None:
     proc.stdout.close()
 
 
-def _waiting(c: Obj, reason: str) -> Obj:
-    return {"name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": False, "restartCount": 0,
-            "started": False, "state": {"waiting": {"reason": reason}}}
-
-
-def _set_condition(p: Obj, type_: str, status: str, reason: str | None = None, message: str | None = None) -> None:
-    conds = p["status"].setdefault("conditions", [])
-    for cond in conds:
-        if cond["type"] == type_:
-            if cond["status"] != status:
-                cond["lastTransitionTime"] = now_iso()
-            cond["status"] = status
-            for k, v in (("reason", reason), ("message", message)):
-                if v:
-                    cond[k] = v
-                else:
-                    cond.pop(k, None)
-            return
-    cond = {"type": type_, "status": status, "lastProbeTime": None, "lastTransitionTime": now_iso()}
-    if reason:
-        cond["reason"] = reason
-    if message:
-        cond["message"] = message
-    conds.append(cond)
-
-
 def _expand(text: str, env: dict[str, str]) -> str:
     """Kubernetes $(VAR) expansion: defined variables are replaced, $$ escapes, unknown stay as written."""
     def sub(m: re.Match[str]) -> str:
@@ -736,7 +505,3 @@ def _field_ref(pod: Obj, path: str) -> str:
     if path not in simple:
         raise ContainerConfigError("CreateContainerConfigError", f"fieldRef {path} not supported by the emulator")
     return simple[path]
-
-
-def dumps(obj: object) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()

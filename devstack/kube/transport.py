@@ -1,0 +1,332 @@
+"""The emulator's HTTP transport: the request handler, watch and pods/log streams, and ``serve``.
+
+HTTP/1.1 with keep-alive; watches and followed logs are chunked streams (urllib3 and aiohttp both read
+chunked bodies incrementally, which is what makes a watch a watch rather than one late list). What a
+request means is api.py's; ``serve`` wires store, kubelet, scheduler and API together from the config.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from .api import Api
+from .kubelet import HOST_PATH_ANNOTATION, Kubelet, Runtime
+from .scheduler import Node, Scheduler
+from .selectors import field_matcher, label_matcher
+from .store import ApiError, Obj, Store
+
+MAX_WATCH_SECONDS = 1800
+
+
+def truthy(value: str | None) -> bool:
+    # The Python client sends booleans as `True`; kubectl sends `true`.
+    return (value or "").lower() in ("true", "1", "yes")
+
+
+def dumps(obj: object) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "devstack-kube/1"
+    api: Api  # set on the subclass made by serve()
+
+    def log_message(self, fmt: str, *args: Any) -> None:  # quiet: requests go to the access log below
+        pass
+
+    # -- plumbing ------------------------------------------------------------------------------------
+
+    def _query(self) -> tuple[str, dict[str, str]]:
+        parts = urlsplit(self.path)
+        return parts.path.rstrip("/") or "/", {k: v[-1] for k, v in parse_qs(parts.query).items()}
+
+    def _body(self) -> Any:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise ApiError(400, "BadRequest", f"request body is not JSON: {exc}") from exc
+
+    def _send(self, code: int, obj: Any) -> None:
+        data = dumps(obj)
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _start_stream(self, content_type: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+    def _chunk(self, data: bytes) -> None:
+        if data:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+
+    def _end_stream(self) -> None:
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def _handle(self, method: str) -> None:
+        try:
+            path, q = self._query()
+            found = Api.discovery(path) if method == "GET" else None
+            if found is not None:
+                self._send(200, found)
+                return
+            if not path.startswith("/api/v1"):
+                raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
+            body = self._body() if method in ("POST", "PUT", "PATCH", "DELETE") else None
+            resource, ns, name, sub = Api.route(path)
+            api = self.api
+            if method == "GET" and sub == "log" and resource == "pods" and name:
+                self._log(ns or "", name, q)
+                return
+            if sub not in (None, "status"):
+                raise ApiError(404, "NotFound", f"subresource {sub!r} is not emulated")
+            if method == "GET" and name:
+                self._send(200, api.get(resource, ns, name))
+            elif method == "GET" and truthy(q.get("watch")):
+                self._watch(resource, ns, q)
+            elif method == "GET":
+                self._send(200, api.list(resource, ns, q))
+            elif method == "POST" and not name:
+                self._send(201, api.create(resource, ns, body or {}))
+            elif method == "PUT" and name and sub is None:
+                self._send(200, api.replace(resource, ns, name, body or {}))
+            elif method == "PATCH" and name and sub is None:
+                self._send(200, api.patch(resource, ns, name, body, self.headers.get("Content-Type", "")))
+            elif method == "DELETE" and name:
+                self._send(200, api.delete(resource, ns, name, q, body))
+            else:
+                raise ApiError(405, "MethodNotAllowed", f"{method} is not supported on {path}")
+        except ApiError as exc:
+            self._send(exc.code, exc.status())
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        except Exception as exc:  # an emulator bug: answer 500 with the reason rather than hang the client
+            self._send(500, ApiError(500, "InternalError", f"{type(exc).__name__}: {exc}").status())
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_PUT(self) -> None:
+        self._handle("PUT")
+
+    def do_PATCH(self) -> None:
+        self._handle("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
+    # -- watch ---------------------------------------------------------------------------------------
+
+    def _watch(self, resource: str, ns: str | None, q: dict[str, str]) -> None:
+        store = self.api.store
+        labels, fields = label_matcher(q.get("labelSelector")), field_matcher(resource, q.get("fieldSelector"))
+        timeout = min(int(q.get("timeoutSeconds") or MAX_WATCH_SECONDS), MAX_WATCH_SECONDS)
+        rv_text = q.get("resourceVersion") or ""
+
+        def matches(obj: Obj | None) -> bool:
+            return obj is not None and labels(obj) and fields(obj)
+
+        if rv_text in ("", "0"):
+            # "Start at most recent": synthetic ADDED for what exists, then changes from here on.
+            items, rv = store.list(resource, ns)
+            initial = [{"type": "ADDED", "object": Api.with_kind(resource, o)} for o in items if matches(o)]
+        else:
+            try:
+                rv = int(rv_text)
+            except ValueError:
+                raise ApiError(400, "BadRequest", f"invalid resourceVersion {rv_text!r}") from None
+            store.events_since(rv, resource)  # 410 Gone before the stream starts when too old
+            initial = []
+        self._start_stream("application/json")
+        for event in initial:
+            self._chunk(dumps(event) + b"\n")
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    events = store.events_since(rv, resource)
+                except ApiError as exc:
+                    self._chunk(dumps({"type": "ERROR", "object": exc.status()}) + b"\n")
+                    break
+                for e in events:
+                    rv = e.rv
+                    if ns is not None and e.namespace != ns:
+                        continue
+                    now_match, was_match = matches(e.obj), matches(e.old)
+                    # As the real watch cache does: an object leaving the selector is DELETED for this watcher.
+                    if e.type == "MODIFIED" and was_match and not now_match:
+                        type_ = "DELETED"
+                    elif e.type == "MODIFIED" and now_match and not was_match:
+                        type_ = "ADDED"
+                    elif now_match:
+                        type_ = e.type
+                    else:
+                        continue
+                    self._chunk(dumps({"type": type_, "object": Api.with_kind(resource, e.obj)}) + b"\n")
+                store.wait(rv, timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+            self._end_stream()
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    # -- logs ----------------------------------------------------------------------------------------
+
+    def _log(self, ns: str, name: str, q: dict[str, str]) -> None:
+        api = self.api
+        pod = api.store.get("pods", ns, name)
+        containers = [c["name"] for c in [*(pod["spec"].get("initContainers") or []), *pod["spec"]["containers"]]]
+        cname = q.get("container")
+        if not cname:
+            if len(pod["spec"]["containers"]) != 1:
+                raise ApiError(400, "BadRequest", f"a container name must be specified for pod {name}, choose one "
+                               f"of: {[c['name'] for c in pod['spec']['containers']]}")
+            cname = pod["spec"]["containers"][0]["name"]
+        if cname not in containers:
+            raise ApiError(400, "BadRequest", f"container {cname} is not valid for pod {name}")
+        if truthy(q.get("previous")):
+            raise ApiError(400, "BadRequest", f'previous terminated container "{cname}" in pod "{name}" not found')
+        uid = pod["metadata"]["uid"]
+        path = api.kubelet.log_path(uid, cname)
+        if not path.exists():
+            state = _container_state(pod, cname)
+            reason = (state.get("waiting") or {}).get("reason", "ContainerCreating")
+            raise ApiError(400, "BadRequest", f'container "{cname}" in pod "{name}" is waiting to start: {reason}')
+        timestamps = truthy(q.get("timestamps"))
+        since = None
+        if q.get("sinceSeconds"):
+            since = time.time() - int(q["sinceSeconds"])
+        elif q.get("sinceTime"):
+            since = datetime.fromisoformat(q["sinceTime"].replace("Z", "+00:00")).timestamp()
+        tail = int(q["tailLines"]) if q.get("tailLines") not in (None, "") else None
+        follow = truthy(q.get("follow"))
+
+        def render(line: bytes) -> bytes | None:
+            stamp, _, text = line.partition(b" ")
+            if since is not None and _stamp_seconds(stamp) < since:
+                return None
+            return line if timestamps else text
+
+        with open(path, "rb") as fh:
+            lines = [r for r in (render(x) for x in fh.readlines() if x.endswith(b"\n")) if r is not None]
+            if tail is not None:
+                lines = lines[-tail:] if tail > 0 else []
+            pos = fh.tell()
+        if not follow:
+            data = b"".join(lines)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        self._start_stream("text/plain")
+        try:
+            self._chunk(b"".join(lines))
+            while True:
+                done = _container_done(api, ns, name, uid, cname)
+                with open(path, "rb") as fh:
+                    fh.seek(pos)
+                    chunk = fh.read()
+                # Only whole lines: the pump writes one line per write, a partial read waits for the rest.
+                whole = chunk[: chunk.rfind(b"\n") + 1]
+                pos += len(whole)
+                out = b"".join(r for r in (render(x) for x in whole.splitlines(keepends=True)) if r is not None)
+                self._chunk(out)
+                if done and not whole:
+                    break
+                if not whole:
+                    with api.store.cond:
+                        api.store.cond.wait(0.2)
+            self._end_stream()
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+
+def _container_state(pod: Obj, cname: str) -> Obj:
+    for key in ("initContainerStatuses", "containerStatuses"):
+        for st in pod["status"].get(key) or []:
+            if st["name"] == cname:
+                return st.get("state") or {}
+    return {}
+
+
+def _container_done(api: Api, ns: str, name: str, uid: str, cname: str) -> bool:
+    pod = api.store.find("pods", ns, name)
+    if pod is None or pod["metadata"]["uid"] != uid:
+        return True
+    return "terminated" in _container_state(pod, cname) or pod["status"].get("phase") in ("Succeeded", "Failed")
+
+
+def _stamp_seconds(stamp: bytes) -> float:
+    text = stamp.decode()
+    base, _, frac = text.rstrip("Z").partition(".")
+    return datetime.fromisoformat(base).replace(tzinfo=UTC).timestamp() + float("0." + (frac or "0"))
+
+
+def serve(config: Obj, *, ready_file: Path | None = None) -> None:
+    """Run the emulator in this process until SIGTERM / SIGINT; pods are killed on the way out."""
+    state_dir = Path(config["state_dir"])
+    store = Store()
+    nodes = [Node(n["name"], dict(n.get("labels", {})), dict(n.get("capacity", {})), list(n.get("taints", [])))
+             for n in config["nodes"]]
+    runtimes = [Runtime.from_dict(r) for r in config["images"]]
+    kubelet = Kubelet(store, runtimes=runtimes, state_dir=state_dir, use_bwrap=config.get("bwrap"))
+    scheduler = Scheduler(store, kubelet, nodes=nodes)
+    api = Api(store, kubelet, dict(config.get("pvcs", {})))
+    for node in nodes:
+        store.create("nodes", "", node.to_object())
+    for ns in {"default", "kube-system", "kube-public", *config.get("namespaces", [])}:
+        api.create("namespaces", None, {"metadata": {"name": ns}})
+    for key, host in config.get("pvcs", {}).items():
+        ns, _, claim = key.rpartition("/")
+        ns = ns or "default"
+        if store.find("namespaces", "", ns) is None:
+            api.create("namespaces", None, {"metadata": {"name": ns}})
+        api.create("persistentvolumeclaims", ns, {
+            "metadata": {"name": claim, "annotations": {HOST_PATH_ANNOTATION: host}},
+            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "100Gi"}}}})
+    for secret in config.get("secrets", []):
+        api.create("secrets", secret.get("metadata", {}).get("namespace", "default"), secret)
+
+    handler = type("BoundHandler", (Handler,), {"api": api})
+    httpd = ThreadingHTTPServer((config.get("host", "127.0.0.1"), int(config["port"])), handler)
+    httpd.daemon_threads = True
+    scheduler.start()
+    stopping = threading.Event()
+
+    def stop(*_: object) -> None:
+        if not stopping.is_set():
+            stopping.set()
+            threading.Thread(target=httpd.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if ready_file is not None:
+        ready_file.write_text(str(httpd.server_address[1]))
+    try:
+        httpd.serve_forever(poll_interval=0.2)
+    finally:
+        scheduler.stop()
+        kubelet.shutdown()
+        httpd.server_close()
