@@ -112,9 +112,11 @@ def run_demo(*, keep: bool = False, rollback: bool = True) -> int:
         if state != "success" or states.get("promote") != "success":
             raise DemoFailed(f"the deploy run ended {state}: {_states(states)}")
         answer = _infer(base, 1, "the model ")
-        deployed = json.loads((stack.pvc / "state" / "deployments" / f"{MODEL}.json").read_text())
+        from triton_rollout.pvc.layout import PvcLayout
+
+        deployed = PvcLayout.at(stack.pvc, create=False).deployment(MODEL)
         results += [
-            f"deployed: {MODEL} v{deployed['promoted']} (Triton models ensemble, preprocessing, tensorrt_llm, "
+            f"deployed: {MODEL} v{deployed.promoted} (Triton models ensemble, preprocessing, tensorrt_llm, "
             "postprocessing) from s3://models/releases/demo-llm/1",
             f"live endpoint: {base}/v2/models/ensemble/versions/1/infer (and /generate)",
             f"inference: POST .../versions/1/infer text_input='the model ' -> "

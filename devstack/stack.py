@@ -7,11 +7,15 @@ names. ``env()`` is what the DAGs and the CLI need to reach all three (the varia
 
 from __future__ import annotations
 
+import os
 import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from .kube import KubeEmulator
+from triton_rollout.build.builders import BUILDERS_ENV
+
+from .kube import KubeEmulator, default_runtime
 from .s3 import SeaweedS3
 from .triton import TritonServer
 
@@ -19,6 +23,21 @@ BUCKET = "models"
 NAMESPACE = "triton"
 PVC_CLAIM = "triton-model-repository"
 S3_SECRET = "triton-rollout-s3"
+REPO = Path(__file__).resolve().parent.parent
+# The CPU demo builder (backend cpu-demo in dags/models.yaml) lives here, outside the product: every
+# process that validates or runs its specs names it. Airflow and the CLI get it from env(), the pods from
+# their image (image_runtime()), the tests from tests/conftest.py.
+DEMO_BUILDERS = {BUILDERS_ENV: "devstack.demo_builder"}
+
+
+def image_runtime() -> dict[str, Any]:
+    """The emulator's image runtime: the project's virtualenv and library (default_runtime) plus devstack,
+    so the build pod finds the demo builder as a demo build image would ship it (ENV TRITON_ROLLOUT_BUILDERS)."""
+    runtime = default_runtime()
+    runtime["env"] = {**runtime["env"], **DEMO_BUILDERS,
+                      "PYTHONPATH": os.pathsep.join([runtime["env"]["PYTHONPATH"], str(REPO)])}
+    runtime["binds"] = sorted({*runtime["binds"], str(REPO / "devstack")})
+    return runtime
 
 
 @dataclass
@@ -42,7 +61,7 @@ class LocalStack:
             self.started.append("s3")
             self.triton = TritonServer(self.pvc / "repository", self.root / "triton").start()
             self.started.append("triton")
-            self.kube = KubeEmulator(self.root / "kube").start()
+            self.kube = KubeEmulator(self.root / "kube", images=[image_runtime()]).start()
             self.started.append("kube")
             self.kube.create_pvc(NAMESPACE, PVC_CLAIM, self.pvc)
             try:
@@ -59,7 +78,7 @@ class LocalStack:
     def env(self) -> dict[str, str]:
         assert self.s3 and self.triton and self.kube, "start() the stack first"
         return {
-            **self.s3.env(), **self.kube.env(),
+            **self.s3.env(), **self.kube.env(), **DEMO_BUILDERS,
             "TRITON_URL": self.triton.http_url,
             "TRITON_MODEL_REPOSITORY": str(self.pvc / "repository"),
             "PVC_DIR": str(self.pvc),

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from devstack.s3 import SeaweedS3
+from devstack.stack import DEMO_BUILDERS, image_runtime
 from devstack.triton import TritonServer
 
 
@@ -79,13 +80,14 @@ def triton(triton_install: Path, pvc: Path, tmp_path: Path) -> Iterator[TritonSe
 
 @pytest.fixture(scope="session")
 def kube_emulator(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """The Kubernetes API emulator (devstack.kube): one CPU node, no GPUs; pods run the project's venv.
+    """The Kubernetes API emulator (devstack.kube): one CPU node, no GPUs; pods run the project's venv
+    with devstack's demo builder (devstack.stack.image_runtime).
 
     Tests add what they need through it: ``create_pvc(ns, claim, host_folder)``, ``create_secret(...)``.
     """
     from devstack.kube import KubeEmulator
 
-    emulator = KubeEmulator(tmp_path_factory.mktemp("kube-emulator")).start()
+    emulator = KubeEmulator(tmp_path_factory.mktemp("kube-emulator"), images=[image_runtime()]).start()
     try:
         yield emulator
     finally:
@@ -104,6 +106,9 @@ def pytest_configure(config: pytest.Config) -> None:
     import sys
     import tempfile
 
+    # The CPU demo builder (backend cpu-demo) for every spec the tests validate or build: in-process, in
+    # the DAG parse and in the CLI subprocesses (tests.helpers.cli_env copies this environment).
+    os.environ.update(DEMO_BUILDERS)
     if "airflow.configuration" in sys.modules:
         return
     home = tempfile.mkdtemp(prefix="airflow-home-")

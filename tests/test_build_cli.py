@@ -112,6 +112,24 @@ def test_dry_run_prints_the_plan_and_touches_nothing(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "same model and version" in bad.stderr
 
 
+def test_demo_dry_run_runs_the_demo_builder_found_through_the_environment(tmp_path: Path) -> None:
+    args = ("build", "--spec-json", json.dumps(demo_models.LLM_BUILD_SPEC), "--checkpoint",
+            "s3://models/ckpt/demo-llm/1", "--output", "s3://models/ckpt/engines/demo-llm/1",
+            "--workdir", str(tmp_path / "work"), "--dry-run")
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert "(backend cpu-demo, family demo, 0 GPU(s))" in proc.stdout
+    assert "probe: none (cpu-demo records trtllm_version 'cpu-demo', compute_capability 'cpu')" in proc.stdout
+    assert f"run [convert]: {sys.executable} -m devstack.demo_builder convert --checkpoint_dir" in proc.stdout
+    assert "ensemble/smoke.json (golden answers)" in proc.stdout
+    # Without TRITON_ROLLOUT_BUILDERS the product knows only its built-in backend.
+    env = cli_env()
+    env.pop("TRITON_ROLLOUT_BUILDERS")
+    bad = run_cli(*args, env=env)
+    assert bad.returncode == 2 and "config field 'build.backend'" in bad.stderr
+    assert "TRITON_ROLLOUT_BUILDERS is unset" in bad.stderr
+
+
 def test_build_with_a_trtllm_toolchain_publishes_an_engine_release(
     s3_server: Any, bucket: str, tmp_path: Path, fake_toolchain: tuple[dict[str, Any], dict[str, str]]
 ) -> None:

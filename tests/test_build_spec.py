@@ -6,12 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from triton_rollout.build.spec import TRITON_MODELS, BuildPaths, BuildSpec, fill_template
-from triton_rollout.config import KubernetesConfig, ModelDeployment
+from triton_rollout.build.builders import BUILDERS_ENV, BuildPaths
+from triton_rollout.build.spec import TRITON_MODELS, BuildSpec, fill_template
+from triton_rollout.config import ModelDeployment
 from triton_rollout.errors import BuildError, ConfigError, IncompatibleEngine
 from triton_rollout.kube.specs import build_pod, to_dict
 from triton_rollout.release.compat import ServingCompat, check_compat, normalize_compute_capability
 from triton_rollout.release.manifest import Compat, FileEntry, Manifest, format_time, parse_time
+from triton_rollout.release.s3 import ReleaseUri
+from triton_rollout.steps import BuildRequest
 from triton_rollout.triton.config import dependencies, parse_config, unfilled_placeholders
 
 PATHS = BuildPaths(Path("/scratch/llama"))
@@ -131,20 +134,43 @@ def test_spec_errors_name_the_field(data: dict, field: str) -> None:
     assert f"config field '{field}'" in str(info.value)
 
 
+def test_an_unknown_backend_names_the_known_ones_and_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError) as info:
+        BuildSpec.from_dict({"backend": "onnx", "family": "llama"})
+    text = str(info.value)
+    assert "config field 'build.backend'" in text and "got 'onnx'" in text
+    assert "cpu-demo, tensorrt-llm" in text and BUILDERS_ENV in text
+    monkeypatch.setenv(BUILDERS_ENV, "devstack.demo_builder, no_such_builders")
+    with pytest.raises(ConfigError, match=f"{BUILDERS_ENV} names module 'no_such_builders', which cannot be imported"):
+        BuildSpec.from_dict({"family": "llama"})
+
+
+def test_the_demo_builder_runs_its_own_module_on_the_build_interpreter() -> None:
+    demo = BuildSpec.from_dict({"backend": "cpu-demo", "family": "demo", "dtype": "float32", "python": "python3"})
+    convert, build = demo.commands(PATHS)
+    assert convert.shell() == ("python3 -m devstack.demo_builder convert --checkpoint_dir /scratch/llama/checkpoint "
+                               "--output_dir /scratch/llama/trtllm_checkpoint --dtype float32")
+    assert build.argv[:4] == ("python3", "-m", "devstack.demo_builder", "build")
+
+
 def test_build_pod_asks_for_tp_x_pp_gpus_on_gpu_nodes_and_demo_for_none() -> None:
-    model = ModelDeployment(name="llama", release_prefix="s3://releases/prod", tp_size=2, pp_size=2,
-                            kubernetes=KubernetesConfig(gpu_product="NVIDIA-H100-80GB-HBM3",
-                                                        build_node_selector={"pool": "gpu"}))
-    spec = BuildSpec.from_dict({**LLAMA_7B_TP2, "pp_size": 2})
-    pod = to_dict(build_pod(model, ["build", "--spec-json", "{}"], gpus=spec.gpus))
+    kube = {"gpu_product": "NVIDIA-H100-80GB-HBM3", "build_node_selector": {"pool": "gpu"}}
+    request = BuildRequest(spec_file="s.json", checkpoint=ReleaseUri.parse("s3://releases/prod/llama/1"),
+                           output=ReleaseUri.parse("s3://releases/prod/engines/llama/1"))
+    model = ModelDeployment.from_dict({"name": "llama", "release_prefix": "s3://releases/prod", "tp_size": 2,
+                                       "pp_size": 2, "kubernetes": kube, "build": {"spec": LLAMA_7B_TP2}})
+    assert model.build.build_spec is not None and model.build.build_spec.gpus == 4
+    pod = to_dict(build_pod(model, request))
     (container,) = pod["spec"]["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
     assert container["resources"]["requests"]["nvidia.com/gpu"] == "4"
     assert pod["spec"]["nodeSelector"] == {"pool": "gpu", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     assert pod["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert {"mountPath": "/dev/shm", "name": "dshm"} in container["volumeMounts"]
-    demo = BuildSpec.from_dict({"backend": "cpu-demo", "family": "demo", "dtype": "float32"})
-    pod = to_dict(build_pod(model, ["build"], gpus=demo.gpus))
+    demo = ModelDeployment.from_dict({"name": "llama", "release_prefix": "s3://releases/prod", "kubernetes": kube,
+                                      "build": {"spec": {"backend": "cpu-demo", "family": "demo",
+                                                         "dtype": "float32"}}})
+    pod = to_dict(build_pod(demo, request))
     (container,) = pod["spec"]["containers"]
     assert "nvidia.com/gpu" not in container["resources"]["limits"]
     assert pod["spec"]["nodeSelector"] == {"pool": "gpu"} and "tolerations" not in pod["spec"]
@@ -167,7 +193,7 @@ def test_compat_check_names_both_values() -> None:
     with pytest.raises(IncompatibleEngine, match="records no compatibility facts"):
         check_compat(_manifest(None), trtllm_version="0.14.0")
     assert normalize_compute_capability("90") == "9.0" and normalize_compute_capability("sm_120") == "12.0"
-    assert ServingCompat.from_dict({"trtllm_version": "0.14.0", "compute_capability": "9.0"}).sync_args() == [
-        "--expect-trtllm-version", "0.14.0", "--expect-compute-capability", "9.0"]
+    serving = ServingCompat.from_dict({"trtllm_version": "0.14.0", "compute_capability": "9.0"})
+    assert (serving.trtllm_version, serving.compute_capability) == ("0.14.0", "9.0")
     with pytest.raises(ConfigError, match="serving"):
         ServingCompat.from_dict({"trtllm": "x"})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -10,6 +9,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from triton_rollout.pvc.layout import PvcLayout
 
 from devstack import demo_models
 from tests.conftest import RolloutStack
@@ -47,8 +47,7 @@ def test_backfill_over_two_past_dates_deploys_the_versions_current_then(rollout:
     for logical_date in dates:  # in order, as the scheduler runs a backfill with max_active_runs=1
         dr, states = rollout.run(DAG_ID, logical_date=logical_date)
         assert dr.state == "success", states
-        state = json.loads((rollout.pvc / "state" / "deployments" / f"{LLM}.json").read_text())
-        deployed.append(state["promoted"])
+        deployed.append(PvcLayout.at(rollout.pvc, create=False).deployment(LLM).promoted)
     assert deployed == [1, 2]
     answer = infer_llm(rollout.triton.http_url, 2)
     assert answer["model_version"] == "2" and text_of(answer) == golden(2)

@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
+from triton_rollout.pvc.layout import PvcLayout
 
 from devstack import demo_models
 from tests.conftest import ROLLOUT_NS, RolloutStack
@@ -46,8 +46,10 @@ def test_checkpoint_builds_in_a_pod_deploys_and_a_mismatched_engine_never_reache
     assert built.kind == "engine" and built.compat is not None
     assert (built.compat.trtllm_version, built.compat.compute_capability) == ("cpu-demo", "cpu")
     # The sync published the ENGINE release (its manifest, compat included), not the checkpoint.
-    record = json.loads((rollout.pvc / "state" / "published" / LLM / "1.json").read_text())
-    assert '"kind": "engine"' in json.dumps(record) and "cpu-demo" in json.dumps(record)
+    layout = PvcLayout.at(rollout.pvc, create=False)
+    record = layout.publish_record(LLM, 1)
+    assert record is not None and record.manifest.kind == "engine" and record.manifest.compat is not None
+    assert record.manifest.compat.trtllm_version == "cpu-demo"
     assert "SUMMARY sync demo-llm v1: published" in out
     answer = infer_llm(rollout.triton.http_url, 1)
     assert answer["model_version"] == "1" and text_of(answer) == golden(1)
@@ -60,8 +62,7 @@ def test_checkpoint_builds_in_a_pod_deploys_and_a_mismatched_engine_never_reache
     assert serving in text
     models.write_text(text.replace(serving, 'serving: {trtllm_version: 0.17.0, compute_capability: "9.0"}'))
     monkeypatch.setenv("TRITON_ROLLOUT_MODELS", str(models))
-    deployments = rollout.pvc / "state" / "deployments" / f"{LLM}.json"
-    before = deployments.read_text()
+    before = layout.deployment(LLM)
     demo_models.publish_demo_checkpoint(rollout.bucket, rollout.work, 2, prefix="releases")
     dr, states = rollout.run(DEPLOY_LLM)
     out = output(capfd, caplog)
@@ -72,7 +73,7 @@ def test_checkpoint_builds_in_a_pod_deploys_and_a_mismatched_engine_never_reache
     assert "not retried" in out  # exit 15 is permanent: no retries of the sync
     assert sync_exit_codes(kube_emulator.kubeconfig, 2) == [15]
     assert not list(rollout.pvc.glob("repository/*/2")) and not list(rollout.pvc.glob("staging/*/2"))
-    assert not (rollout.pvc / "state" / "published" / LLM / "2.json").exists()
-    assert deployments.read_text() == before
+    assert layout.publish_record(LLM, 2) is None
+    assert layout.deployment(LLM) == before
     answer = infer_llm(rollout.triton.http_url, 1)
     assert answer["model_version"] == "1" and text_of(answer) == golden(1)

@@ -7,6 +7,7 @@ import urllib.request
 from typing import Any
 
 import pytest
+from triton_rollout.pvc.layout import PvcLayout
 
 from devstack import demo_models
 from tests.conftest import RolloutStack
@@ -55,8 +56,7 @@ def test_deploy_llm_then_redeploy_transfers_nothing(rollout: RolloutStack, capfd
                       "announce": "success", "rollback": "skipped"}
     answer = infer_llm(rollout.triton.http_url, 1)
     assert answer["model_version"] == "1" and text_of(answer) == golden(1)
-    state = json.loads((rollout.pvc / "state" / "deployments" / f"{LLM}.json").read_text())
-    assert state["promoted"] == 1
+    assert PvcLayout.at(rollout.pvc, create=False).deployment(LLM).promoted == 1
     assert "SUMMARY sync demo-llm v1: published" in out and "SUMMARY announce demo-llm v1" in out
 
     # The same version again: verified by stat, nothing downloaded, still serving v1.
@@ -116,6 +116,6 @@ def test_sensor_skips_when_nothing_new_and_bad_releases_roll_back(
     assert dr.state == "failed"
     assert states["load"] == "failed" and states["smoke"] == "upstream_failed" and states["rollback"] == "success"
     assert text_of(infer_llm(base, 1)) == golden(1)
-    state = json.loads((rollout.pvc / "state" / "deployments" / f"{LLM}.json").read_text())
-    assert state["promoted"] == 1
-    assert [h["from_version"] for h in state["history"] if h["event"] == "rollback"] == [2, 3]
+    state = PvcLayout.at(rollout.pvc, create=False).deployment(LLM)
+    assert state.promoted == 1
+    assert [h.details["from_version"] for h in state.history if h.event == "rollback"] == [2, 3]

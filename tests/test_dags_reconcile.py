@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
+from triton_rollout.pvc.layout import PvcLayout
 from triton_rollout.triton.control import TritonControl
 
 from devstack import demo_models
@@ -43,5 +42,4 @@ def test_reconcile_repairs_a_deleted_file_and_a_triton_that_lost_the_model(
     out = output(capfd, caplog)
     assert dr.state == "success", states
     assert "SUMMARY reconcile demo-llm v1: in sync" in out and engine.stat().st_ino == before
-    state = json.loads((rollout.pvc / "state" / "deployments" / f"{LLM}.json").read_text())
-    assert state["promoted"] == 1
+    assert PvcLayout.at(rollout.pvc, create=False).deployment(LLM).promoted == 1

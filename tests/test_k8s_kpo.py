@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 from triton_rollout.config import AwsCredentials, KubernetesConfig, ModelDeployment, ResourceSpec
-from triton_rollout.kube.specs import build_pod, cli_pod, sync_pod, to_dict
+from triton_rollout.kube.specs import build_pod, step_pod, to_dict
+from triton_rollout.release.s3 import ReleaseUri
+from triton_rollout.steps import BuildRequest, StatusRequest, SyncRequest
 
 from devstack.kube import KubeEmulator
 
@@ -83,6 +85,7 @@ def labelled_pods(v1: Any, dag_id: str) -> list[Any]:
 def test_sync_pod_syncs_a_release_into_the_pvc(airflow_dags: Path, kube_emulator: KubeEmulator, k8s: Any,
                                                s3_server: Any, bucket: str, pvc: Path, tmp_path: Path,
                                                capfd: pytest.CaptureFixture[str]) -> None:
+    from triton_rollout.pvc.layout import PvcLayout
     from triton_rollout.release.publish import publish_release
 
     from tests.helpers import make_release_dir
@@ -98,7 +101,8 @@ def test_sync_pod_syncs_a_release_into_the_pvc(airflow_dags: Path, kube_emulator
         kubernetes=KubernetesConfig(namespace=NS, pvc_claim=claim, aws=AwsCredentials(
             secret_name="s3-creds", endpoint_url=s3_server.endpoint, region="us-east-1")),
     )
-    run = run_pod_dag(airflow_dags, kube_emulator, sync_pod(model, 1), on_finish_action="delete_pod",
+    pod = step_pod(model, SyncRequest.for_model(model, model.release(1)))
+    run = run_pod_dag(airflow_dags, kube_emulator, pod, on_finish_action="delete_pod",
                       startup_timeout_seconds=60)
     out = capfd.readouterr().out
     assert run.state == "success", out[-3000:]
@@ -106,7 +110,7 @@ def test_sync_pod_syncs_a_release_into_the_pvc(airflow_dags: Path, kube_emulator
         if f.is_file():
             synced = pvc / "repository" / "llm" / "1" / f.relative_to(src / "llm")
             assert synced.read_bytes() == f.read_bytes(), synced
-    assert (pvc / "state" / "published" / "llm" / "1.json").exists()
+    assert PvcLayout.at(pvc, create=False).publish_record("llm", 1) is not None
     # The pod's JSON result reached the task log, and the secret's value did not.
     assert pod_said(out, "{") and '"model": "llm"' in out
     assert s3_server.secret_key not in out
@@ -117,7 +121,7 @@ def test_sync_pod_syncs_a_release_into_the_pvc(airflow_dags: Path, kube_emulator
 def test_failing_command_fails_the_task_with_its_exit_code(airflow_dags: Path, kube_emulator: KubeEmulator,
                                                            k8s: Any, deferrable: bool,
                                                            capfd: pytest.CaptureFixture[str]) -> None:
-    pod = cli_pod(deployment(), ["--no-such-flag"], component="sync")
+    pod = step_pod(deployment(), StatusRequest(pvc="/pvc"))
     pod.spec.volumes = pod.spec.containers[0].volume_mounts = None  # no PVC needed to fail
     pod.spec.containers[0].command = ["python", "-c", "import sys; print('about to fail'); sys.exit(3)"]
     run = run_pod_dag(airflow_dags, kube_emulator, pod, deferrable=deferrable,
@@ -136,7 +140,7 @@ def test_failing_command_fails_the_task_with_its_exit_code(airflow_dags: Path, k
 
 def test_deferrable_success_streams_logs_and_deletes_the_pod(airflow_dags: Path, kube_emulator: KubeEmulator,
                                                              k8s: Any, capfd: pytest.CaptureFixture[str]) -> None:
-    pod = cli_pod(deployment(), [], component="sync")
+    pod = step_pod(deployment(), StatusRequest(pvc="/pvc"))
     pod.spec.volumes = pod.spec.containers[0].volume_mounts = None
     pod.spec.containers[0].command = ["python", "-c", "import time\nfor i in range(3):\n"
                                       "    print(f'step {i} done', flush=True); time.sleep(0.5)"]
@@ -155,7 +159,9 @@ def test_gpu_pod_without_gpu_node_stays_pending_and_fails_saying_why(
     model = deployment(build_resources=small)
     model = ModelDeployment(name="llm", release_prefix="s3://placeholder/p", tp_size=2,
                             kubernetes=model.kubernetes)
-    run = run_pod_dag(airflow_dags, kube_emulator, build_pod(model, ["build", "--spec", "x.json"]),
+    run = run_pod_dag(airflow_dags, kube_emulator, build_pod(model, BuildRequest(
+        spec_file="x.json", checkpoint=ReleaseUri.parse("s3://placeholder/p/llm/1"),
+        output=ReleaseUri.parse("s3://placeholder/p/engines/llm/1"))),
                       startup_timeout_seconds=3, on_finish_action="delete_pod")
     out = capfd.readouterr().out
     assert run.state == "failed"

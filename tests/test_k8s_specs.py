@@ -1,20 +1,25 @@
-"""Unit tests: the typed deployment config and the pod specs built from it."""
+"""Unit tests: the pod specs built from the typed deployment config (the config itself: test_config.py)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from triton_rollout.config import (
-    AwsCredentials,
-    KubernetesConfig,
-    ModelDeployment,
-    ResourceSpec,
-    Toleration,
-    load_models,
-)
-from triton_rollout.errors import ConfigError
-from triton_rollout.kube.specs import build_pod, promote_pod, sync_pod, to_dict
+from triton_rollout.config import AwsCredentials, KubernetesConfig, ModelDeployment, Toleration
+from triton_rollout.kube.specs import build_pod, step_pod, to_dict
+from triton_rollout.release.s3 import ReleaseUri
+from triton_rollout.steps import BuildRequest, PromoteRequest, SyncRequest
+
+BUILD = BuildRequest(spec_file="s.json", checkpoint=ReleaseUri.parse("s3://releases/prod/llama/3"),
+                     output=ReleaseUri.parse("s3://releases/prod/engines/llama/3"))
+
+
+def sync_pod(m: ModelDeployment, version: int, **overrides: object):  # type: ignore[no-untyped-def]
+    return step_pod(m, SyncRequest.for_model(m, m.release(version), **overrides))
+
+
+def promote_pod(m: ModelDeployment, version: int):  # type: ignore[no-untyped-def]
+    return step_pod(m, PromoteRequest.for_model(m, version, "run-1"))
 
 
 def model(**kube: object) -> ModelDeployment:
@@ -32,80 +37,11 @@ def main_container(pod: dict) -> dict:
     return container
 
 
-# -- config ------------------------------------------------------------------------------------------
-
-
-def test_config_from_dict_roundtrip_and_normalisation() -> None:
-    m = ModelDeployment.from_dict({
-        "name": "llama",
-        "release_prefix": "s3://releases/prod/",
-        "triton_url": "http://triton:8000/",
-        "keep": 3,
-        "kubernetes": {
-            "namespace": "serving",
-            "sync_resources": {"requests": {"cpu": 1, "memory": "1Gi"}},
-            "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
-            "aws": {"irsa_role_arn": "arn:aws:iam::123456789012:role/rollout"},
-        },
-    })
-    assert m.release_uri(7) == "s3://releases/prod/llama/7"
-    assert m.triton_url == "http://triton:8000"
-    assert m.kubernetes.sync_resources.requests == {"cpu": "1", "memory": "1Gi"}
-    assert m.kubernetes.tolerations == (Toleration("gpu", "Exists", None, "NoSchedule"),)
-
-
-@pytest.mark.parametrize(
-    ("data", "field"),
-    [
-        ({"name": "m", "release_prefix": "s3://bkt/p", "keep": -1}, "model.keep"),
-        ({"name": "m", "release_prefix": "gs://b/p"}, "model.release_prefix"),
-        ({"name": "m", "release_prefix": "s3://bkt/p", "kubernetes": {"namespace": "Bad_NS"}},
-         "model.kubernetes.namespace"),
-        ({"name": "m", "release_prefix": "s3://bkt/p", "kubernetes": {"run_as_user": 0}},
-         "model.kubernetes.run_as_user"),
-        ({"name": "m", "release_prefix": "s3://bkt/p", "kubernetes": {"tolerationz": []}}, "model.kubernetes"),
-        ({"name": "m", "release_prefix": "s3://bkt/p",
-          "kubernetes": {"sync_resources": {"limits": {"memory": "lots"}}}},
-         "model.kubernetes.sync_resources.limits.memory"),
-        ({"name": "m", "release_prefix": "s3://bkt/p",
-          "kubernetes": {"tolerations": [{"key": "k", "operator": "Maybe"}]}},
-         "model.kubernetes.tolerations[0].operator"),
-        ({"name": "m", "release_prefix": "s3://bkt/p",
-          "kubernetes": {"aws": {"secret_name": "s", "irsa_role_arn": "arn:aws:iam::123456789012:role/r"}}},
-         "model.kubernetes.aws"),
-        ({"name": "m", "release_prefix": "s3://bkt/p", "kubernetes": {"images": {"sync": "has space:1"}}},
-         "model.kubernetes.images.sync"),
-        ({"name": "m", "release_prefix": "s3://bkt/p", "tp_size": 0}, "model.tp_size"),
-        ({"release_prefix": "s3://bkt/p"}, "model.name"),
-    ],
-)
-def test_config_errors_name_the_field(data: dict, field: str) -> None:
-    with pytest.raises(ConfigError) as info:
-        ModelDeployment.from_dict(data)
-    assert f"config field '{field}'" in str(info.value)
-
-
-def test_load_models_merges_defaults_and_rejects_duplicates() -> None:
-    doc = {
-        "defaults": {"namespace": "serving", "sync_resources": {"limits": {"cpu": "1"}}},
-        "models": [
-            {"name": "a", "release_prefix": "s3://bkt/r"},
-            {"name": "b", "release_prefix": "s3://bkt/r", "kubernetes": {"namespace": "other"}},
-        ],
-    }
-    a, b = load_models(doc)
-    assert (a.kubernetes.namespace, b.kubernetes.namespace) == ("serving", "other")
-    assert b.kubernetes.sync_resources.limits == {"cpu": "1"}
-    doc["models"].append({"name": "a", "release_prefix": "s3://bkt/r"})
-    with pytest.raises(ConfigError, match=r"models\[2\]\.name"):
-        load_models(doc)
-
-
 # -- pod specs ---------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("builder", [
-    lambda m: sync_pod(m, 3), lambda m: promote_pod(m, 3), lambda m: build_pod(m, ["build", "--spec", "s.json"]),
+    lambda m: sync_pod(m, 3), lambda m: promote_pod(m, 3), lambda m: build_pod(m, BUILD),
 ])
 def test_every_pod_is_locked_down(builder) -> None:  # type: ignore[no-untyped-def]
     pod = to_dict(builder(model()))
@@ -156,7 +92,7 @@ def test_no_builder_can_inline_a_secret_value(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "sup3r-s3cret-value")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEYID")
     text = json.dumps([to_dict(b) for b in (sync_pod(model(), 1), promote_pod(model(), 1),
-                                            build_pod(model(), ["build"]))])
+                                            build_pod(model(), BUILD))])
     assert "sup3r-s3cret-value" not in text and "AKIAEXAMPLEKEYID" not in text
 
 
@@ -164,7 +100,7 @@ def test_no_builder_can_inline_a_secret_value(monkeypatch: pytest.MonkeyPatch) -
 def test_build_pod_gpu_count_is_tp_times_pp(tp: int, pp: int) -> None:
     m = ModelDeployment(name="m", release_prefix="s3://bkt/r", tp_size=tp, pp_size=pp,
                         kubernetes=KubernetesConfig(gpu_product="NVIDIA-A100-SXM4-80GB"))
-    pod = to_dict(build_pod(m, ["build"]))
+    pod = to_dict(build_pod(m, BUILD))
     res = main_container(pod)["resources"]
     assert res["limits"]["nvidia.com/gpu"] == str(tp * pp)
     assert res["requests"]["nvidia.com/gpu"] == str(tp * pp)
@@ -173,7 +109,7 @@ def test_build_pod_gpu_count_is_tp_times_pp(tp: int, pp: int) -> None:
 
 def test_build_pod_shm_tolerations_and_scratch() -> None:
     pod = to_dict(build_pod(model(tolerations=(Toleration("dedicated", "Equal", "gpu", "NoSchedule"),)),
-                            ["build"]))
+                            BUILD))
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     mounts = {m["mountPath"]: m["name"] for m in main_container(pod)["volumeMounts"]}
     assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
@@ -183,7 +119,3 @@ def test_build_pod_shm_tolerations_and_scratch() -> None:
     # Build pods never touch the serving PVC.
     assert not any("persistentVolumeClaim" in v for v in volumes.values())
 
-
-def test_resource_spec_rejects_non_quantities() -> None:
-    with pytest.raises(ConfigError, match=r"requests\.cpu"):
-        ResourceSpec(requests={"cpu": "two"})

@@ -20,7 +20,7 @@ from triton_rollout.errors import (
 )
 from triton_rollout.pvc.layout import PvcLayout
 from triton_rollout.pvc.lock import PvcLock
-from triton_rollout.pvc.state import DeploymentState, save_state
+from triton_rollout.pvc.records import DeploymentState
 from triton_rollout.release.publish import publish_release
 from triton_rollout.release.sync import sync_release
 
@@ -216,7 +216,7 @@ def test_retries_through_throttling_and_resets(tmp_path: Path, bucket: str, pvc:
 def test_lock_held_by_live_owner(tmp_path: Path, bucket: str, pvc: Path) -> None:
     uri, _ = _publish(tmp_path, bucket)
     layout = PvcLayout.at(pvc)
-    with PvcLock(layout.locks / "llm.lock", purpose="test holder"):
+    with PvcLock(layout.lock_file("llm"), purpose="test holder"):
         with pytest.raises(LockHeld, match="test holder"):
             sync_release(uri, pvc, lock_timeout=0.5)
         assert not (pvc / "repository" / "llm").exists()
@@ -225,7 +225,7 @@ def test_lock_held_by_live_owner(tmp_path: Path, bucket: str, pvc: Path) -> None
 
 def test_stale_locks_are_taken_over(tmp_path: Path, bucket: str, pvc: Path, caplog: pytest.LogCaptureFixture) -> None:
     uri, _ = _publish(tmp_path, bucket)
-    lock = PvcLayout.at(pvc).locks / "llm.lock"
+    lock = PvcLayout.at(pvc).lock_file("llm")
     # A killed process on this host: its pid no longer exists.
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -267,7 +267,7 @@ def _cli() -> list[str]:
 
 def test_retention_keeps_promoted_and_rollback(tmp_path: Path, bucket: str, pvc: Path) -> None:
     layout = PvcLayout.at(pvc)
-    save_state(layout, DeploymentState(model="llm", promoted=1, previous=2))
+    layout.save_deployment(DeploymentState(model="llm", promoted=1, previous=2))
     pruned: list[int] = []
     for v in range(1, 7):
         uri, _ = _publish(tmp_path, bucket, version=v, small=2)

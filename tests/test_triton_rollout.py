@@ -16,7 +16,6 @@ import pytest
 from triton_rollout import cli
 from triton_rollout.errors import SmokeTestFailed, TritonError
 from triton_rollout.pvc.layout import PvcLayout
-from triton_rollout.pvc.state import state_path
 from triton_rollout.triton.config import ModelConfigError, pinned_versions, read_config
 from triton_rollout.triton.control import TritonControl
 from triton_rollout.triton.promote import Release, load_candidate, prepare_release, promote, rollback
@@ -113,13 +112,13 @@ def test_tensor_release_v1_v2_swap_v3_load_failure_v4_smoke_failure(
         assert loop.failed == [] and loop.ok > 20, (loop.ok, loop.failed[:3])
         served = {a["model_version"] for a in loop.answers}
         assert served == {"1", "2"}  # the swap happened during the loop, and nothing in between failed
-        state = json.loads(state_path(layout, demo_models.TENSOR_MODEL).read_bytes())
-        assert (state["promoted"], state["previous"]) == (2, 1)
-        assert state["history"][-1]["event"] == "promote" and state["history"][-1]["run_id"] == "test"
+        state = layout.deployment(demo_models.TENSOR_MODEL)
+        assert (state.promoted, state.previous) == (2, 1)
+        assert state.history[-1].event == "promote" and state.history[-1].details["run_id"] == "test"
         assert pinned_versions(read_config(layout.model_dir("demo_tensor") / "config.pbtxt")) == [2]
 
         # v3 raises in initialize: the load fails, v2 keeps serving throughout, state/ is untouched.
-        before = state_path(layout, demo_models.TENSOR_MODEL).read_bytes()
+        before = layout.deployment(demo_models.TENSOR_MODEL)
         config_before = (layout.model_dir("demo_tensor") / "config.pbtxt").read_bytes()
         with ClientLoop(lambda: tensor_request(triton)) as loop, pytest.raises(
             TritonError, match=r"demo-tensor v3 failed to load: .*'demo_tensor'.*\[3\]"
@@ -127,7 +126,7 @@ def test_tensor_release_v1_v2_swap_v3_load_failure_v4_smoke_failure(
             load_candidate(control, layout, prepare_release(layout, demo_models.TENSOR_MODEL, 3), deadline_s=30)
         assert loop.failed == [] and {a["model_version"] for a in loop.answers} == {"2"}
         assert control.is_version_ready("demo_tensor", 2) and not control.is_version_ready("demo_tensor", 3)
-        assert state_path(layout, demo_models.TENSOR_MODEL).read_bytes() == before
+        assert layout.deployment(demo_models.TENSOR_MODEL) == before
         assert (layout.model_dir("demo_tensor") / "config.pbtxt").read_bytes() == config_before
 
         # v4 loads but answers wrongly: the golden case fails, and the rollback brings v2 back.
@@ -139,18 +138,18 @@ def test_tensor_release_v1_v2_swap_v3_load_failure_v4_smoke_failure(
         rollback(control, layout, demo_models.TENSOR_MODEL, failed_version=4, reason="smoke failed")
         assert control.ready_versions("demo_tensor") == [2]
         assert tensor_request(triton)["model_version"] == "2"
-        state = json.loads(state_path(layout, demo_models.TENSOR_MODEL).read_bytes())
-        assert (state["promoted"], state["previous"]) == (2, 1)
-        last = state["history"][-1]
-        assert (last["event"], last["version"], last["from_version"], last["candidate_failed"]) == (
+        state = layout.deployment(demo_models.TENSOR_MODEL)
+        assert (state.promoted, state.previous) == (2, 1)
+        last = state.history[-1]
+        assert (last.event, last.version, last.details["from_version"], last.details["candidate_failed"]) == (
             "rollback", 2, 4, True)
         assert pinned_versions(read_config(layout.model_dir("demo_tensor") / "config.pbtxt")) == [2]
 
         # An operator rollback of the promoted version goes to the previous one and becomes promoted.
         rollback(control, layout, demo_models.TENSOR_MODEL, reason="operator")
         assert control.ready_versions("demo_tensor") == [1]
-        state = json.loads(state_path(layout, demo_models.TENSOR_MODEL).read_bytes())
-        assert (state["promoted"], state["previous"]) == (1, 2)
+        state = layout.deployment(demo_models.TENSOR_MODEL)
+        assert (state.promoted, state.previous) == (1, 2)
     finally:
         control.close()
 
@@ -186,7 +185,7 @@ def test_llm_bundle_ensemble_swap_and_failures(
         assert engine.string_value == str(layout.version_dir("tensorrt_llm", 2))
 
         # v3's engine fails in initialize after preprocessing v3 loaded: everything goes back to v2.
-        state_before = state_path(layout, demo_models.LLM_MODEL).read_bytes()
+        state_before = layout.deployment(demo_models.LLM_MODEL)
         with ClientLoop(lambda: llm_request(triton)) as loop, pytest.raises(
             TritonError, match=r"demo-llm v3 failed to load: .*'tensorrt_llm'"
         ):
@@ -197,7 +196,7 @@ def test_llm_bundle_ensemble_swap_and_failures(
             assert control.ready_versions(name) == [2], name
             assert pinned_versions(read_config(layout.model_dir(name) / "config.pbtxt")) == [2], name
         assert llm_request(triton)["text_output"] == golden_text(2)
-        assert state_path(layout, demo_models.LLM_MODEL).read_bytes() == state_before
+        assert layout.deployment(demo_models.LLM_MODEL) == state_before
 
         # v4 answers wrongly: smoke fails with the request and both texts, rollback restores v2.
         release4 = prepare_release(layout, demo_models.LLM_MODEL, 4)
@@ -211,7 +210,7 @@ def test_llm_bundle_ensemble_swap_and_failures(
         assert llm_request(triton)["text_output"] == golden_text(2)
         for name in demo_models.LLM_TRITON_MODELS:
             assert control.ready_versions(name) == [2]
-        assert json.loads(state_path(layout, demo_models.LLM_MODEL).read_bytes())["promoted"] == 2
+        assert layout.deployment(demo_models.LLM_MODEL).promoted == 2
     finally:
         control.close()
     # A restarted Triton that loads everything from disk comes back on the promoted version.
@@ -268,12 +267,12 @@ def test_triton_down_is_a_clear_error_and_changes_nothing(pvc: Path, tmp_path: P
     assert sorted(str(p.relative_to(pvc)) for p in pvc.rglob("*")) == before
     control.close()
     # status still reports the PVC, and says Triton is unreachable with no endpoints.
-    from triton_rollout.cli.triton import collect_status
+    from triton_rollout.triton.rollout import collect_status
 
     with TritonControl(f"127.0.0.1:{port}", timeout=1) as dead:
         status = collect_status(layout, dead)
-    assert status["triton"]["live"] is False and status["endpoints"] == []
-    assert status["pvc"]["models"]["demo_tensor"]["versions"] == [1]
+    assert status.triton.live is False and status.endpoints == []
+    assert status.pvc_models["demo_tensor"].versions == [1]
 
 
 def test_readiness_of_an_unknown_version(pvc: Path, tmp_path: Path, triton: TritonServer) -> None:
@@ -378,4 +377,4 @@ def test_first_deploy_that_fails_leaves_nothing_behind(pvc: Path, tmp_path: Path
         for name in demo_models.LLM_TRITON_MODELS:
             assert control.ready_versions(name) == [], name
             assert not (layout.model_dir(name) / "config.pbtxt").exists(), name
-    assert not state_path(layout, demo_models.LLM_MODEL).exists()
+    assert layout.deployed_models() == []

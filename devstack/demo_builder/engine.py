@@ -1,8 +1,9 @@
-"""The CPU demo builder: a MOCK of TensorRT-LLM's two build steps for machines without a GPU.
+"""The CPU demo builder's toolchain: a MOCK of TensorRT-LLM's two build steps for machines without a GPU.
 
 No TensorRT-LLM and no GPU are involved. It exists so the demo and the tests run the real pipeline
 (checkpoint release -> ``python -m triton_rollout build`` in a pod -> engine release -> sync -> Triton)
-with the same subcommand, the same subprocess steps and the same release layout as a real build:
+with the same subcommand, the same subprocess steps and the same release layout as a real build. Its
+two steps run as ``python -m devstack.demo_builder {convert,build}`` (CpuDemoBuilder.steps):
 
 - ``convert`` stands in for ``convert_checkpoint.py``: it turns the checkpoint's corpus (the "weights")
   and vocabulary (the "tokenizer") into a converted checkpoint, a character bigram table.
@@ -111,7 +112,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m triton_rollout.build.demo_engine",
+    parser = argparse.ArgumentParser(prog="python -m devstack.demo_builder",
                                      description="CPU mock of the TensorRT-LLM build steps (demo only)")
     sub = parser.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("convert", help="corpus + vocab -> converted checkpoint (stands in for convert_checkpoint.py)")
@@ -129,6 +130,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     return int(args.func(args))
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -20,7 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from triton_rollout.build.demo_engine import bigram_table_from_text, generate_text
+from triton_rollout.release.manifest import Compat
+
+from devstack.demo_builder.engine import (
+    CORPUS_FILE,
+    DEMO_COMPUTE_CAPABILITY,
+    DEMO_TRTLLM_VERSION,
+    MODELS_DIR,
+    PROMPTS_FILE,
+    VOCAB_FILE,
+    bigram_table_from_text,
+    generate_text,
+)
 
 HERE = Path(__file__).resolve().parent
 LLM_MODEL = "demo-llm"
@@ -105,7 +116,7 @@ def write_tensor_release(dest: Path, version: int, variant: str = "good") -> Pat
     return dest
 
 
-def release_compat(model: str) -> Any:
+def release_compat(model: str) -> Compat | None:
     """The compatibility facts a pre-built demo release carries (manifest ``compat``), or None.
 
     demo-llm is served with the CPU demo's "TensorRT-LLM" (dags/models.yaml ``serving``), so its engine
@@ -114,9 +125,6 @@ def release_compat(model: str) -> Any:
     """
     if model != LLM_MODEL:
         return None
-    from triton_rollout.build.demo_engine import DEMO_COMPUTE_CAPABILITY, DEMO_TRTLLM_VERSION
-    from triton_rollout.release.manifest import Compat
-
     return Compat(trtllm_version=DEMO_TRTLLM_VERSION, compute_capability=DEMO_COMPUTE_CAPABILITY,
                   tp_size=1, pp_size=1, dtype="float32")
 
@@ -169,7 +177,7 @@ def publish_demo_releases(bucket: str, work_dir: Path, *, prefix: str = "release
     return uris
 
 
-# -- the demo checkpoint: what the CPU demo builder (`python -m triton_rollout build`, backend cpu-demo) builds --
+# -- the demo checkpoint: what the CPU demo builder (devstack.demo_builder, backend cpu-demo) builds ------------
 
 # The build spec of the demo LLM: the CPU demo builder, no GPU (the build pod asks for none).
 LLM_BUILD_SPEC: dict[str, Any] = {
@@ -181,8 +189,6 @@ LLM_BUILD_SPEC: dict[str, Any] = {
 def write_llm_checkpoint(dest: Path, version: int) -> Path:
     """A demo-llm checkpoint release (kind checkpoint): corpus ("weights"), vocab ("tokenizer"), the golden
     prompts and the python-backend ensemble (what the serving image would provide for a real model)."""
-    from triton_rollout.build.demo_engine import CORPUS_FILE, MODELS_DIR, PROMPTS_FILE, VOCAB_FILE
-
     dest = _fresh(dest)
     shutil.copy2(corpus_path(version), dest / CORPUS_FILE)
     (dest / VOCAB_FILE).write_text(json.dumps(VOCAB))

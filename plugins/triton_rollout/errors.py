@@ -129,11 +129,6 @@ class SmokeTestFailed(RolloutError):
     default_hint = "the candidate was not promoted; the previous version keeps serving. Inspect the release."
 
 
-class KubernetesError(RolloutError):
-    exit_code = 13
-    default_hint = "check the kubeconfig / in-cluster service account and the namespace"
-
-
 class BuildError(RolloutError):
     exit_code = 14
     default_hint = "read the failing step's output above; nothing was published"
@@ -156,11 +151,3 @@ class DriftNotRepaired(RolloutError):
         "(python -m triton_rollout rollback)"
     )
 
-
-class NoReleaseFound(RolloutError):
-    """No complete release matches what a deploy asked for (a version, or 'as of' a date)."""
-
-    exit_code = 17
-    default_hint = (
-        "publish the release (manifest.json last), pick an existing version, or check the release prefix"
-    )

@@ -1,8 +1,9 @@
 """Airflow glue: the only part of triton_rollout that imports Airflow.
 
 - ``factory``: the deploy DAG (one per configured model) and the reconcile DAG, from the models file.
-- ``operators``: ``RolloutPodOperator``, one library step (build, sync, load, smoke, promote, rollback,
-  reconcile) as a KubernetesPodOperator pod whose spec comes from ``triton_rollout.kube.specs``.
+- ``operators``: one KubernetesPodOperator per rollout step (BuildEngineOperator, SyncOperator, LoadOperator,
+  SmokeOperator, PromoteOperator, RollbackOperator, ReconcileOperator), each building its step's typed request
+  (``triton_rollout.steps``) and running the pod ``triton_rollout.kube.specs`` renders for it.
 - ``sensors`` / ``triggers``: the deferrable wait for a complete release in S3.
 - ``tasks``: the worker-side steps (resolve the release, announce the deployment as an Asset event).
 

@@ -18,7 +18,15 @@ from airflow.sdk import DAG, Asset, Param, TriggerRule, task
 
 from triton_rollout.config import ModelDeployment, ProjectConfig, read_config_file
 
-from .operators import RolloutPodOperator
+from .operators import (
+    BuildEngineOperator,
+    LoadOperator,
+    PromoteOperator,
+    ReconcileOperator,
+    RollbackOperator,
+    SmokeOperator,
+    SyncOperator,
+)
 from .sensors import ReleaseSensor
 
 CONFIG_ENV = "TRITON_ROLLOUT_MODELS"
@@ -104,20 +112,20 @@ def deploy_dag(model: ModelDeployment) -> DAG:
             return announce(model, asset, context)
 
         resolved = resolve_task()
-        build = RolloutPodOperator(
-            task_id="build_engine", model=model, step="build", pool=model.build.pool,
+        build = BuildEngineOperator(
+            task_id="build_engine", model=model, pool=model.build.pool,
             pool_slots=model.build.pool_slots,
             deferrable=model.build.deferrable, execution_timeout=timedelta(seconds=model.build.timeout_s),
             retries=1,  # a lost GPU node (spot, eviction) is the usual cause; the build starts over
         )
         # Syncs resume from verified parts, so a retry after a network failure is cheap.
-        sync = RolloutPodOperator(task_id="sync", model=model, step="sync", retries=2,
+        sync = SyncOperator(task_id="sync", model=model, retries=2,
                                   trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
-        load = RolloutPodOperator(task_id="load", model=model, step="load")
-        smoke = RolloutPodOperator(task_id="smoke", model=model, step="smoke")
-        promote = RolloutPodOperator(task_id="promote", model=model, step="promote", retries=1,
+        load = LoadOperator(task_id="load", model=model)
+        smoke = SmokeOperator(task_id="smoke", model=model)
+        promote = PromoteOperator(task_id="promote", model=model, retries=1,
                                      trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
-        rollback = RolloutPodOperator(task_id="rollback", model=model, step="rollback",
+        rollback = RollbackOperator(task_id="rollback", model=model,
                                       trigger_rule=TriggerRule.ONE_FAILED)
         wait >> resolved >> build >> sync
         resolved >> sync >> load >> smoke >> promote >> announce_task()
@@ -154,6 +162,6 @@ def reconcile_dag(config: ProjectConfig | None = None) -> DAG:
         default_args={"retries": 1, "retry_delay": timedelta(seconds=60)},
     ) as dag:
         for model in config.models:
-            RolloutPodOperator(task_id=f"reconcile_{model.name}".replace("-", "_"), model=model, step="reconcile",
-                               full_verify_hour=settings.full_verify_hour)
+            ReconcileOperator(task_id=f"reconcile_{model.name}".replace("-", "_"), model=model,
+                              full_verify_hour=settings.full_verify_hour)
     return dag

@@ -30,7 +30,7 @@ def resolve(model: ModelDeployment, context: Any) -> dict[str, Any]:
     log.info("resolved %s%s", describe(found), f" (as of {when.isoformat()})" if when and not version else "")
     log.info("SUMMARY resolve %s v%d: %s release created %s; bytes=%d; seconds=%.2f; endpoint=%s",
              model.name, found.version, found.kind, found.created_at, found.bytes, time.monotonic() - t0,
-             found.release)
+             found.uri)
     return found.to_dict()
 
 

@@ -2,10 +2,13 @@
 
     checkpoint release (kind checkpoint, verified download)
       -> probe the runtime (TensorRT-LLM version, GPU compute capability) - fail fast, before the download
-      -> conversion step, trtllm-build step (subprocesses, output streamed to the log)
+      -> the builder's steps, e.g. conversion then trtllm-build (subprocesses, output streamed to the log)
       -> lay out <triton_model>/... (tensorrt_llm/ = config.pbtxt + engine files; preprocessing,
          postprocessing with tokenizer files; ensemble), every config rendered and checked
       -> publish_release(kind="engine", compat=...) - files first, manifest.json last
+
+The backend-specific parts (probe, steps, model files, extra files, the dry-run's descriptions) come
+from the spec's builder (build/builders.py); this module is the same for every backend.
 
 A failed step raises BuildError carrying that step's exit code and the last lines of its output, so
 the pod fails with the step's code. Re-running with the same ``--workdir`` reuses the verified
@@ -16,10 +19,8 @@ immutable), which makes a retried task after a successful publish a no-op.
 from __future__ import annotations
 
 import fnmatch
-import json
 import logging
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -30,8 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from triton_rollout.build.spec import TRITON_MODELS, BuildPaths, BuildSpec, Step, check_no_placeholders
-from triton_rollout.release.compat import normalize_compute_capability
+from triton_rollout.build.builders import BuildPaths, Step
+from triton_rollout.build.spec import BuildSpec, check_no_placeholders
 from triton_rollout.errors import BuildError, ConfigError, ReleaseNotFound
 from triton_rollout.release.manifest import Compat
 from triton_rollout.release.s3 import ReleaseUri, fetch_manifest
@@ -39,11 +40,6 @@ from triton_rollout.release.s3 import ReleaseUri, fetch_manifest
 log = logging.getLogger(__name__)
 
 TAIL_LINES = 40
-_VERSION = re.compile(r"^[0-9][0-9A-Za-z.+-]*$")
-TRTLLM_VERSION_PROBE = "import tensorrt_llm; print(tensorrt_llm.__version__)"
-NVIDIA_SMI_PROBE = ("nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader")
-TORCH_PROBE = ("import torch; assert torch.cuda.is_available(), 'no CUDA device'; "
-               "print('%d.%d' % torch.cuda.get_device_capability(0))")
 
 
 @dataclass
@@ -119,64 +115,6 @@ def run_step(step: Step, *, tail_lines: int = TAIL_LINES, stream: TextIO | None 
     return seconds
 
 
-def _capture(argv: list[str] | tuple[str, ...], timeout: float = 120) -> tuple[int, str]:
-    try:
-        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, errors="replace")
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return 127, str(exc)
-    return proc.returncode, (proc.stdout or "") + (proc.stderr or "")
-
-
-def probe_trtllm_version(spec: BuildSpec) -> str:
-    """tensorrt_llm.__version__ from the build image's interpreter (its import banner is skipped)."""
-    rc, text = _capture([spec.interpreter, "-c", TRTLLM_VERSION_PROBE])
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    version = lines[-1] if lines else ""
-    if rc != 0 or not _VERSION.match(version):
-        raise BuildError(
-            f"cannot read the TensorRT-LLM version with `{spec.interpreter} -c '{TRTLLM_VERSION_PROBE}'` "
-            f"(exit {rc}): {' | '.join(lines[-3:]) or 'no output'}",
-            hint="run the build in the TensorRT-LLM build image (docker/Dockerfile.build), or set the spec's "
-                 "python field to the interpreter that has tensorrt_llm",
-        )
-    return version
-
-
-def probe_compute_capability(spec: BuildSpec) -> str:
-    """The GPU compute capability the engine is built for: nvidia-smi, else torch. All GPUs must agree."""
-    rc, text = _capture(NVIDIA_SMI_PROBE)
-    values = sorted({normalize_compute_capability(ln) for ln in text.splitlines() if ln.strip()}) if rc == 0 else []
-    source = " ".join(NVIDIA_SMI_PROBE)
-    if not values:
-        rc2, text2 = _capture([spec.interpreter, "-c", TORCH_PROBE])
-        lines = [ln.strip() for ln in text2.splitlines() if ln.strip()]
-        if rc2 == 0 and lines:
-            values, source = [normalize_compute_capability(lines[-1])], "torch.cuda.get_device_capability"
-        else:
-            raise BuildError(
-                f"no GPU visible to the build: `{source}` exited {rc} ({text.strip()[:200] or 'no output'}) and "
-                f"torch could not tell either ({(lines[-1] if lines else 'no output')[:200]})",
-                hint="the build pod must request nvidia.com/gpu (tp x pp) on a GPU node with the NVIDIA "
-                     "device plugin; use backend cpu-demo only for the GPU-less demo",
-            )
-    if len(values) > 1:
-        raise BuildError(f"the build sees GPUs of different compute capabilities {values} ({source}); "
-                         "an engine is tied to one",
-                         hint="schedule the build on a node with one GPU type (kubernetes.gpu_product)")
-    if not re.match(r"^[0-9]+\.[0-9]$", values[0]):
-        raise BuildError(f"unexpected compute capability {values[0]!r} from {source}")
-    return values[0]
-
-
-def probe_runtime(spec: BuildSpec) -> tuple[str, str]:
-    if spec.is_demo:
-        from triton_rollout.build.demo_engine import DEMO_COMPUTE_CAPABILITY, DEMO_TRTLLM_VERSION
-
-        # MOCK: the CPU demo has no TensorRT-LLM and no GPU; its engines record that instead.
-        return DEMO_TRTLLM_VERSION, DEMO_COMPUTE_CAPABILITY
-    return probe_trtllm_version(spec), probe_compute_capability(spec)
-
-
 # -- release layout --------------------------------------------------------------------------------------
 
 
@@ -195,43 +133,19 @@ def _tokenizer_files(spec: BuildSpec, checkpoint: Path) -> list[Path]:
     return found
 
 
-def _templates_and_code(spec: BuildSpec, paths: BuildPaths) -> tuple[dict[str, str] | None, dict[str, Path]]:
-    """Config templates (None = the package's) and each model's python-backend model.py, by Triton model."""
-    if spec.is_demo:
-        from triton_rollout.build.demo_engine import MODELS_DIR
-
-        # The demo's python-backend ensemble travels in its checkpoint (it has no serving image).
-        root = paths.checkpoint / MODELS_DIR
-        missing = [m for m in TRITON_MODELS if not (root / m / "config.pbtxt").is_file()]
-        if missing:
-            raise BuildError(f"demo checkpoint lacks {MODELS_DIR}/<model>/config.pbtxt for {missing}",
-                             hint="publish it with devstack.demo_models.publish_demo_checkpoint")
-        templates = {m: (root / m / "config.pbtxt").read_text() for m in TRITON_MODELS}
-        code = {m: root / m / "model.py" for m in TRITON_MODELS if (root / m / "model.py").is_file()}
-        return templates, code
-    code = {}
-    for m in ("preprocessing", "postprocessing"):
-        path = Path(spec.backend_models_dir) / m / "1" / "model.py"
-        if not path.is_file():
-            raise BuildError(f"{path} is missing: the tokenizer models' code comes from tensorrtllm_backend in the "
-                             "build image", hint="set the spec's backend_models_dir to its all_models/"
-                                                 "inflight_batcher_llm directory")
-        code[m] = path
-    return None, code
-
-
 def assemble_release(spec: BuildSpec, paths: BuildPaths, version: int) -> dict[str, str]:
     """Lay out <triton_model>/... under paths.release; returns the rendered configs by Triton model."""
     if paths.release.exists():
         shutil.rmtree(paths.release)
-    templates, code = _templates_and_code(spec, paths)
-    configs = spec.render_configs(version, templates)
+    builder = spec.builder
+    files = builder.model_files(spec, paths)
+    configs = spec.render_configs(version, files.templates)
     for name, text in configs.items():
         check_no_placeholders(text, source=f"{name}/config.pbtxt")
         dest = paths.release / name / "config.pbtxt"
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(text)
-    for name, src in code.items():
+    for name, src in files.code.items():
         _copy(src, paths.release / name / "model.py")
     engine_files = sorted(p for p in paths.engine.rglob("*") if p.is_file()) if paths.engine.is_dir() else []
     if not engine_files:
@@ -239,29 +153,11 @@ def assemble_release(spec: BuildSpec, paths: BuildPaths, version: int) -> dict[s
                          hint="read the build step's output above")
     for f in engine_files:
         _copy(f, paths.release / "tensorrt_llm" / f.relative_to(paths.engine))
-    # The demo's python models read vocab.json from their version dir; the real ones take tokenizer_dir.
-    tok_sub = "" if spec.is_demo else "tokenizer"
     for f in _tokenizer_files(spec, paths.checkpoint):
         for name in ("preprocessing", "postprocessing"):
-            _copy(f, paths.release / name / tok_sub / f.name)
-    if spec.is_demo:
-        _write_demo_golden(paths)
+            _copy(f, paths.release / name / builder.tokenizer_dir / f.name)
+    builder.write_extras(spec, paths)
     return configs
-
-
-def _write_demo_golden(paths: BuildPaths) -> None:
-    """The demo release ships golden answers (smoke.json), computed with its own model code."""
-    import numpy as np
-
-    from triton_rollout.build.demo_engine import ENGINE_FILE, PROMPTS_FILE, VOCAB_FILE, golden_cases
-
-    prompts_file = paths.checkpoint / PROMPTS_FILE
-    if not prompts_file.is_file():
-        return
-    vocab = json.loads((paths.checkpoint / VOCAB_FILE).read_text())
-    table = np.load(paths.release / "tensorrt_llm" / ENGINE_FILE)
-    golden = golden_cases(paths.release, vocab, table, json.loads(prompts_file.read_text()))
-    (paths.release / "ensemble" / "smoke.json").write_text(json.dumps(golden, indent=1) + "\n")
 
 
 # -- the build -------------------------------------------------------------------------------------------
@@ -269,29 +165,18 @@ def _write_demo_golden(paths: BuildPaths) -> None:
 
 def plan_text(spec: BuildSpec, checkpoint: ReleaseUri, output: ReleaseUri, paths: BuildPaths) -> str:
     """What the build would run and write, exactly; --dry-run prints it and touches nothing."""
+    builder = spec.builder
     lines = [f"build plan for {checkpoint} -> {output} (backend {spec.backend}, family {spec.family}, "
              f"{spec.gpus} GPU(s))",
-             f"download: {checkpoint} (kind checkpoint, every file verified against its sha256) -> {paths.checkpoint}"]
-    if spec.is_demo:
-        lines.append("probe: none (cpu-demo records trtllm_version 'cpu-demo', compute_capability 'cpu')")
-    else:
-        lines.append(f"probe: {spec.interpreter} -c {TRTLLM_VERSION_PROBE!r}")
-        lines.append(f"probe: {' '.join(NVIDIA_SMI_PROBE)}  (fallback: torch.cuda.get_device_capability)")
+             f"download: {checkpoint} (kind checkpoint, every file verified against its sha256) -> {paths.checkpoint}",
+             *builder.describe_probe(spec)]
     for step in spec.commands(paths):
         lines.append(f"run [{step.name}]: {step.shell()}")
     lines.append(f"write: {paths.release}/tensorrt_llm/<every file of {paths.engine}>")
-    tok = "" if spec.is_demo else "tokenizer/"
+    tok = f"{builder.tokenizer_dir}/" if builder.tokenizer_dir else ""
     lines.append(f"write: {paths.release}/{{preprocessing,postprocessing}}/{tok}<checkpoint files matching "
                  f"{list(spec.tokenizer_files)}>")
-    if spec.is_demo:
-        lines.append(f"write: {paths.release}/<model>/config.pbtxt rendered from the checkpoint's triton_models/, "
-                     "model.py copied, ensemble/smoke.json (golden answers)")
-    else:
-        lines.append(f"write: {paths.release}/{{preprocessing,postprocessing}}/model.py from "
-                     f"{spec.backend_models_dir}/<model>/1/model.py")
-        for name, text in spec.render_configs(output.version).items():
-            lines.append(f"write: {paths.release}/{name}/config.pbtxt:")
-            lines.extend(f"    {t}" for t in text.rstrip("\n").splitlines())
+    lines.extend(builder.describe_layout(spec, paths, output.version))
     lines.append(f"publish: {paths.release} -> {output} (kind engine, manifest.json last) with compat "
                  f"trtllm_version=<probed>, compute_capability=<probed>, tp_size={spec.tp_size}, "
                  f"pp_size={spec.pp_size}, dtype={spec.dtype}")
@@ -300,8 +185,8 @@ def plan_text(spec: BuildSpec, checkpoint: ReleaseUri, output: ReleaseUri, paths
 
 def download_checkpoint(checkpoint: ReleaseUri, dest: Path, *, concurrency: int = 8) -> int:
     """The checkpoint release into ``dest``, every byte verified (the sync's download engine)."""
-    from triton_rollout.release.manifest import validate_relpath
     from triton_rollout.pvc.layout import safe_join
+    from triton_rollout.release.manifest import validate_relpath
     from triton_rollout.release.transfer import Downloader, FileTask
 
     manifest = fetch_manifest(checkpoint)
@@ -336,8 +221,9 @@ def run_build(spec: BuildSpec, checkpoint_uri: str, output_uri: str, *, workdir:
         return BuildResult(str(output), str(checkpoint), "exists",
                            existing.compat.to_dict() if existing.compat else {}, len(existing.files),
                            existing.total_size, seconds=round(time.monotonic() - started, 3))
-    trtllm_version, capability = probe_runtime(spec)
-    log.info("build runtime: TensorRT-LLM %s, compute capability %s", trtllm_version, capability)
+    runtime = spec.builder.probe(spec)
+    log.info("build runtime: TensorRT-LLM %s, compute capability %s", runtime.trtllm_version,
+             runtime.compute_capability)
     download_checkpoint(checkpoint, paths.checkpoint)
     for stale in (paths.converted, paths.engine, paths.release):
         if stale.exists():
@@ -346,8 +232,8 @@ def run_build(spec: BuildSpec, checkpoint_uri: str, output_uri: str, *, workdir:
     for step in spec.commands(paths):
         steps.append({"name": step.name, "seconds": round(run_step(step), 3)})
     assemble_release(spec, paths, output.version)
-    compat = Compat(trtllm_version=trtllm_version, compute_capability=capability, tp_size=spec.tp_size,
-                    pp_size=spec.pp_size, dtype=spec.dtype)
+    compat = Compat(trtllm_version=runtime.trtllm_version, compute_capability=runtime.compute_capability,
+                    tp_size=spec.tp_size, pp_size=spec.pp_size, dtype=spec.dtype)
     from triton_rollout.release.publish import publish_release
 
     manifest = publish_release(

@@ -3,15 +3,12 @@
 One spec per model (JSON or YAML; in the per-model config under ``build``), validated once with errors
 that name the field. From it come:
 
-- the TensorRT-LLM commands: the family's checkpoint conversion (or ``quantization/quantize.py`` for
-  FP8 / AWQ, which need calibration), then ``trtllm-build`` with the matching flags;
+- the build steps of its ``backend``'s builder (build/builders.py; TensorRT-LLM's in build/trtllm.py:
+  the family's checkpoint conversion or ``quantization/quantize.py``, then ``trtllm-build``);
 - the four config.pbtxt files of the tensorrtllm_backend ensemble (ensemble, preprocessing,
   tensorrt_llm, postprocessing), filled from templates shipped in this package. The backend's own
   templates keep an unfilled ``${var}`` silently (FACTS: TensorRT-LLM); here any placeholder left over
   after filling is an error, so a release never ships a config that only fails at load time.
-
-``backend: cpu-demo`` (family ``demo``) renders the CPU demo builder's commands instead: the same two
-steps and the same release layout, run by :mod:`triton_rollout.build.demo_engine` on machines without a GPU.
 """
 
 from __future__ import annotations
@@ -19,38 +16,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import shlex
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-# The per-model config's validators: a spec error reads like any other config error (field path first).
-from triton_rollout.config import _fail, _int
+from triton_rollout.build.builders import Builder, BuildPaths, Step, get_builder, registered
+
+# The config's validators: a spec error reads like any other config error (field path first).
+from triton_rollout.config.validators import boolean, check_keys, fail, field_names, integer, mapping
 from triton_rollout.errors import BuildError, ConfigError
 
 BACKEND_TRTLLM = "tensorrt-llm"
-BACKEND_DEMO = "cpu-demo"
-BACKENDS = (BACKEND_TRTLLM, BACKEND_DEMO)
-DEMO_FAMILY = "demo"
-# Checkpoint family -> the examples/<dir> whose convert_checkpoint.py handles it (Mistral and Mixtral
-# are converted by the Llama script upstream).
-FAMILY_EXAMPLES = {
-    "llama": "llama",
-    "mistral": "llama",
-    "mixtral": "llama",
-    "qwen": "qwen",
-    "gpt": "gpt",
-    "falcon": "falcon",
-    "phi": "phi",
-}
 DTYPES = ("float16", "bfloat16", "float32")
 # none / weight-only go through convert_checkpoint.py; fp8 / int4_awq through quantize.py (calibration).
 QUANTIZATIONS = ("none", "int8_weight_only", "int4_weight_only", "fp8", "int4_awq")
-_WEIGHT_ONLY = {"int8_weight_only": "int8", "int4_weight_only": "int4"}
-_QFORMAT = {"fp8": "fp8", "int4_awq": "int4_awq"}
+CALIBRATED_QUANTIZATIONS = ("fp8", "int4_awq")
 KV_CACHE_DTYPES = ("auto", "int8", "fp8")
 PLUGIN_VALUES = ("auto", "disable", "float16", "bfloat16", "float32")
 BATCHING_STRATEGIES = ("inflight_fused_batching", "V1")
@@ -70,64 +52,24 @@ _SAFE_WORD = re.compile(r"^[A-Za-z0-9._/+-]+$")
 
 def _choice(value: object, path: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
-        raise _fail(path, f"must be one of {', '.join(choices)}; got {value!r}")
+        raise fail(path, f"must be one of {', '.join(choices)}; got {value!r}")
     return str(value)
-
-
-def _bool(value: object, path: str) -> bool:
-    if not isinstance(value, bool):
-        raise _fail(path, f"must be true or false, got {value!r}")
-    return value
 
 
 def _word(value: object, path: str) -> str:
     if not isinstance(value, str) or not _SAFE_WORD.match(value):
-        raise _fail(path, f"must be a non-empty string of letters, digits and ._/+-, got {value!r}")
+        raise fail(path, f"must be a non-empty string of letters, digits and ._/+-, got {value!r}")
     return value
 
 
 def _abs_path(value: object, path: str) -> str:
     if not isinstance(value, str) or not _SAFE_PATH.match(value) or ".." in value.split("/"):
-        raise _fail(path, f"must be an absolute path of letters, digits and ._/- without '..', got {value!r}")
+        raise fail(path, f"must be an absolute path of letters, digits and ._/- without '..', got {value!r}")
     return value.rstrip("/") or "/"
 
 
 def _pb_bool(value: bool) -> str:
     return "true" if value else "false"
-
-
-@dataclass(frozen=True)
-class Step:
-    """One subprocess of the build, with the exact argv that runs (no shell)."""
-
-    name: str
-    argv: tuple[str, ...]
-
-    def shell(self) -> str:
-        return shlex.join(self.argv)
-
-
-@dataclass(frozen=True)
-class BuildPaths:
-    """Where a build works: the downloaded checkpoint, the converted checkpoint, the engine, the release."""
-
-    workdir: Path
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.workdir / "checkpoint"
-
-    @property
-    def converted(self) -> Path:
-        return self.workdir / "trtllm_checkpoint"
-
-    @property
-    def engine(self) -> Path:
-        return self.workdir / "engine"
-
-    @property
-    def release(self) -> Path:
-        return self.workdir / "release"
 
 
 @dataclass(frozen=True)
@@ -180,51 +122,50 @@ class BuildSpec:
 
     def __post_init__(self) -> None:
         p = self._path
-        _choice(self.backend, f"{p}.backend", BACKENDS)
-        demo = self.backend == BACKEND_DEMO
-        families = (DEMO_FAMILY,) if demo else tuple(FAMILY_EXAMPLES)
-        if self.family not in families:
-            hint = "" if demo or self.family != DEMO_FAMILY else " (family 'demo' needs backend 'cpu-demo')"
-            raise _fail(f"{p}.family", f"must be one of {', '.join(families)} for backend {self.backend!r}; "
-                                       f"got {self.family!r}{hint}")
+        builder = get_builder(self.backend, f"{p}.backend")
+        if self.family not in builder.families:
+            others = [b.backend for b in registered().values() if self.family in b.families]
+            hint = f" (family {self.family!r} needs backend {others[0]!r})" if others else ""
+            raise fail(f"{p}.family", f"must be one of {', '.join(builder.families)} for backend {self.backend!r}; "
+                                      f"got {self.family!r}{hint}")
         _choice(self.dtype, f"{p}.dtype", DTYPES)
         _choice(self.quantization, f"{p}.quantization", QUANTIZATIONS)
         _choice(self.kv_cache_dtype, f"{p}.kv_cache_dtype", KV_CACHE_DTYPES)
-        if self.kv_cache_dtype == "fp8" and self.quantization not in _QFORMAT:
-            raise _fail(f"{p}.kv_cache_dtype", "fp8 KV cache is produced by quantize.py: set quantization to "
-                                               f"fp8 or int4_awq, got quantization {self.quantization!r}")
-        _int(self.tp_size, f"{p}.tp_size", 1, 64)
-        _int(self.pp_size, f"{p}.pp_size", 1, 64)
-        _int(self.max_batch_size, f"{p}.max_batch_size", 1, 4096)
-        _int(self.max_input_len, f"{p}.max_input_len", 1)
-        _int(self.max_output_len, f"{p}.max_output_len", 1)
+        if self.kv_cache_dtype == "fp8" and self.quantization not in CALIBRATED_QUANTIZATIONS:
+            raise fail(f"{p}.kv_cache_dtype", "fp8 KV cache is produced by quantize.py: set quantization to "
+                                              f"fp8 or int4_awq, got quantization {self.quantization!r}")
+        integer(self.tp_size, f"{p}.tp_size", 1, 64)
+        integer(self.pp_size, f"{p}.pp_size", 1, 64)
+        integer(self.max_batch_size, f"{p}.max_batch_size", 1, 4096)
+        integer(self.max_input_len, f"{p}.max_input_len", 1)
+        integer(self.max_output_len, f"{p}.max_output_len", 1)
         if self.max_num_tokens is not None:
-            _int(self.max_num_tokens, f"{p}.max_num_tokens", 1)
-        _int(self.max_beam_width, f"{p}.max_beam_width", 1, 64)
+            integer(self.max_num_tokens, f"{p}.max_num_tokens", 1)
+        integer(self.max_beam_width, f"{p}.max_beam_width", 1, 64)
         _choice(self.gemm_plugin, f"{p}.gemm_plugin", PLUGIN_VALUES)
         _choice(self.gpt_attention_plugin, f"{p}.gpt_attention_plugin", PLUGIN_VALUES)
         for name in ("paged_kv_cache", "remove_input_padding", "context_fmha", "enable_kv_cache_reuse",
                      "enable_chunked_context", "decoupled", "exclude_input_in_output", "add_special_tokens",
                      "skip_special_tokens"):
-            _bool(getattr(self, name), f"{p}.{name}")
-        _int(self.workers, f"{p}.workers", 1, 64)
-        _int(self.calib_size, f"{p}.calib_size", 1)
+            boolean(getattr(self, name), f"{p}.{name}")
+        integer(self.workers, f"{p}.workers", 1, 64)
+        integer(self.calib_size, f"{p}.calib_size", 1)
         if self.calib_dataset is not None:
             _word(self.calib_dataset, f"{p}.calib_dataset")
         _choice(self.batching_strategy, f"{p}.batching_strategy", BATCHING_STRATEGIES)
         _choice(self.batch_scheduler_policy, f"{p}.batch_scheduler_policy", SCHEDULER_POLICIES)
         frac = self.kv_cache_free_gpu_mem_fraction
         if isinstance(frac, bool) or not isinstance(frac, int | float) or not 0 < frac < 1:
-            raise _fail(f"{p}.kv_cache_free_gpu_mem_fraction", f"must be a number between 0 and 1, got {frac!r}")
-        _int(self.max_queue_delay_microseconds, f"{p}.max_queue_delay_microseconds", 0)
-        _int(self.preprocessing_instance_count, f"{p}.preprocessing_instance_count", 1, 64)
-        _int(self.postprocessing_instance_count, f"{p}.postprocessing_instance_count", 1, 64)
+            raise fail(f"{p}.kv_cache_free_gpu_mem_fraction", f"must be a number between 0 and 1, got {frac!r}")
+        integer(self.max_queue_delay_microseconds, f"{p}.max_queue_delay_microseconds", 0)
+        integer(self.preprocessing_instance_count, f"{p}.preprocessing_instance_count", 1, 64)
+        integer(self.postprocessing_instance_count, f"{p}.postprocessing_instance_count", 1, 64)
         files = self.tokenizer_files
         if isinstance(files, str) or not isinstance(files, list | tuple) or not files:
-            raise _fail(f"{p}.tokenizer_files", "must be a non-empty list of file names or glob patterns")
+            raise fail(f"{p}.tokenizer_files", "must be a non-empty list of file names or glob patterns")
         for i, pattern in enumerate(files):
             if not isinstance(pattern, str) or not pattern or "/" in pattern or pattern.startswith("."):
-                raise _fail(f"{p}.tokenizer_files[{i}]", f"must be a top-level file name or pattern, got {pattern!r}")
+                raise fail(f"{p}.tokenizer_files[{i}]", f"must be a top-level file name or pattern, got {pattern!r}")
         object.__setattr__(self, "tokenizer_files", tuple(files))
         object.__setattr__(self, "triton_repository", _abs_path(self.triton_repository, f"{p}.triton_repository"))
         if self.python is not None:
@@ -232,31 +173,15 @@ class BuildSpec:
         for name in ("examples_dir", "backend_models_dir"):
             object.__setattr__(self, name, _abs_path(getattr(self, name), f"{p}.{name}"))
         _word(self.trtllm_build, f"{p}.trtllm_build")
-        if self.batching_strategy == "inflight_fused_batching" and not demo:
-            # In-flight batching runs only on engines built with these (the backend refuses others at load).
-            for name, ok in (("paged_kv_cache", self.paged_kv_cache),
-                             ("remove_input_padding", self.remove_input_padding),
-                             ("gpt_attention_plugin", self.gpt_attention_plugin != "disable")):
-                if not ok:
-                    raise _fail(f"{p}.{name}", "must be enabled for batching_strategy inflight_fused_batching "
-                                               "(or set batching_strategy to V1)")
-        if demo:
-            # The CPU demo engine is a float32 table on one process; anything else would be pretended.
-            for name, want in (("dtype", "float32"), ("quantization", "none"), ("tp_size", 1), ("pp_size", 1)):
-                if getattr(self, name) != want:
-                    raise _fail(f"{p}.{name}", f"must be {want!r} for backend cpu-demo, got {getattr(self, name)!r}")
+        builder.validate(self, p)
 
     # -- loading -----------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: object, path: str = "build") -> BuildSpec:
-        if not isinstance(data, Mapping):
-            raise _fail(path, f"must be a mapping, got {type(data).__name__}")
-        names = {f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise _fail(path, f"unknown key(s) {unknown}; allowed: {sorted(names)}")
+        data = mapping(data, path)
+        check_keys(data, field_names(cls), path)
         if "family" not in data:
-            raise _fail(f"{path}.family", "is required")
+            raise fail(f"{path}.family", "is required")
         return cls(**dict(data), _path=path)
 
     @classmethod
@@ -294,81 +219,23 @@ class BuildSpec:
 
     # -- derived facts -----------------------------------------------------------------------------
     @property
-    def is_demo(self) -> bool:
-        return self.backend == BACKEND_DEMO
+    def builder(self) -> Builder:
+        """The builder of this spec's backend (build/builders.py)."""
+        return get_builder(self.backend)
 
     @property
     def gpus(self) -> int:
-        """GPUs the build pod asks for: one per rank (tp x pp); the CPU demo asks for none."""
-        return 0 if self.is_demo else self.tp_size * self.pp_size
+        """GPUs the build pod asks for (TensorRT-LLM: one per rank, tp x pp)."""
+        return self.builder.gpus(self)
 
     @property
     def max_seq_len(self) -> int:
         return self.max_input_len + self.max_output_len
 
-    @property
-    def interpreter(self) -> str:
-        # The demo steps run the library itself, so they use the interpreter running the build.
-        return self.python or (sys.executable if self.is_demo else "python3")
-
     # -- commands ----------------------------------------------------------------------------------
     def commands(self, paths: BuildPaths) -> list[Step]:
-        """The conversion step, then the engine build step, with every flag spelled out."""
-        if self.is_demo:
-            return self._demo_commands(paths)
-        return [self._convert_step(paths), self._build_step(paths)]
-
-    def _convert_step(self, paths: BuildPaths) -> Step:
-        common = ["--model_dir", str(paths.checkpoint), "--output_dir", str(paths.converted),
-                  "--dtype", self.dtype, "--tp_size", str(self.tp_size), "--pp_size", str(self.pp_size)]
-        if self.quantization in _QFORMAT:
-            argv = [self.interpreter, f"{self.examples_dir}/quantization/quantize.py", *common,
-                    "--qformat", _QFORMAT[self.quantization], "--calib_size", str(self.calib_size)]
-            if self.calib_dataset:
-                argv += ["--calib_dataset", self.calib_dataset]
-            if self.kv_cache_dtype != "auto":
-                argv += ["--kv_cache_dtype", self.kv_cache_dtype]
-            return Step("quantize", tuple(argv))
-        script = f"{self.examples_dir}/{FAMILY_EXAMPLES[self.family]}/convert_checkpoint.py"
-        argv = [self.interpreter, script, *common]
-        if self.quantization in _WEIGHT_ONLY:
-            argv += ["--use_weight_only", "--weight_only_precision", _WEIGHT_ONLY[self.quantization]]
-        if self.kv_cache_dtype == "int8":
-            argv += ["--int8_kv_cache"]
-        return Step("convert", tuple(argv))
-
-    def _build_step(self, paths: BuildPaths) -> Step:
-        def onoff(flag: bool) -> str:
-            return "enable" if flag else "disable"
-
-        argv = [
-            self.trtllm_build,
-            "--checkpoint_dir", str(paths.converted),
-            "--output_dir", str(paths.engine),
-            "--gemm_plugin", self.gemm_plugin,
-            "--gpt_attention_plugin", self.gpt_attention_plugin,
-            "--max_batch_size", str(self.max_batch_size),
-            "--max_input_len", str(self.max_input_len),
-            "--max_seq_len", str(self.max_seq_len),
-            "--max_beam_width", str(self.max_beam_width),
-            "--paged_kv_cache", onoff(self.paged_kv_cache),
-            "--remove_input_padding", onoff(self.remove_input_padding),
-            "--context_fmha", onoff(self.context_fmha),
-            "--workers", str(self.workers),
-        ]
-        if self.max_num_tokens is not None:
-            argv += ["--max_num_tokens", str(self.max_num_tokens)]
-        return Step("trtllm-build", tuple(argv))
-
-    def _demo_commands(self, paths: BuildPaths) -> list[Step]:
-        module = [self.interpreter, "-m", "triton_rollout.build.demo_engine"]
-        return [
-            Step("convert", (*module, "convert", "--checkpoint_dir", str(paths.checkpoint),
-                             "--output_dir", str(paths.converted), "--dtype", self.dtype)),
-            Step("build", (*module, "build", "--checkpoint_dir", str(paths.converted),
-                           "--output_dir", str(paths.engine), "--max_batch_size", str(self.max_batch_size),
-                           "--max_input_len", str(self.max_input_len), "--max_seq_len", str(self.max_seq_len))),
-        ]
+        """The backend's steps (TensorRT-LLM: the conversion, then trtllm-build), with every flag spelled out."""
+        return self.builder.steps(self, paths)
 
     # -- config.pbtxt ------------------------------------------------------------------------------
     def engine_dir(self, version: int) -> str:
@@ -403,8 +270,8 @@ class BuildSpec:
     def render_configs(self, version: int, templates: Mapping[str, str] | None = None) -> dict[str, str]:
         """config.pbtxt text per Triton model, every placeholder filled and the result parsed by protobuf.
 
-        ``templates`` defaults to this package's TensorRT-LLM ensemble templates; the CPU demo passes
-        its own python-backend models' configs.
+        ``templates`` defaults to this package's TensorRT-LLM ensemble templates; the release layout
+        passes its builder's (``ModelFiles.templates``).
         """
         from triton_rollout.triton.config import parse_config
 

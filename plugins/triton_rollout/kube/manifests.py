@@ -1,6 +1,6 @@
 """Manifests for teams that deploy without Airflow (kubectl / Argo CD), rendered from the pod builders.
 
-The Jobs wrap exactly the pods KubernetesPodOperator runs (k8s_specs.py), so GitOps and Airflow users
+The Jobs wrap exactly the pods KubernetesPodOperator runs (kube/specs.py), so GitOps and Airflow users
 get the same containers, security context and credential handling. Rendered files are committed under
 k8s/ and a test fails when they drift from what this module renders.
 """
@@ -14,7 +14,8 @@ from pathlib import Path
 from kubernetes.client import models as k8s
 
 from triton_rollout.config import GPU_PRODUCT_LABEL, GPU_RESOURCE, KubernetesConfig, ModelDeployment
-from triton_rollout.kube import specs as specs
+from triton_rollout.kube import specs
+from triton_rollout.steps import ReconcileRequest, SyncRequest
 
 HEADER = "# Rendered by `python -m triton_rollout render-manifests`; edit the config or the code, not this file.\n"
 ARGO_HOOK = "argocd.argoproj.io/hook"
@@ -65,24 +66,28 @@ def _job_spec(pod: k8s.V1Pod, *, backoff_limit: int, deadline_s: int, ttl_s: int
     )
 
 
+def _sync_pod(model: ModelDeployment, version: int) -> k8s.V1Pod:
+    return specs.step_pod(model, SyncRequest.for_model(model, model.release(version)))
+
+
 def sync_job(model: ModelDeployment, version: int) -> k8s.V1Job:
     """One-off sync of one release (kubectl apply); cleaned up a day after it finishes."""
-    pod = specs.sync_pod(model, version)
+    pod = _sync_pod(model, version)
     return k8s.V1Job(api_version="batch/v1", kind="Job",
                      metadata=_meta(model, f"{model.name}-sync-v{version}", "sync", version=version),
                      spec=_job_spec(pod, backoff_limit=3, deadline_s=6 * 3600, ttl_s=86400))
 
 
-def reconcile_cronjob(model: ModelDeployment, version: int, schedule: str) -> k8s.V1CronJob:
-    """Periodic reconcile: re-verify the published version in full and repair drift (no-op when intact)."""
-    pod = specs.cli_pod(model, [*specs.sync_args(model, version), "--verify", "full", "--repair"],
-                        component="reconcile", version=version)
+def reconcile_cronjob(model: ModelDeployment, schedule: str) -> k8s.V1CronJob:
+    """Periodic reconcile, the same step the reconcile DAG runs: check the promoted version's files on the
+    PVC (stat records) and in Triton, repair drift through staging and reload (no-op when intact)."""
+    pod = specs.step_pod(model, ReconcileRequest.for_model(model))
     return k8s.V1CronJob(
         api_version="batch/v1", kind="CronJob",
-        metadata=_meta(model, f"{model.name}-reconcile", "reconcile", version=version),
+        metadata=_meta(model, f"{model.name}-reconcile", "reconcile"),
         spec=k8s.V1CronJobSpec(
             schedule=schedule,
-            concurrency_policy="Forbid",  # two syncs of one model would only queue on the PVC lock
+            concurrency_policy="Forbid",  # two reconciles of one model would only queue on the PVC lock
             starting_deadline_seconds=600,
             successful_jobs_history_limit=3,
             failed_jobs_history_limit=3,
@@ -104,7 +109,7 @@ def argocd_presync_job(model: ModelDeployment, version: int) -> k8s.V1Job:
     and the sync then waits forever (argoproj/argo-cd#4979, #6880). A short backoff and a deadline keep a
     failing hook from holding the sync for hours.
     """
-    pod = specs.sync_pod(model, version)
+    pod = _sync_pod(model, version)
     annotations = {ARGO_HOOK: "PreSync", ARGO_HOOK_DELETE: "BeforeHookCreation,HookSucceeded"}
     return k8s.V1Job(api_version="batch/v1", kind="Job",
                      metadata=_meta(model, f"{model.name}-presync-sync", "presync", annotations=annotations,
@@ -255,7 +260,7 @@ def render(model: ModelDeployment, options: RenderOptions | None = None) -> dict
         "rbac.yaml": rbac(model, o.airflow_namespace, o.airflow_service_account),
         "triton.yaml": triton(model, o.triton_replicas),
         "sync-job.yaml": [sync_job(model, o.version)],
-        "reconcile-cronjob.yaml": [reconcile_cronjob(model, o.version, o.reconcile_schedule)],
+        "reconcile-cronjob.yaml": [reconcile_cronjob(model, o.reconcile_schedule)],
         "argocd-presync-job.yaml": [argocd_presync_job(model, o.version)],
     }
     return {name: [specs.to_dict(doc) for doc in docs] for name, docs in files.items()}

@@ -1,8 +1,8 @@
-"""Pod specs (kubernetes client models) for the sync, promote and engine-build pods.
+"""Pod specs (kubernetes client models) for the rollout steps: one pod per step request (steps.py).
 
-One builder per concern, all driven by :class:`~triton_rollout.config.ModelDeployment`. The same pods
-are handed to KubernetesPodOperator (``full_pod_spec=``) and wrapped into Job / CronJob manifests
-(k8s_manifests.py), so Airflow and GitOps users run identical containers.
+Driven by :class:`~triton_rollout.config.ModelDeployment` and a step's typed request, whose fields become
+the container args. The same pods are handed to KubernetesPodOperator (airflow/operators.py) and wrapped
+into Job / CronJob manifests (kube/manifests.py), so Airflow and GitOps users run identical containers.
 
 Security posture every pod shares: non-root uid, read-only root filesystem with a writable ``/tmp``
 emptyDir, no privilege escalation, all capabilities dropped, RuntimeDefault seccomp. S3 credentials
@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from kubernetes.client import models as k8s
 
 from triton_rollout.config import GPU_PRODUCT_LABEL, GPU_RESOURCE, ModelDeployment, ResourceSpec, Toleration
+from triton_rollout.steps import BuildRequest, StepRequest
 
 APP_LABEL = "app.kubernetes.io/name"
 COMPONENT_LABEL = "app.kubernetes.io/component"
@@ -158,91 +159,42 @@ def _pod(
     )
 
 
-def cli_pod(
-    model: ModelDeployment,
-    args: Sequence[str],
-    *,
-    component: str,
-    version: int | None = None,
-    name: str | None = None,
-) -> k8s.V1Pod:
-    """A pod that runs ``python -m triton_rollout ARGS`` in the sync image with the PVC mounted."""
+def step_pod(model: ModelDeployment, request: StepRequest, *, name: str | None = None) -> k8s.V1Pod:
+    """The pod that runs one rollout step: ``python -m triton_rollout <request as args>``.
+
+    Build requests get a GPU build pod (:func:`build_pod`); every other step runs in the sync image with
+    the PVC mounted. The component label is the step's command (sync, load, smoke, ...)."""
+    if isinstance(request, BuildRequest):
+        return build_pod(model, request, name=name)
     kube = model.kubernetes
     tmp, tmp_mount = tmp_volume()
     pvc, pvc_mount = pvc_volume(model)
     container = k8s.V1Container(
-        name=component,
+        name=request.command,
         image=kube.images.sync,
         image_pull_policy="IfNotPresent",
         command=list(CLI),
-        args=[str(a) for a in args],
+        args=request.to_argv(),
         env=common_env(model),
         resources=resource_requirements(kube.sync_resources),
         security_context=container_security_context(),
         volume_mounts=[tmp_mount, pvc_mount],
         termination_message_policy="FallbackToLogsOnError",
     )
-    return _pod(model, component=component, container=container, volumes=[tmp, pvc], version=version,
-                name=name, node_selector=kube.node_selector)
+    return _pod(model, component=request.command, container=container, volumes=[tmp, pvc],
+                version=request.pod_version, name=name, node_selector=kube.node_selector)
 
 
-def sync_args(model: ModelDeployment, version: int, *, result_file: str | None = None,
-              release: str | None = None, extra: Sequence[str] = ()) -> list[str]:
-    """``release``: another S3 location of this version (the engine built from a checkpoint release).
+def build_pod(model: ModelDeployment, request: BuildRequest, *, name: str | None = None) -> k8s.V1Pod:
+    """An engine build on GPU nodes: ``nvidia.com/gpu`` = the spec's GPU count (tp x pp; 0 for a builder
+    that needs none, which then asks for no GPU node either), shared memory, scratch space.
 
-    The model's ``serving`` compat travels with every sync, so a mismatched engine is refused before a
-    byte reaches the PVC whichever way the sync is started (Airflow, Job, CronJob)."""
-    args = ["sync", "--release", release or model.release_uri(version), "--pvc", model.kubernetes.pvc_mount_path,
-            "--keep", str(model.keep), *model.serving.sync_args(), *extra]
-    if result_file:
-        args += ["--result-file", result_file]
-    return args
-
-
-def sync_pod(model: ModelDeployment, version: int, *, name: str | None = None,
-             result_file: str | None = None, release: str | None = None, extra: Sequence[str] = ()) -> k8s.V1Pod:
-    """Sync one release from S3 into the PVC (staging -> verify -> atomic publish)."""
-    return cli_pod(model, sync_args(model, version, result_file=result_file, release=release, extra=extra),
-                   component="sync", version=version, name=name)
-
-
-def triton_args(model: ModelDeployment, command: str, version: int | None, extra: Sequence[str] = ()) -> list[str]:
-    """A PVC <-> Triton subcommand of cli_triton (load, smoke, promote, rollback, deploy, reconcile)."""
-    kube = model.kubernetes
-    args = [command, "--pvc", kube.pvc_mount_path, "--triton-url", model.triton_url,
-            "--triton-repository", kube.triton_repository_path, "--model", model.name]
-    if version is not None:
-        args += ["--version", str(version)]
-    return [*args, *extra]
-
-
-def promote_args(model: ModelDeployment, version: int) -> list[str]:
-    # `deploy` = load the candidate, smoke-test, promote, or roll back (cli_triton).
-    return triton_args(model, "deploy", version)
-
-
-def promote_pod(model: ModelDeployment, version: int, *, name: str | None = None) -> k8s.V1Pod:
-    """Load, smoke-test and promote a synced version (or roll back); talks to Triton over HTTP."""
-    return cli_pod(model, promote_args(model, version), component="promote", version=version, name=name)
-
-
-def build_pod(
-    model: ModelDeployment,
-    args: Sequence[str],
-    *,
-    version: int | None = None,
-    name: str | None = None,
-    gpus: int | None = None,
-) -> k8s.V1Pod:
-    """An engine build on GPU nodes: ``nvidia.com/gpu`` = tp x pp, shared memory, scratch space.
-
-    ``gpus`` overrides tp x pp (BuildSpec.gpus); 0 (the CPU demo builder) asks for no GPU, no GPU node.
-
-    ``args`` is the build subcommand line (``build --spec FILE ...``). The build pod does not mount the
-    model repository: it reads a checkpoint from S3 and publishes an engine release back to S3.
+    The build pod does not mount the model repository: it reads a checkpoint from S3 and publishes an
+    engine release back to S3.
     """
     kube = model.kubernetes
-    gpus = model.gpus if gpus is None else gpus
+    spec = model.build.build_spec
+    gpus = spec.gpus if spec is not None else model.gpus
     tmp, tmp_mount = tmp_volume()
     volumes = [
         tmp,
@@ -262,7 +214,7 @@ def build_pod(
         image=kube.images.build,
         image_pull_policy="IfNotPresent",
         command=list(CLI),
-        args=[str(a) for a in args],
+        args=request.to_argv(),
         env=[*common_env(model), k8s.V1EnvVar(name="SCRATCH_DIR", value=SCRATCH_PATH)],
         resources=resource_requirements(kube.build_resources, {GPU_RESOURCE: str(gpus)} if gpus else None),
         security_context=container_security_context(),
@@ -272,8 +224,8 @@ def build_pod(
     selector = dict(kube.build_node_selector)
     if kube.gpu_product and gpus:
         selector[GPU_PRODUCT_LABEL] = kube.gpu_product
-    return _pod(model, component="build", container=container, volumes=volumes, version=version, name=name,
-                node_selector=selector, pod_tolerations=tolerations(kube.tolerations) if gpus else None)
+    return _pod(model, component="build", container=container, volumes=volumes, version=request.pod_version,
+                name=name, node_selector=selector, pod_tolerations=tolerations(kube.tolerations) if gpus else None)
 
 
 def to_dict(obj: object) -> dict[str, object]:

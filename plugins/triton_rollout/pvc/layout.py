@@ -3,9 +3,11 @@
     <pvc>/repository/<triton_model>/<version>/   published, immutable (Triton mounts only repository/)
     <pvc>/staging/<model>/<version>/<triton_model>/...   in-progress syncs, same filesystem
     <pvc>/staging/.trash/                         versions moved out of repository/ before deletion
-    <pvc>/state/published/<model>/<version>.json  what was published, with each file's stat record
-    <pvc>/state/deployments/<model>.json          promoted / previous version (state.py)
+    <pvc>/state/published/<model>/<version>.json  what was published, with each file's stat (PublishRecord)
+    <pvc>/state/deployments/<model>.json          promoted / previous version (DeploymentState)
     <pvc>/state/locks/<model>.lock                one writer per model (lock.py)
+
+The records under state/ are read and written only through ``PvcLayout`` (their types: records.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from triton_rollout.errors import ConfigError
+from triton_rollout.pvc.records import DeploymentState, PublishRecord
 from triton_rollout.release.manifest import validate_relpath
 
 
@@ -110,14 +113,57 @@ class PvcLayout:
     def model_dir(self, triton_model: str) -> Path:
         return self.repository / triton_model
 
-    def published_record(self, model: str, version: int) -> Path:
-        return self.state / "published" / model / f"{version}.json"
+    def lock_file(self, model: str) -> Path:
+        return self.locks / f"{model}.lock"
+
+    # -- publish records: state/published/<model>/<version>.json ------------------------------------
+
+    def _published_dir(self, model: str) -> Path:
+        return self.state / "published" / model
+
+    def publish_record_path(self, model: str, version: int) -> Path:
+        """Where the record lives (for messages; read and write it with the methods below)."""
+        return self._published_dir(model) / f"{version}.json"
+
+    def publish_record(self, model: str, version: int) -> PublishRecord | None:
+        data = read_json(self.publish_record_path(model, version))
+        return PublishRecord.from_dict(data) if data else None
+
+    def write_publish_record(self, record: PublishRecord) -> None:
+        atomic_write_json(self.publish_record_path(record.model, record.version), record.to_dict())
+
+    def remove_publish_record(self, model: str, version: int) -> None:
+        self.publish_record_path(model, version).unlink()
 
     def published_versions(self, model: str) -> list[int]:
-        folder = self.state / "published" / model
+        folder = self._published_dir(model)
         if not folder.is_dir():
             return []
         return sorted(int(p.stem) for p in folder.glob("*.json") if p.stem.isdigit())
+
+    # -- deployment state: state/deployments/<model>.json -------------------------------------------
+
+    @property
+    def _deployments_dir(self) -> Path:
+        return self.state / "deployments"
+
+    def deployment_path(self, model: str) -> Path:
+        """Where the state lives (for messages; read and write it with the methods below)."""
+        return self._deployments_dir / f"{model}.json"
+
+    def deployment(self, model: str) -> DeploymentState:
+        """The model's deployment state; nothing promoted yet when it has none."""
+        data = read_json(self.deployment_path(model))
+        return DeploymentState.from_dict({"model": model, **data}) if data else DeploymentState(model=model)
+
+    def save_deployment(self, state: DeploymentState) -> None:
+        atomic_write_json(self.deployment_path(state.model), state.to_dict())
+
+    def deployed_models(self) -> list[str]:
+        """Release models with a deployment state (promoted at least once)."""
+        return sorted(p.stem for p in self._deployments_dir.glob("*.json"))
+
+    # -- taking versions out of repository/ ----------------------------------------------------------
 
     def move_to_trash(self, path: Path, label: str) -> Path:
         """Atomically take a directory out of repository/ (a rename), to delete it afterwards."""
@@ -131,12 +177,6 @@ class PvcLayout:
         if self.trash.is_dir():
             for child in self.trash.iterdir():
                 shutil.rmtree(child, ignore_errors=True)
-
-
-def stat_record(path: Path) -> dict[str, int]:
-    """Identity of a published file: a rename keeps it, any rewrite or replacement changes it."""
-    st = os.stat(path)
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
 
 
 def remove_tree(path: Path) -> None:

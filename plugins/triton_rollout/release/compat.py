@@ -52,15 +52,6 @@ class ServingCompat:
                               "allowed: ['compute_capability', 'trtllm_version']")
         return cls(data.get("trtllm_version"), data.get("compute_capability"), path)
 
-    def sync_args(self) -> list[str]:
-        """The ``sync`` flags that make the sync pod enforce this."""
-        args: list[str] = []
-        if self.trtllm_version:
-            args += ["--expect-trtllm-version", self.trtllm_version]
-        if self.compute_capability:
-            args += ["--expect-compute-capability", self.compute_capability]
-        return args
-
 
 def check_compat(manifest: Manifest, *, trtllm_version: str | None = None,
                  compute_capability: str | None = None) -> None:

@@ -85,6 +85,16 @@ class FileEntry:
     part_sha256: tuple[str, ...] = ()
 
     @property
+    def triton_model(self) -> str:
+        """The Triton model directory the file belongs to: the path's first segment."""
+        return self.path.partition("/")[0]
+
+    @property
+    def path_in_model(self) -> str:
+        """The rest of the path: where the file lies in its Triton model's version directory."""
+        return self.path.partition("/")[2]
+
+    @property
     def parts(self) -> list[tuple[int, int, str]]:
         """(offset, length, sha256) of each verified unit; a small file is one unit."""
         if not self.part_sha256:
@@ -142,12 +152,8 @@ class Manifest:
 
     @property
     def triton_models(self) -> list[str]:
-        """Triton model directories in this release: the first segment of every path."""
-        return sorted({f.path.split("/", 1)[0] for f in self.files})
-
-    def files_of(self, triton_model: str) -> list[FileEntry]:
-        prefix = triton_model + "/"
-        return [f for f in self.files if f.path.startswith(prefix)]
+        """Triton model directories in this release, sorted (each file's ``triton_model``)."""
+        return sorted({f.triton_model for f in self.files})
 
     def require_servable(self) -> None:
         """An engine release maps onto Triton model directories: ``<triton_model>/<file>``."""
@@ -158,14 +164,13 @@ class Manifest:
                 hint="checkpoint releases are built into an engine release first (the build step)",
             )
         for f in self.files:
-            head, _, rest = f.path.partition("/")
-            if not rest:
+            if not f.path_in_model:
                 raise ManifestError(
                     f"path {f.path!r} must start with its Triton model directory (<triton_model>/<file>)",
                     field="files[].path",
                 )
-            validate_name(head, field_name=f"files[].path ({f.path!r}) Triton model directory")
-            if rest.split("/", 1)[0].isdigit():
+            validate_name(f.triton_model, field_name=f"files[].path ({f.path!r}) Triton model directory")
+            if f.path_in_model.split("/", 1)[0].isdigit():
                 raise ManifestError(
                     f"path {f.path!r} holds a numeric directory under the model: release files are the "
                     "version's own files; the version number comes from the release",

@@ -24,36 +24,49 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ResolvedRelease:
-    """A complete release chosen for deployment, and where its servable engine is (``serve_release``)."""
+    """A complete release chosen for deployment: its address (``uri``) and, for a checkpoint, where the
+    engine built from it is served from (``serve_uri``; the release itself for an engine)."""
 
     model: str
     version: int
-    release: str
+    uri: ReleaseUri
     kind: str
     created_at: str
     files: int
     bytes: int
     triton_models: list[str]
-    serve_release: str
+    serve_uri: ReleaseUri
 
     @property
     def needs_build(self) -> bool:
         return self.kind == "checkpoint"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """For XCom: the addresses as s3:// strings (``release`` / ``serve_release``)."""
+        out = {k: v for k, v in asdict(self).items() if k not in ("uri", "serve_uri")}
+        return {**out, "release": str(self.uri), "serve_release": str(self.serve_uri)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ResolvedRelease:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        fields = {k: data[k] for k in ("model", "version", "kind", "created_at", "files", "bytes", "triton_models")}
+        return cls(**fields, uri=ReleaseUri.parse(data["release"]), serve_uri=ReleaseUri.parse(data["serve_release"]))
 
 
 def resolved(model: ModelDeployment, manifest: Manifest) -> ResolvedRelease:
-    release = model.release_uri(manifest.version)
-    serve = model.engine_uri(manifest.version) if manifest.kind == "checkpoint" else release
-    return ResolvedRelease(model=model.name, version=manifest.version, release=release, kind=manifest.kind,
-                           created_at=format_time(manifest.created_at), files=len(manifest.files),
-                           bytes=manifest.total_size, triton_models=manifest.triton_models, serve_release=serve)
+    return ResolvedRelease(model=model.name, version=manifest.version, uri=model.release(manifest.version),
+                           kind=manifest.kind, created_at=format_time(manifest.created_at), files=len(manifest.files),
+                           bytes=manifest.total_size, triton_models=manifest.triton_models,
+                           serve_uri=model.servable_release(manifest.version, kind=manifest.kind))
+
+
+def engine_exists(uri: ReleaseUri) -> bool:
+    """Whether a complete engine release is at ``uri`` (its manifest exists). A build that died mid-publish
+    left files without a manifest: not complete, so it is built again."""
+    try:
+        fetch_manifest(uri)
+    except ReleaseNotFound:
+        return False
+    return True
 
 
 def find_release(model: ModelDeployment, *, version: int | None = None, as_of: datetime | None = None,
@@ -65,19 +78,20 @@ def find_release(model: ModelDeployment, *, version: int | None = None, as_of: d
     above ``newer_than``. Incomplete releases (no manifest.json yet) are passed over; a malformed
     manifest is logged and passed over, so one bad upload does not block the releases before it.
     """
-    base = ReleaseUri.parse(model.release_uri(version or 1))
-    reader = ObjectReader(base.bucket)
     if version is not None:
+        uri = model.release(version)
         try:
-            return resolved(model, fetch_manifest(base, reader))
+            return resolved(model, fetch_manifest(uri, ObjectReader(uri.bucket)))
         except ReleaseNotFound as exc:  # ReleaseIncomplete included: not complete yet
             log.info("%s", exc.message)
             return None
     client = client or make_client()
-    for candidate in sorted(list_release_versions(client, base.bucket, base.model_key), reverse=True):
+    bucket, model_key = model.releases_location()
+    reader = ObjectReader(bucket)
+    for candidate in sorted(list_release_versions(client, bucket, model_key), reverse=True):
         if newer_than is not None and candidate <= newer_than:
             break
-        uri = ReleaseUri(base.bucket, base.prefix, base.model, candidate)
+        uri = model.release(candidate)
         try:
             manifest = fetch_manifest(uri, reader)
         except ReleaseNotFound as exc:
@@ -115,5 +129,5 @@ def serving_version(triton_url: str, triton_models: list[str], *, timeout: float
 def describe(r: ResolvedRelease | None) -> str:
     if r is None:
         return "no release"
-    built = f", engine built to {r.serve_release}" if r.needs_build else ""
+    built = f", engine built to {r.serve_uri}" if r.needs_build else ""
     return f"{r.model} v{r.version} ({r.kind}, created {r.created_at}, {r.files} files, {r.bytes} bytes{built})"

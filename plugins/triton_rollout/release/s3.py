@@ -81,6 +81,11 @@ class ReleaseUri:
             raise ConfigError(f"{exc.message} (in {uri!r})") from exc
         return cls(s3.bucket, "/".join(segments[:-2]), model, version)
 
+    @classmethod
+    def under(cls, prefix: str, model: str, version: int) -> ReleaseUri:
+        """Release ``version`` of ``model`` under ``prefix`` (s3://BUCKET[/PREFIX]), validated like a parsed URI."""
+        return cls.parse(f"{prefix.rstrip('/')}/{model}/{version}")
+
     @property
     def key(self) -> str:
         return "/".join(p for p in (self.prefix, self.model, str(self.version)) if p)
@@ -98,6 +103,11 @@ class ReleaseUri:
         prefix = engine_prefix if engine_prefix is not None else "/".join(p for p in (self.prefix, "engines") if p)
         return ReleaseUri.parse(f"s3://{self.bucket}/{'/'.join(p for p in (prefix.strip('/'), self.model) if p)}"
                                 f"/{self.version}")
+
+    def servable(self, kind: str, engine_prefix: str | None = None) -> ReleaseUri:
+        """Where this version's servable engine is: the release itself, or for a checkpoint (``kind``) the
+        engine built from it."""
+        return self.engine_release(engine_prefix) if kind == "checkpoint" else self
 
     @property
     def manifest_key(self) -> str:

@@ -16,23 +16,15 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
-from datetime import UTC, datetime
+from collections.abc import Collection
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from triton_rollout.errors import CorruptVersion, DiskFull, IntegrityError
-from triton_rollout.pvc.layout import (
-    PvcLayout,
-    atomic_write_json,
-    fsync_dir,
-    read_json,
-    remove_tree,
-    safe_join,
-    stat_record,
-)
+from triton_rollout.pvc.layout import PvcLayout, fsync_dir, remove_tree, safe_join
 from triton_rollout.pvc.lock import PvcLock
-from triton_rollout.pvc.state import load_state
+from triton_rollout.pvc.records import FileStat, PublishRecord
 from triton_rollout.release.compat import check_compat
 from triton_rollout.release.manifest import FileEntry, Manifest, hash_file
 from triton_rollout.release.progress import Progress, TransferCounters, human_bytes
@@ -89,43 +81,39 @@ class SyncResult(TransferCounters):
         )
 
 
-# -- the publish record: what a published version looked like when it was renamed in ---------------
-
-
-def _record(layout: PvcLayout, manifest: Manifest, status: str, stats: dict[str, dict[str, int]]) -> None:
-    atomic_write_json(
-        layout.published_record(manifest.model, manifest.version),
-        {
-            "status": status,
-            "manifest": manifest.to_dict(),
-            "files": stats,
-            "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        },
-    )
+# -- checking a published version against its publish record -----------------------------------------
 
 
 def _repo_path(layout: PvcLayout, manifest: Manifest, entry: FileEntry) -> Path:
-    triton_model, _, rest = entry.path.partition("/")
-    return safe_join(layout.version_dir(triton_model, manifest.version), rest)
+    return safe_join(layout.version_dir(entry.triton_model, manifest.version), entry.path_in_model)
 
 
-def check_published(layout: PvcLayout, manifest: Manifest, *, full: bool = False) -> list[str]:
-    """Problems with a published version: files missing, resized, rewritten or (full) wrong content."""
-    record = read_json(layout.published_record(manifest.model, manifest.version)) or {}
-    recorded: dict[str, dict[str, int]] = record.get("files", {})
+def _recorded_stat(record: PublishRecord | None, entry: FileEntry) -> FileStat | None:
+    return record.files.get(entry.path) if record else None
+
+
+def check_published(layout: PvcLayout, manifest: Manifest, record: PublishRecord | None, *, full: bool = False,
+                    triton_models: Collection[str] | None = None) -> list[str]:
+    """Problems with a published version: files missing, resized, rewritten or (full) wrong content.
+
+    ``record``: the version's publish record (its stats spare re-hashing untouched files);
+    ``triton_models``: check only the files of these Triton models (default: every file).
+    """
     problems = []
     for entry in manifest.files:
+        if triton_models is not None and entry.triton_model not in triton_models:
+            continue
         path = _repo_path(layout, manifest, entry)
         try:
-            now = stat_record(path)
+            now = FileStat.of(path)
         except FileNotFoundError:
             problems.append(f"{entry.path}: missing")
             continue
-        if now["size"] != entry.size:
-            problems.append(f"{entry.path}: size {now['size']} != manifest {entry.size}")
+        if now.size != entry.size:
+            problems.append(f"{entry.path}: size {now.size} != manifest {entry.size}")
             continue
         # A stat identical to the publish record means untouched since it was verified; else re-hash.
-        if (full or recorded.get(entry.path) != now) and not _content_matches(path, entry):
+        if (full or _recorded_stat(record, entry) != now) and not _content_matches(path, entry):
             problems.append(f"{entry.path}: content differs from the manifest's sha256")
     return problems
 
@@ -160,7 +148,7 @@ def sync_release(
     check_compat(manifest, trtllm_version=opts.expect_trtllm_version,
                  compute_capability=opts.expect_compute_capability)
     layout = PvcLayout.at(pvc)
-    lock = PvcLock(layout.locks / f"{manifest.model}.lock", purpose=f"sync {release}", timeout=opts.lock_timeout)
+    lock = PvcLock(layout.lock_file(manifest.model), purpose=f"sync {release}", timeout=opts.lock_timeout)
     with lock:
         result = _sync_locked(release, manifest, layout, opts, lock)
         if opts.prune:
@@ -186,30 +174,29 @@ def _new_result(release: ReleaseUri, manifest: Manifest, layout: PvcLayout, stat
 def _sync_locked(
     release: ReleaseUri, manifest: Manifest, layout: PvcLayout, opts: SyncOptions, lock: PvcLock
 ) -> SyncResult:
-    record = read_json(layout.published_record(manifest.model, manifest.version))
+    record = layout.publish_record(manifest.model, manifest.version)
     present = [t for t in manifest.triton_models if layout.version_dir(t, manifest.version).exists()]
     status = "published"
     if present:
-        problems = check_published(layout, manifest, full=opts.verify == "full")
+        # The Triton models not renamed in yet are downloaded below whatever their staging holds.
+        problems = check_published(layout, manifest, record, full=opts.verify == "full", triton_models=present)
         if not problems and len(present) == len(manifest.triton_models):
             result = _new_result(release, manifest, layout, "unchanged")
             result.files_skipped, result.bytes_skipped = len(manifest.files), manifest.total_size
-            if not record or record.get("status") != "published":
+            if not record or record.status != "published":
                 # Renamed in by a sync that died before writing its record: adopt it.
-                _record(layout, manifest, "published", _stats(layout, manifest))
+                layout.write_publish_record(PublishRecord("published", manifest, _stats(layout, manifest)))
                 result.status = "adopted"
             log.info("%s v%d is already published and intact (%s check)", manifest.model, manifest.version, opts.verify)
             return result
-        missing_models = [t for t in manifest.triton_models if t not in present]
-        real_problems = [p for p in problems if p.split("/", 1)[0] not in missing_models]
-        if real_problems and not opts.repair:
-            more = f"; and {len(real_problems) - 5} more" if len(real_problems) > 5 else ""
-            shown = "; ".join(real_problems[:5]) + more
+        if problems and not opts.repair:
+            more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+            shown = "; ".join(problems[:5]) + more
             raise CorruptVersion(
                 f"{manifest.model} v{manifest.version} is on the PVC but does not match its manifest: {shown}"
             )
-        if real_problems:
-            log.warning("repairing %s v%d: %s", manifest.model, manifest.version, "; ".join(real_problems[:5]))
+        if problems:
+            log.warning("repairing %s v%d: %s", manifest.model, manifest.version, "; ".join(problems[:5]))
             status = "repaired"
 
     # Imported here: the no-op path above must stay cheap to start (pods re-run it on every reconcile).
@@ -219,9 +206,8 @@ def _sync_locked(
     tasks = []
     kept_files = kept_bytes = 0
     for entry in manifest.files:
-        triton_model = entry.path.split("/", 1)[0]
         dest = safe_join(staging, entry.path)
-        if triton_model in present:
+        if entry.triton_model in present:
             if status != "repaired":
                 # Published whole and verified by an earlier run that died before the next rename.
                 kept_files, kept_bytes = kept_files + 1, kept_bytes + entry.size
@@ -262,13 +248,12 @@ def _sync_locked(
     return result
 
 
-def _link_if_intact(repo_file: Path, entry: FileEntry, dest: Path, record: dict[str, Any] | None) -> None:
-    recorded = (record or {}).get("files", {}).get(entry.path)
+def _link_if_intact(repo_file: Path, entry: FileEntry, dest: Path, record: PublishRecord | None) -> None:
     try:
-        now = stat_record(repo_file)
+        now = FileStat.of(repo_file)
     except FileNotFoundError:
         return
-    intact = now["size"] == entry.size and (now == recorded or _content_matches(repo_file, entry))
+    intact = now.size == entry.size and (now == _recorded_stat(record, entry) or _content_matches(repo_file, entry))
     if intact:
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.link(repo_file, dest)
@@ -293,8 +278,8 @@ def _check_space(layout: PvcLayout, tasks: list[FileTask]) -> None:
         )
 
 
-def _stats(layout: PvcLayout, manifest: Manifest) -> dict[str, dict[str, int]]:
-    return {e.path: stat_record(_repo_path(layout, manifest, e)) for e in manifest.files}
+def _stats(layout: PvcLayout, manifest: Manifest) -> dict[str, FileStat]:
+    return {e.path: FileStat.of(_repo_path(layout, manifest, e)) for e in manifest.files}
 
 
 def _publish(layout: PvcLayout, manifest: Manifest, staging: Path, lock: PvcLock, *, replace: bool) -> None:
@@ -310,8 +295,8 @@ def _publish(layout: PvcLayout, manifest: Manifest, staging: Path, lock: PvcLock
             hint="re-run the sync; if this repeats, raise the lock's stale timeout",
         )
     # Stat records survive the rename (same inode), so they can be taken before it.
-    staged_stats = {e.path: stat_record(safe_join(staging, e.path)) for e in manifest.files}
-    _record(layout, manifest, "publishing", staged_stats)
+    staged_stats = {e.path: FileStat.of(safe_join(staging, e.path)) for e in manifest.files}
+    layout.write_publish_record(PublishRecord("publishing", manifest, staged_stats))
     for triton_model in manifest.triton_models:
         target = layout.version_dir(triton_model, manifest.version)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -323,7 +308,7 @@ def _publish(layout: PvcLayout, manifest: Manifest, staging: Path, lock: PvcLock
                 continue  # published by an earlier, interrupted run and verified above
         os.rename(staging / triton_model, target)
         fsync_dir(target.parent)
-    _record(layout, manifest, "published", staged_stats)
+    layout.write_publish_record(PublishRecord("published", manifest, staged_stats))
     _remove_staging(staging)
     layout.empty_trash()
 
@@ -338,23 +323,22 @@ def prune(layout: PvcLayout, model: str, *, keep: int, also_keep: set[int] | Non
     its record is removed last, so an interrupted prune is finished by the next one.
     """
     versions = layout.published_versions(model)
-    state = load_state(layout, model)
-    protected = state.protected | set(also_keep or ()) | set(sorted(versions)[-keep:] if keep > 0 else [])
+    protected = (layout.deployment(model).protected | set(also_keep or ())
+                 | set(sorted(versions)[-keep:] if keep > 0 else []))
     pruned = []
     for version in versions:
         if version in protected:
             continue
-        record_path = layout.published_record(model, version)
-        record = read_json(record_path) or {}
-        triton_models = sorted({f["path"].split("/", 1)[0] for f in record.get("manifest", {}).get("files", [])})
-        record["status"] = "pruning"
-        atomic_write_json(record_path, record)
-        for triton_model in triton_models:
+        record = layout.publish_record(model, version)
+        if record is None:
+            continue  # gone since it was listed
+        layout.write_publish_record(replace(record, status="pruning"))
+        for triton_model in record.triton_models:
             path = layout.version_dir(triton_model, version)
             if path.exists():
                 layout.move_to_trash(path, f"{triton_model}-{version}-pruned")
-        record_path.unlink()
+        layout.remove_publish_record(model, version)
         pruned.append(version)
-        log.info("pruned %s v%d (%s)", model, version, ", ".join(triton_models))
+        log.info("pruned %s v%d (%s)", model, version, ", ".join(record.triton_models))
     layout.empty_trash()
     return pruned

@@ -27,7 +27,7 @@ from triton_rollout.triton.config import ModelConfig, to_json
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 30.0
-# A TRT-LLM engine load can take minutes on a GPU; the CPU demo loads in ~1.5 s.
+# A TRT-LLM engine load can take minutes on a GPU (a python-backend model on the CPU loads in ~1.5 s).
 DEFAULT_LOAD_TIMEOUT = 600.0
 
 

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from triton_rollout.errors import ConfigError, TritonError
-from triton_rollout.pvc.layout import PvcLayout, read_json
+from triton_rollout.pvc.layout import PvcLayout
 from triton_rollout.pvc.lock import PvcLock
-from triton_rollout.pvc.state import DeploymentState, load_state, save_state
+from triton_rollout.pvc.records import DeploymentState, HistoryEntry
 from triton_rollout.triton.config import (
     CONFIG_NAME,
     ModelConfig,
@@ -81,20 +81,18 @@ def release_triton_models(layout: PvcLayout, model: str, version: int,
     """Which Triton models a release holds: given, else from the sync's publish record."""
     if triton_models:
         return list(triton_models)
-    record = read_json(layout.published_record(model, version)) or {}
-    files = record.get("manifest", {}).get("files", [])
-    found = sorted({f["path"].split("/", 1)[0] for f in files if "/" in f.get("path", "")})
-    if found:
-        return found
+    record = layout.publish_record(model, version)
+    if record is not None:
+        return record.triton_models
     # A version promoted before remembers its models in the deployment history.
-    for entry in reversed(load_state(layout, model).history):
-        if entry.get("version") == version and entry.get("triton_models"):
-            return list(entry["triton_models"])
+    for entry in reversed(layout.deployment(model).history):
+        if entry.version == version and entry.triton_models:
+            return entry.triton_models
     if layout.version_dir(model, version).is_dir():
         return [model]  # a single-model release named like its Triton model
     raise ConfigError(
-        f"release {model} v{version} is not on the PVC {layout.root} (no publish record under "
-        f"{layout.published_record(model, version)})",
+        f"release {model} v{version} is not on the PVC {layout.root} (no publish record at "
+        f"{layout.publish_record_path(model, version)})",
         hint="sync the release first (python -m triton_rollout sync), or name its models with --triton-models",
     )
 
@@ -122,7 +120,7 @@ def prepare_release(layout: PvcLayout, model: str, version: int, *, triton_model
 
 def _lock(layout: PvcLayout, model: str, purpose: str, timeout: float = 600.0) -> PvcLock:
     # The sync's lock: retention must not prune a version while it is being loaded or promoted.
-    return PvcLock(layout.locks / f"{model}.lock", purpose=purpose, timeout=timeout)
+    return PvcLock(layout.lock_file(model), purpose=purpose, timeout=timeout)
 
 
 def _switch_on_disk(layout: PvcLayout, triton_model: str, cfg: ModelConfig | None) -> None:
@@ -159,6 +157,11 @@ class LoadResult:
         return {"model": self.model, "version": self.version, "triton_models": self.triton_models,
                 "entries": self.entries, "seconds": self.seconds, "endpoints": self.endpoints}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoadResult:
+        return cls(model=data["model"], version=data["version"], triton_models=list(data["triton_models"]),
+                   entries=list(data["entries"]), seconds=data["seconds"], endpoints=list(data["endpoints"]))
+
 
 def load_candidate(control: TritonControl, layout: PvcLayout, release: Release, *,
                    deadline_s: float = DEFAULT_READY_DEADLINE, live_deadline_s: float = 30.0) -> LoadResult:
@@ -174,7 +177,7 @@ def load_candidate(control: TritonControl, layout: PvcLayout, release: Release, 
         except (TritonError, OSError) as exc:
             # OSError: e.g. the PVC filled up while a config.pbtxt was being switched.
             cause = exc.message if isinstance(exc, TritonError) else f"writing a config.pbtxt failed: {exc}"
-            state = load_state(layout, release.model)
+            state = layout.deployment(release.model)
             log.error("loading %s v%s failed; restoring v%s", release.model, release.version, state.promoted)
             try:
                 _restore(control, layout, release, state.promoted, deadline_s)
@@ -222,8 +225,26 @@ def _models_of(layout: PvcLayout, release: Release, version: int) -> list[str] |
         return [t for t in release.order if layout.version_dir(t, version).is_dir()] or None
 
 
+@dataclass(frozen=True)
+class PromoteResult:
+    model: str
+    promoted: int | None
+    previous: int | None
+
+    @classmethod
+    def of(cls, state: DeploymentState) -> PromoteResult:
+        return cls(model=state.model, promoted=state.promoted, previous=state.previous)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "promoted": self.promoted, "previous": self.previous}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PromoteResult:
+        return cls(model=data["model"], promoted=data["promoted"], previous=data["previous"])
+
+
 def promote(layout: PvcLayout, release: Release, *, run_id: str = "", control: TritonControl | None = None,
-            require_ready: bool = True) -> DeploymentState:
+            require_ready: bool = True) -> PromoteResult:
     """Make ``release`` the promoted version: config.pbtxt for every model, then state/."""
     with _lock(layout, release.model, f"promote {release.model} v{release.version}"):
         if control is not None and require_ready:
@@ -236,20 +257,37 @@ def promote(layout: PvcLayout, release: Release, *, run_id: str = "", control: T
                     )
         for name in release.order:
             _switch_on_disk(layout, name, release.load_config(name))
-        state = load_state(layout, release.model)
+        state = layout.deployment(release.model)
         if state.promoted != release.version:
             state.previous = state.promoted
         state.promoted = release.version
         state.record("promote", release.version, run_id=run_id, previous=state.previous,
                      triton_models=release.order)
-        save_state(layout, state)
-        return state
+        layout.save_deployment(state)
+        return PromoteResult.of(state)
+
+
+@dataclass(frozen=True)
+class RollbackResult:
+    model: str
+    promoted: int | None
+    previous: int | None
+    last: HistoryEntry  # the rollback as recorded in the deployment history
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "promoted": self.promoted, "previous": self.previous,
+                "last": self.last.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RollbackResult:
+        return cls(model=data["model"], promoted=data["promoted"], previous=data["previous"],
+                   last=HistoryEntry.from_dict(data["last"]))
 
 
 def rollback(control: TritonControl, layout: PvcLayout, model: str, *, failed_version: int | None = None,
              to_version: int | None = None, reason: str = "", run_id: str = "",
              triton_models: list[str] | None = None, triton_repository: str | None = None,
-             deadline_s: float = DEFAULT_READY_DEADLINE, live_deadline_s: float = 30.0) -> DeploymentState:
+             deadline_s: float = DEFAULT_READY_DEADLINE, live_deadline_s: float = 30.0) -> RollbackResult:
     """Put a known-good version back in service and say so in state/.
 
     ``triton_repository``: where Triton sees repository/ (engine paths in the restored configs point there).
@@ -260,7 +298,7 @@ def rollback(control: TritonControl, layout: PvcLayout, model: str, *, failed_ve
     """
     control.wait_live(live_deadline_s)
     with _lock(layout, model, f"rollback {model}"):
-        state = load_state(layout, model)
+        state = layout.deployment(model)
         if failed_version is not None:
             if failed_version == state.promoted:
                 raise ConfigError(f"{model} v{failed_version} is the promoted version, not a candidate",
@@ -296,5 +334,5 @@ def rollback(control: TritonControl, layout: PvcLayout, model: str, *, failed_ve
             state.previous, state.promoted = state.promoted, target
         state.record("rollback", target, run_id=run_id, reason=reason, from_version=from_version,
                      candidate_failed=failed_version is not None)
-        save_state(layout, state)
-        return state
+        layout.save_deployment(state)
+        return RollbackResult(model=model, promoted=state.promoted, previous=state.previous, last=state.history[-1])

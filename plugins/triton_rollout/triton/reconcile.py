@@ -14,9 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from triton_rollout.errors import DriftNotRepaired, RolloutError
-from triton_rollout.pvc.layout import PvcLayout, read_json
-from triton_rollout.pvc.state import load_state
-from triton_rollout.release.manifest import parse_manifest
+from triton_rollout.pvc.layout import PvcLayout
 from triton_rollout.release.s3 import ReleaseUri, fetch_manifest
 from triton_rollout.release.sync import SyncOptions, check_published, sync_release
 from triton_rollout.triton.control import TritonControl
@@ -75,16 +73,16 @@ def reconcile_model(layout: PvcLayout, control: TritonControl, model: str, *, re
                     engine_prefix: str | None = None, full: bool = False, repair: bool = True,
                     triton_repository: str | None = None, deadline_s: float = 600.0) -> ReconcileReport:
     t0 = time.monotonic()
-    state = load_state(layout, model)
+    state = layout.deployment(model)
     report = ReconcileReport(model=model, promoted=state.promoted, verify="full" if full else "stat")
     if state.promoted is None:
         return report
     version = state.promoted
-    record = read_json(layout.published_record(model, version))
-    if record and record.get("manifest"):
-        report.pvc_problems = check_published(layout, parse_manifest(record["manifest"]), full=full)
+    record = layout.publish_record(model, version)
+    if record is not None:
+        report.pvc_problems = check_published(layout, record.manifest, record, full=full)
     else:
-        report.pvc_problems = [f"no publish record for v{version} under {layout.state / 'published' / model}"]
+        report.pvc_problems = [f"no publish record for v{version} at {layout.publish_record_path(model, version)}"]
     if report.pvc_problems:
         log.warning("%s v%d drifted on the PVC: %s", model, version, "; ".join(report.pvc_problems[:5]))
         if repair:

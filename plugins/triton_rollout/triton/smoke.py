@@ -61,6 +61,10 @@ class SmokeReport:
         return {"model": self.model, "version": self.version, "ok": self.ok,
                 "checks": [c.__dict__ for c in self.checks]}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SmokeReport:
+        return cls(model=data["model"], version=data["version"], checks=[SmokeCheck(**c) for c in data["checks"]])
+
 
 def _fail(model: str, version: int, request: str, what: str) -> SmokeTestFailed:
     return SmokeTestFailed(f"smoke test of model {model!r} version {version} failed: request {request}: {what}")

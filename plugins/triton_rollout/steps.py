@@ -1,0 +1,537 @@
+"""One typed contract per rollout step: what a step is asked, and what it answers.
+
+Each step (sync, build, load, smoke, promote, rollback, deploy, reconcile, status) has a request class here.
+Its fields are the step's flags; the field's metadata says the flag name, help and (for people at a shell)
+the environment variable that fills it. The same class
+
+- adds the step's arguments to the CLI parser and builds itself from the parsed namespace (cli/),
+- renders itself back to container args (kube/specs.py for KubernetesPodOperator pods, kube/manifests.py for
+  Jobs and CronJobs),
+- is built from a model's config by ``for_model`` (the Airflow operators and the manifests share it), and
+- reads the step's result, the JSON object the CLI prints as its last line (cli/output.py), back from a
+  pod log into a :class:`StepResult`.
+
+So adding a flag to a step is one field here, plus the library code that uses it. Nothing here imports
+Airflow, the kubernetes client or the S3 / Triton clients: pods, the CLI and DAG parsing all import it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from triton_rollout.errors import ConfigError
+from triton_rollout.release.s3 import ReleaseUri
+
+if TYPE_CHECKING:
+    from triton_rollout.config import ModelDeployment
+
+S3_ENV_NOTE = (
+    "S3 endpoint and credentials come from the standard AWS environment: AWS_ENDPOINT_URL (omit for AWS), "
+    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, or the pod's service account (IRSA)."
+)
+_TRITON_ENV_NOTE = "Defaults come from PVC_DIR, TRITON_URL and TRITON_MODEL_REPOSITORY (what `make up` exports)."
+# The smoke test's per-request latency budget when a model's config sets none (seconds).
+DEFAULT_LATENCY_BUDGET = 10.0
+DEFAULT_READY_DEADLINE = 600.0
+
+
+# -- flags -----------------------------------------------------------------------------------------------
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _release(text: str) -> ReleaseUri:
+    return ReleaseUri.parse(text)
+
+
+def flag(name: str, help: str, *, default: Any = dataclasses.MISSING, env: str | None = None,
+         parse: Callable[[str], Any] = str, choices: Sequence[str] | None = None, group: str | None = None,
+         metavar: str | None = None) -> Any:
+    """A request field that is the CLI flag ``name``.
+
+    ``parse`` turns the flag's text into the field's type (``bool`` fields are on/off switches); ``env``
+    fills a flag left out at the shell (never in rendered pods, whose args are explicit); fields that
+    share a ``group`` are mutually exclusive.
+    """
+    meta = {"flag": name, "help": help, "env": env, "parse": parse, "choices": tuple(choices) if choices else None,
+            "group": group, "metavar": metavar}
+    if default is dataclasses.MISSING:
+        return field(metadata=meta)
+    if isinstance(default, list | dict | set):
+        raise TypeError("request defaults must be immutable")
+    return field(default=default, metadata=meta)
+
+
+def _flags(cls: type) -> list[dataclasses.Field[Any]]:
+    """A request's flags in args order: the step's own first, then the ones every step has (--result-file)."""
+    own = [f for f in dataclasses.fields(cls) if "flag" in f.metadata]
+    return sorted(own, key=lambda f: f.name in _COMMON_FLAGS)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+_COMMON_FLAGS = {"result_file"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepRequest:
+    """Base of every step's request: flags <-> fields <-> container args."""
+
+    command: ClassVar[str]
+    help: ClassVar[str]
+    description: ClassVar[str] = ""
+
+    result_file: str | None = flag("--result-file", "also write the JSON result here (e.g. /airflow/xcom/return.json)",
+                                   default=None)
+
+    # -- CLI side ----------------------------------------------------------------------------------------
+
+    @classmethod
+    def add_parser(cls, sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+        parser = sub.add_parser(cls.command, help=cls.help, description=cls.description or None)
+        groups: dict[str, Any] = {}
+        for f in _flags(cls):
+            meta = f.metadata
+            target: Any = parser
+            if meta["group"]:
+                if meta["group"] not in groups:
+                    groups[meta["group"]] = parser.add_mutually_exclusive_group()
+                target = groups[meta["group"]]
+            help_text = meta["help"]
+            if meta["env"]:
+                help_text += f" (default ${meta['env']})"
+            if meta["parse"] is bool:
+                target.add_argument(meta["flag"], dest=f.name, action="store_true", help=help_text)
+                continue
+            default = None if f.default is dataclasses.MISSING else f.default
+            if meta["env"]:
+                default = os.environ.get(meta["env"]) or default
+            # Numbers are converted by argparse (a usage error names the flag); richer types in from_args.
+            kind = meta["parse"] if meta["parse"] in (int, float) else None
+            required = f.default is dataclasses.MISSING and not meta["env"]
+            target.add_argument(meta["flag"], dest=f.name, default=default, type=kind, choices=meta["choices"],
+                                required=required, metavar=meta["metavar"], help=help_text)
+        return parser
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> StepRequest:
+        """The request the parsed flags describe; a missing or malformed value is a ConfigError naming the flag."""
+        kwargs: dict[str, Any] = {}
+        for f in _flags(cls):
+            meta = f.metadata
+            value = getattr(args, f.name, None)
+            if value is None or value == "":
+                if f.default is dataclasses.MISSING:
+                    env = f" or set {meta['env']}" if meta["env"] else ""
+                    raise ConfigError(f"{cls.command}: {meta['flag']} is required: pass {meta['flag']}{env}")
+                continue
+            if isinstance(value, str) and meta["parse"] is not str:
+                try:
+                    value = meta["parse"](value)
+                except ConfigError:
+                    raise
+                except ValueError as exc:
+                    raise ConfigError(f"{cls.command}: {meta['flag']} {value!r} is not valid: {exc}") from exc
+            kwargs[f.name] = value
+        request = cls(**kwargs)
+        request.validate()
+        return request
+
+    def validate(self) -> None:
+        """Cross-field and range checks; raise ConfigError naming the flag."""
+
+    # -- pod side ----------------------------------------------------------------------------------------
+
+    def to_argv(self) -> list[str]:
+        """Container args: the command, then each flag whose value is not its default, in field order."""
+        argv = [self.command]
+        for f in _flags(type(self)):
+            value = getattr(self, f.name)
+            if f.default is not dataclasses.MISSING and value == f.default:
+                continue
+            if f.metadata["parse"] is bool:
+                if value:
+                    argv.append(f.metadata["flag"])
+                continue
+            argv += [f.metadata["flag"], _text(value)]
+        return argv
+
+    @property
+    def pod_version(self) -> int | None:
+        """The release version a pod of this step works on (its version label), if it has one."""
+        return getattr(self, "version", None)
+
+    # -- result side -------------------------------------------------------------------------------------
+
+    def read_result(self, data: Mapping[str, Any]) -> StepResult:
+        """The step's printed JSON result, typed: what Airflow logs, pushes and acts on."""
+        return StepResult(step=self.command, model=str(data.get("model", "")),
+                          version=_int_or(data.get("version"), self.pod_version), outcome="done", data=dict(data))
+
+
+def _int_or(value: Any, fallback: int | None) -> int | None:
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else fallback
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One step's answer, as read back from its pod log."""
+
+    step: str
+    model: str
+    version: int | None
+    outcome: str
+    bytes: int = 0
+    endpoints: tuple[str, ...] = ()
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    def summary(self, *, model: str, version: int | None, seconds: float, endpoint: str) -> str:
+        """The one SUMMARY line the task log ends with (grep-able: step, model, version, outcome, figures)."""
+        return (f"SUMMARY {self.step} {model} v{self.version if self.version is not None else version}: "
+                f"{self.outcome}; bytes={self.bytes}; seconds={seconds:.2f}; "
+                f"endpoint={self.endpoints[0] if self.endpoints else endpoint}")
+
+
+def failure_summary(step: str, model: str, version: int | None, log_tail: Sequence[str], *, seconds: float,
+                    endpoint: str) -> str:
+    """The SUMMARY line of a failed step: the CLI's last ``error:`` line, which carries its hint."""
+    errors = [line for line in log_tail if "error:" in line]
+    outcome = "FAILED: " + (errors[-1].split("error:", 1)[1].strip() if errors else "see the pod log above")
+    return (f"SUMMARY {step} {model} v{version}: {outcome}; bytes=0; seconds={seconds:.2f}; "
+            f"endpoint={endpoint}")
+
+
+def result_from_log(lines: Iterable[str]) -> dict[str, Any] | None:
+    """The CLI's JSON result: the last log line that parses as a JSON object (Kubernetes timestamps stripped)."""
+    for line in reversed(list(lines)):
+        text = line.split(" ", 1)[1] if line[:4].isdigit() and " " in line else line
+        if text.startswith("{"):
+            try:
+                value = json.loads(text)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                return value
+    return None
+
+
+# -- S3 <-> PVC --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True)
+class SyncRequest(StepRequest):
+    command: ClassVar[str] = "sync"
+    help: ClassVar[str] = "download a release into the PVC, verified, and publish it atomically"
+    description: ClassVar[str] = (
+        "Download s3://BUCKET/PREFIX/MODEL/VERSION into PVC/staging, verify every file's size and sha256 "
+        "against manifest.json, fsync, and rename each Triton model directory into "
+        "PVC/repository/<triton_model>/<VERSION>/ in one step. Re-running resumes; re-syncing an intact "
+        "version transfers nothing. " + S3_ENV_NOTE
+    )
+
+    release: ReleaseUri = flag("--release", "s3://BUCKET/[PREFIX/]MODEL/VERSION", parse=_release)
+    pvc: str = flag("--pvc", "the PVC mount: holds repository/, staging/ and state/", env="PVC_DIR")
+    keep: int = flag("--keep", "retention: newest versions to keep besides the promoted and previous ones",
+                     default=3, parse=int)
+    concurrency: int = flag("--concurrency", "parallel GETs of whole small files", default=8, parse=int)
+    large_streams: int = flag("--large-streams", "parallel ranged GETs into large (multi-part) files (more helps "
+                              "on high-latency links with spare cores)", default=4, parse=int)
+    write_mode: str = flag("--write-mode", "how parts of large files are written: through a shared mapping of each "
+                           "part, or pwrite, for filesystems where shared mappings misbehave", default="mmap",
+                           choices=("mmap", "pwrite"))
+    request_mib: int = flag("--request-mib", "bytes per ranged GET in MiB", default=64, parse=int)
+    verify: str = flag("--verify", "how to check an already-published version: 'stat' compares size/mtime/inode "
+                       "with the publish record (fast), 'full' re-hashes every file", default="stat",
+                       choices=("stat", "full"))
+    repair: bool = flag("--repair", "if the published version no longer matches its manifest, re-download the "
+                        "damaged files through staging and swap the version in whole (default: report and fail)",
+                        default=False, parse=bool)
+    no_prune: bool = flag("--no-prune", "skip retention", default=False, parse=bool)
+    lock_timeout: float = flag("--lock-timeout", "seconds to wait for another sync of this model", default=600.0,
+                               parse=float)
+    progress_interval: float = flag("--progress-interval", "seconds between progress lines in the log, 0 for none",
+                                    default=5.0, parse=float)
+    expect_trtllm_version: str | None = flag(
+        "--expect-trtllm-version", "refuse an engine release built with another TensorRT-LLM version (before any "
+        "download)", default=None)
+    expect_compute_capability: str | None = flag(
+        "--expect-compute-capability", "refuse an engine release built for another GPU compute capability, e.g. 9.0",
+        default=None)
+
+    def validate(self) -> None:
+        if min(self.concurrency, self.large_streams, self.request_mib) < 1 or self.keep < 0:
+            raise ConfigError("--concurrency, --large-streams and --request-mib must be >= 1 and --keep >= 0")
+
+    @property
+    def pod_version(self) -> int | None:
+        return self.release.version
+
+    @classmethod
+    def for_model(cls, model: ModelDeployment, release: ReleaseUri, **overrides: Any) -> SyncRequest:
+        """``release``: the servable engine release (the built one, for a checkpoint). The model's serving
+        compat travels with every sync, so a mismatched engine is refused before a byte reaches the PVC
+        whichever way the sync is started (Airflow, Job, CronJob)."""
+        return cls(release=release, pvc=model.kubernetes.pvc_mount_path, keep=model.keep,
+                   expect_trtllm_version=model.serving.trtllm_version,
+                   expect_compute_capability=model.serving.compute_capability, **overrides)
+
+    def read_result(self, data: Mapping[str, Any]) -> StepResult:
+        return StepResult(
+            step=self.command, model=str(data.get("model", self.release.model)),
+            version=_int_or(data.get("version"), self.release.version),
+            outcome=f"{data.get('status')}, {data.get('files_transferred')} of {data.get('files_total')} files "
+                    "transferred",
+            bytes=int(data.get("bytes_transferred") or 0), data=dict(data))
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildRequest(StepRequest):
+    command: ClassVar[str] = "build"
+    help: ClassVar[str] = "build an engine release from a checkpoint release"
+    description: ClassVar[str] = (
+        "Download the checkpoint release (verified), probe the TensorRT-LLM version and GPU compute "
+        "capability, run the conversion and trtllm-build steps (output streamed to the log), lay out the "
+        "Triton ensemble (<triton_model>/...) and publish it as an engine release with its compatibility "
+        "facts, manifest.json last. A failed step exits with that step's exit code. " + S3_ENV_NOTE
+    )
+
+    spec_file: str | None = flag("--spec", "build spec file (JSON, or YAML with PyYAML)", default=None, group="spec")
+    spec_json: str | None = flag("--spec-json", "build spec as a JSON object", default=None, group="spec")
+    checkpoint: ReleaseUri = flag("--checkpoint", "s3://BUCKET/[PREFIX/]MODEL/VERSION (a kind=checkpoint release)",
+                                  parse=_release)
+    output: ReleaseUri = flag("--output", "s3://BUCKET/[PREFIX/]engines/MODEL/VERSION: where the engine release is "
+                              "published", parse=_release)
+    workdir: str | None = flag("--workdir", "scratch directory (default $SCRATCH_DIR or the temp dir); kept after a "
+                               "failure so a re-run reuses the verified checkpoint", default=None)
+    dry_run: bool = flag("--dry-run", "print the exact commands and files the build would run and write; touch "
+                         "nothing", default=False, parse=bool)
+
+    def validate(self) -> None:
+        # Where the engine may go relative to the checkpoint is the build runner's check (resolve_releases).
+        if (self.spec_file is None) == (self.spec_json is None):
+            raise ConfigError("build: pass exactly one of --spec FILE or --spec-json JSON")
+
+    @property
+    def pod_version(self) -> int | None:
+        return self.checkpoint.version
+
+    @classmethod
+    def for_model(cls, model: ModelDeployment, checkpoint: ReleaseUri, output: ReleaseUri) -> BuildRequest:
+        spec = model.build.build_spec
+        if spec is None:
+            raise ConfigError(f"{model.name} v{checkpoint.version} is a checkpoint release, but models[{model.name}] "
+                              "has no build.spec: set one (triton_rollout.build.spec.BuildSpec) to build it")
+        # The full validated spec, so the pod builds exactly what the config said (no defaults of its own).
+        return cls(spec_json=json.dumps(spec.to_dict(), sort_keys=True), checkpoint=checkpoint, output=output)
+
+    def read_result(self, data: Mapping[str, Any]) -> StepResult:
+        return StepResult(step=self.command, model=self.checkpoint.model, version=self.checkpoint.version,
+                          outcome=f"engine release {data.get('status')} at {data.get('release')}",
+                          bytes=int(data.get("bytes") or 0), data=dict(data))
+
+
+# -- PVC <-> Triton ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True)
+class TritonStepRequest(StepRequest):
+    """What every PVC <-> Triton step needs: the PVC, the Triton endpoint, where Triton sees the repository."""
+
+    description: ClassVar[str] = _TRITON_ENV_NOTE
+
+    pvc: str = flag("--pvc", "the PVC mount", env="PVC_DIR")
+    triton_url: str = flag("--triton-url", "Triton's HTTP endpoint, host:port or http://host:port", env="TRITON_URL")
+    triton_repository: str | None = flag("--triton-repository", "where Triton sees repository/ (its mount path; "
+                                         "default: the PVC's own path)", default=None, env="TRITON_MODEL_REPOSITORY")
+    model: str = flag("--model", "release model name (as in S3)")
+    triton_models: tuple[str, ...] = flag("--triton-models", "comma-separated Triton models of the release (default: "
+                                          "read from the sync's publish record)", default=(), parse=_csv)
+    timeout: float = flag("--timeout", "seconds for each Triton request", default=30.0, parse=float)
+    live_deadline: float = flag("--live-deadline", "seconds to wait for an unreachable Triton before failing",
+                                default=30.0, parse=float)
+
+    @classmethod
+    def target(cls, model: ModelDeployment) -> dict[str, Any]:
+        kube = model.kubernetes
+        return {"pvc": kube.pvc_mount_path, "triton_url": model.triton_url,
+                "triton_repository": kube.triton_repository_path, "model": model.name}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadRequest(TritonStepRequest):
+    command: ClassVar[str] = "load"
+    help: ClassVar[str] = "load a release version into Triton as the candidate"
+    description: ClassVar[str] = (
+        "Validate the release's config.pbtxt files, then load its models in dependency order with exact version "
+        "pins and wait until each version is ready. The promoted version keeps serving while the candidate loads "
+        "and if it fails. " + _TRITON_ENV_NOTE)
+
+    version: int = flag("--version", "release version", parse=int)
+    deadline: float = flag("--deadline", "seconds to wait for readiness", default=DEFAULT_READY_DEADLINE, parse=float)
+
+    @classmethod
+    def for_model(cls, model: ModelDeployment, version: int) -> LoadRequest:
+        return cls(**cls.target(model), version=version, deadline=model.smoke.ready_deadline_s)
+
+    def read_result(self, data: Mapping[str, Any]) -> StepResult:
+        entries = data.get("entries") or []
+        return StepResult(step=self.command, model=self.model, version=self.version,
+                          outcome=f"loaded {', '.join(entries) or 'the release'}",
+                          endpoints=tuple(data.get("endpoints") or ()), data=dict(data))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SmokeRequest(TritonStepRequest):
+    command: ClassVar[str] = "smoke"
+    help: ClassVar[str] = "smoke-test a loaded version (generate or metadata-built infer + golden cases)"
+
+    version: int = flag("--version", "release version", parse=int)
+    latency_budget: float = flag("--latency-budget", "seconds allowed per request", default=DEFAULT_LATENCY_BUDGET,
+                                 parse=float)
+
+    @classmethod
+    def for_model(cls, model: ModelDeployment, version: int) -> SmokeRequest:
+        return cls(**cls.target(model), version=version, latency_budget=model.smoke.latency_budget_s)
+
+    def read_result(self, data: Mapping[str, Any]) -> StepResult:
+        return StepResult(step=self.command, model=self.model, version=self.version,
+                          outcome=f"{len(data.get('checks') or [])} checks passed", data=dict(data))
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromoteRequest(TritonStepRequest):
+    command: ClassVar[str] = "promote"
+    help: ClassVar[str] = "make a loaded, smoke-tested version the promoted one (config.pbtxt + state)"
+
+    version: int = flag("--version", "release version", parse=int)
+    run_id: str = flag("--run-id", "recorded in state/", default="", env="AIRFLOW_CTX_DAG_RUN_ID")
+    no_ready_check: bool = flag("--no-ready-check", "promote on the PVC without asking Triton (e.g. Triton is being "
+                                "restarted)", default=False, parse=bool)
+
+    @classmethod
+    def for_model(cls, model: ModelDeployment, version: int, run_id: str) -> PromoteRequest:
+        return cls(**cls.target(model), version=version, run_id=run_id)
+
+    def read_result(self, data: Mapping[str, Any]) -> StepResult:
+        return StepResult(step=self.command, model=self.model, version=self.version,
+                          outcome=f"promoted (previous v{data.get('previous')})", data=dict(data))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RollbackRequest(TritonStepRequest):
+    command: ClassVar[str] = "rollback"
+    help: ClassVar[str] = "serve the previous version again and record it in state/"
+
+    failed_version: int | None = flag("--failed-version", "a loaded candidate that failed: reload the promoted "
+                                      "version", default=None, parse=int, group="target")
+    to_version: int | None = flag("--to-version", "roll the promoted version back to this one (default: previous)",
+                                  default=None, parse=int, group="target")
+    reason: str = flag("--reason", "recorded in state/", default="")
+    run_id: str = flag("--run-id", "recorded in state/", default="", env="AIRFLOW_CTX_DAG_RUN_ID")
+    deadline: float = flag("--deadline", "seconds to wait for readiness", default=DEFAULT_READY_DEADLINE, parse=float)
+
+    def validate(self) -> None:
+        if self.failed_version is not None and self.to_version is not None:
+            raise ConfigError("rollback: pass at most one of --failed-version and --to-version")
+
+    @property
+    def pod_version(self) -> int | None:
+        return self.failed_version if self.failed_version is not None else self.to_version
+
+    @classmethod
+    def for_model(cls, model: ModelDeployment, failed_version: int, run_id: str) -> RollbackRequest:
+        return cls(**cls.target(model), failed_version=failed_version, run_id=run_id,
+                   reason=f"deploy run {run_id} failed", deadline=model.smoke.ready_deadline_s)
+
+    def read_result(self, data: Mapping[str, Any]) -> StepResult:
+        return StepResult(step=self.command, model=self.model, version=self.pod_version,
+                          outcome=f"candidate rolled back, v{data.get('promoted')} serving", data=dict(data))
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeployRequest(TritonStepRequest):
+    command: ClassVar[str] = "deploy"
+    help: ClassVar[str] = "load, smoke-test and promote a version; roll back if the smoke test fails"
+
+    version: int = flag("--version", "release version", parse=int)
+    deadline: float = flag("--deadline", "seconds to wait for readiness", default=DEFAULT_READY_DEADLINE, parse=float)
+    latency_budget: float = flag("--latency-budget", "seconds allowed per smoke request",
+                                 default=DEFAULT_LATENCY_BUDGET, parse=float)
+    run_id: str = flag("--run-id", "recorded in state/", default="", env="AIRFLOW_CTX_DAG_RUN_ID")
+
+    def read_result(self, data: Mapping[str, Any]) -> StepResult:
+        return StepResult(step=self.command, model=self.model, version=self.version,
+                          outcome=str(data.get("outcome", "done")), data=dict(data))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReconcileRequest(TritonStepRequest):
+    command: ClassVar[str] = "reconcile"
+    help: ClassVar[str] = "check the promoted version on the PVC and in Triton; repair drift"
+    description: ClassVar[str] = (
+        "Compare the promoted version's files with the publish record (stat) or their sha256 (--full), re-sync "
+        "damaged or missing files through staging, and load the version again where Triton does not serve it. "
+        + _TRITON_ENV_NOTE)
+
+    release_prefix: str = flag("--release-prefix", "s3://BUCKET/PREFIX the model's releases live under")
+    engine_prefix: str | None = flag("--engine-prefix", "where engines built from checkpoints live (default "
+                                     "PREFIX/engines)", default=None)
+    full: bool = flag("--full", "re-hash every file instead of comparing stat records", default=False, parse=bool)
+    no_repair: bool = flag("--no-repair", "only report; exit non-zero on drift", default=False, parse=bool)
+    deadline: float = flag("--deadline", "seconds to wait for readiness", default=DEFAULT_READY_DEADLINE, parse=float)
+
+    @classmethod
+    def for_model(cls, model: ModelDeployment, *, full: bool = False, repair: bool = True) -> ReconcileRequest:
+        return cls(**cls.target(model), release_prefix=model.release_prefix, engine_prefix=model.build.engine_prefix,
+                   full=full, no_repair=not repair, deadline=model.smoke.ready_deadline_s)
+
+    def read_result(self, data: Mapping[str, Any]) -> StepResult:
+        return StepResult(step=self.command, model=self.model, version=_int_or(data.get("promoted"), None),
+                          outcome="drift repaired" if data.get("drift") else "in sync",
+                          bytes=int(data.get("bytes_transferred") or 0),
+                          endpoints=tuple(data.get("endpoints") or ()), data=dict(data))
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatusRequest(StepRequest):
+    command: ClassVar[str] = "status"
+    help: ClassVar[str] = "what is on the PVC, promoted, loaded, and which endpoints answer now"
+
+    pvc: str = flag("--pvc", "the PVC mount", env="PVC_DIR")
+    triton_url: str | None = flag("--triton-url", "Triton's HTTP endpoint (without it, only the PVC is read)",
+                                  default=None, env="TRITON_URL")
+    model: str | None = flag("--model", "only this release model's deployment state", default=None)
+    timeout: float = flag("--timeout", "seconds for each Triton request", default=30.0, parse=float)
+    as_json: bool = flag("--json", "print JSON instead of text", default=False, parse=bool)
+
+
+ROLLOUT_STEPS: tuple[type[StepRequest], ...] = (
+    SyncRequest, BuildRequest, LoadRequest, SmokeRequest, PromoteRequest, RollbackRequest, DeployRequest,
+    ReconcileRequest, StatusRequest)
+
+
+def request_from_argv(argv: Sequence[str]) -> StepRequest:
+    """The request a pod's container args describe: how a deferred task, resumed in a fresh operator that
+    never rendered its pod, learns what the pod was asked."""
+    by_command = {cls.command: cls for cls in ROLLOUT_STEPS}
+    if not argv or argv[0] not in by_command:
+        raise ConfigError(f"not the args of a rollout step: {list(argv)[:3]}")
+    parser = argparse.ArgumentParser(prog="python -m triton_rollout", exit_on_error=False)
+    step = by_command[argv[0]]
+    step.add_parser(parser.add_subparsers(dest="command"))
+    try:
+        args = parser.parse_args(list(argv))
+    except (argparse.ArgumentError, SystemExit) as exc:
+        raise ConfigError(f"the pod's args do not parse as a {argv[0]} step: {exc}") from exc
+    return step.from_args(args)
