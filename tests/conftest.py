@@ -12,6 +12,7 @@ import pytest
 from devstack.s3 import SeaweedS3
 from devstack.stack import DEMO_BUILDERS, image_runtime
 from devstack.triton import TritonServer
+from tests.helpers import PROJECT_DAG_FILES, ROLLOUT_NS, ROLLOUT_SECRET, RolloutStack
 
 
 @pytest.fixture(scope="session")
@@ -143,43 +144,6 @@ def airflow_dags() -> Path:
 
 
 # -- the project's DAGs on the real local stack (S3, Triton, the Kubernetes emulator) --------------------
-
-ROLLOUT_NS = "triton"
-ROLLOUT_SECRET = "triton-rollout-s3"
-PROJECT_DAG_FILES = ("triton_deploy.py", "triton_reconcile.py", "models.yaml")
-
-
-class RolloutStack:
-    """What a DAG test needs: publish demo releases, parse the project's DAGs, run them with dag.test()."""
-
-    def __init__(self, dags: Path, bucket: str, pvc: Path, triton: TritonServer, work: Path) -> None:
-        self.dags, self.bucket, self.pvc, self.triton, self.work = dags, bucket, pvc, triton, work
-
-    def publish(self, model: str, version: int, variant: str = "good", created_at: object = None) -> str:
-        from triton_rollout.release.publish import publish_release
-
-        from devstack import demo_models
-
-        src = demo_models.write_release(model, self.work / f"src-{model}-{version}", version, variant)
-        uri = f"s3://{self.bucket}/releases/{model}/{version}"
-        publish_release(src, uri, created_at=created_at,  # type: ignore[arg-type]
-                        compat=demo_models.release_compat(model))
-        return uri
-
-    def dag(self, dag_id: str):  # type: ignore[no-untyped-def]
-        from airflow.models import DagBag
-
-        file = "triton_reconcile.py" if dag_id.startswith("reconcile") else "triton_deploy.py"
-        bag = DagBag(dag_folder=str(self.dags / file))
-        assert not bag.import_errors, bag.import_errors
-        return bag.dags[dag_id]
-
-    def run(self, dag_id: str, logical_date: object = None, **conf: object):  # type: ignore[no-untyped-def]
-        """One dag.test() run; returns (dag run, {task_id: state})."""
-        dag = self.dag(dag_id)
-        kwargs = {"logical_date": logical_date} if logical_date is not None else {}
-        dr = dag.test(run_conf=conf or None, **kwargs)
-        return dr, {ti.task_id: str(ti.state) for ti in dr.get_task_instances()}
 
 
 @pytest.fixture()

@@ -1,4 +1,5 @@
-"""Helpers for tests: release directories with known content, CLI runs, a fault-injecting S3 proxy."""
+"""Helpers for tests: release directories with known content, CLI runs, a fault-injecting S3 proxy, Triton
+clients and the DAG-test stack (RolloutStack). Shared here, never imported from another test module."""
 
 from __future__ import annotations
 
@@ -11,8 +12,16 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
+
+from devstack import demo_models
+from devstack.triton import TritonServer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -183,3 +192,123 @@ class FaultProxy:
         t.start()
         pump(upstream, client)
         t.join(timeout=5)
+
+
+# -- Triton clients and golden answers of the demo models ---------------------------------------------
+
+LLM = demo_models.LLM_MODEL
+
+
+DEPLOY_LLM = f"deploy_{LLM}"
+
+
+def infer_llm(base_url: str, version: int, prompt: str = "the ", max_tokens: int = 12) -> dict[str, Any]:
+    """The conventional endpoint /v2/models/{name}/versions/{version}/infer, with BYTES/INT32 JSON inputs."""
+    body = {"inputs": [
+        {"name": "text_input", "shape": [1], "datatype": "BYTES", "data": [prompt]},
+        {"name": "max_tokens", "shape": [1], "datatype": "INT32", "data": [max_tokens]},
+    ]}
+    req = urllib.request.Request(f"{base_url}/v2/models/ensemble/versions/{version}/infer",
+                                 data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return dict(json.loads(resp.read()))
+
+
+def output(capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> str:
+    """Task logs so far (pod output reaches stdout, operator logs the logging handlers), then reset."""
+    text = capfd.readouterr().out + "\n" + caplog.text
+    caplog.clear()
+    return text
+
+
+def golden(version: int) -> str:
+    return demo_models.llm_generate(demo_models.bigram_table(version), "the ", 12)
+
+
+def text_of(answer: dict[str, Any]) -> str:
+    (out,) = [o for o in answer["outputs"] if o["name"] == "text_output"]
+    return str(out["data"][0])
+
+
+class ClientLoop:
+    """Sends requests back to back from a thread and counts what failed (the availability measurement)."""
+
+    def __init__(self, send: Callable[[], Any]) -> None:
+        self.send = send
+        self.ok = 0
+        self.failed: list[str] = []
+        self.answers: list[Any] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.answers.append(self.send())
+                self.ok += 1
+            except Exception as exc:
+                self.failed.append(f"{type(exc).__name__}: {exc}")
+
+    def __enter__(self) -> ClientLoop:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+def post(url: str, payload: dict[str, Any], timeout: float = 10) -> dict[str, Any]:
+    req = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return dict(json.loads(resp.read()))
+
+
+def llm_request(server: TritonServer) -> dict[str, Any]:
+    return post(f"{server.http_url}/v2/models/ensemble/generate", {"text_input": "the ", "max_tokens": 12})
+
+
+
+# -- the project's DAGs on the real local stack (S3, Triton, the Kubernetes emulator) --------------------
+
+ROLLOUT_NS = "triton"
+
+
+ROLLOUT_SECRET = "triton-rollout-s3"
+
+
+PROJECT_DAG_FILES = ("triton_deploy.py", "triton_reconcile.py", "models.yaml")
+
+
+class RolloutStack:
+    """What a DAG test needs: publish demo releases, parse the project's DAGs, run them with dag.test()."""
+
+    def __init__(self, dags: Path, bucket: str, pvc: Path, triton: TritonServer, work: Path) -> None:
+        self.dags, self.bucket, self.pvc, self.triton, self.work = dags, bucket, pvc, triton, work
+
+    def publish(self, model: str, version: int, variant: str = "good", created_at: object = None) -> str:
+        from triton_rollout.release.publish import publish_release
+
+        from devstack import demo_models
+
+        src = demo_models.write_release(model, self.work / f"src-{model}-{version}", version, variant)
+        uri = f"s3://{self.bucket}/releases/{model}/{version}"
+        publish_release(src, uri, created_at=created_at,  # type: ignore[arg-type]
+                        compat=demo_models.release_compat(model))
+        return uri
+
+    def dag(self, dag_id: str):  # type: ignore[no-untyped-def]
+        from airflow.models import DagBag
+
+        file = "triton_reconcile.py" if dag_id.startswith("reconcile") else "triton_deploy.py"
+        bag = DagBag(dag_folder=str(self.dags / file))
+        assert not bag.import_errors, bag.import_errors
+        return bag.dags[dag_id]
+
+    def run(self, dag_id: str, logical_date: object = None, **conf: object):  # type: ignore[no-untyped-def]
+        """One dag.test() run; returns (dag run, {task_id: state})."""
+        dag = self.dag(dag_id)
+        kwargs = {"logical_date": logical_date} if logical_date is not None else {}
+        dr = dag.test(run_conf=conf or None, **kwargs)
+        return dr, {ti.task_id: str(ti.state) for ti in dr.get_task_instances()}
+

@@ -212,7 +212,7 @@ def test_demo_checkpoint_builds_into_an_engine_release_that_triton_serves(
     from triton_rollout.triton.promote import load_candidate, prepare_release, promote
     from triton_rollout.triton.smoke import smoke_release
 
-    from tests.test_triton_rollout import golden_text, llm_request
+    from tests.helpers import golden, llm_request
 
     version = 2
     ckpt = demo_models.publish_demo_checkpoint(bucket, tmp_path, version)
@@ -240,6 +240,6 @@ def test_demo_checkpoint_builds_into_an_engine_release_that_triton_serves(
         load_candidate(control, layout, release, deadline_s=60)
         smoke_release(control, layout, release.model, version, release.entries)
         promote(layout, release, run_id="build-test", control=control)
-        assert llm_request(triton)["text_output"] == golden_text(version)
+        assert llm_request(triton)["text_output"] == golden(version)
     finally:
         control.close()

@@ -12,8 +12,7 @@ import pytest
 from triton_rollout.pvc.layout import PvcLayout
 
 from devstack import demo_models
-from tests.conftest import RolloutStack
-from tests.test_dags_deploy import golden, infer_llm, text_of
+from tests.helpers import RolloutStack, golden, infer_llm, text_of
 
 LLM = demo_models.LLM_MODEL
 DAG_ID = f"deploy_{LLM}"

@@ -9,8 +9,7 @@ import pytest
 from triton_rollout.pvc.layout import PvcLayout
 
 from devstack import demo_models
-from tests.conftest import ROLLOUT_NS, RolloutStack
-from tests.test_dags_deploy import DEPLOY_LLM, LLM, golden, infer_llm, output, text_of
+from tests.helpers import DEPLOY_LLM, LLM, ROLLOUT_NS, RolloutStack, golden, infer_llm, output, text_of
 
 
 def sync_exit_codes(kubeconfig: Path, version: int) -> list[int]:

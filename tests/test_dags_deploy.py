@@ -2,46 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from typing import Any
 
 import pytest
 from triton_rollout.pvc.layout import PvcLayout
 
-from devstack import demo_models
-from tests.conftest import RolloutStack
-
-LLM = demo_models.LLM_MODEL
-DEPLOY_LLM = f"deploy_{LLM}"
-
-
-def infer_llm(base_url: str, version: int, prompt: str = "the ", max_tokens: int = 12) -> dict[str, Any]:
-    """The conventional endpoint /v2/models/{name}/versions/{version}/infer, with BYTES/INT32 JSON inputs."""
-    body = {"inputs": [
-        {"name": "text_input", "shape": [1], "datatype": "BYTES", "data": [prompt]},
-        {"name": "max_tokens", "shape": [1], "datatype": "INT32", "data": [max_tokens]},
-    ]}
-    req = urllib.request.Request(f"{base_url}/v2/models/ensemble/versions/{version}/infer",
-                                 data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return dict(json.loads(resp.read()))
-
-
-def output(capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> str:
-    """Task logs so far (pod output reaches stdout, operator logs the logging handlers), then reset."""
-    text = capfd.readouterr().out + "\n" + caplog.text
-    caplog.clear()
-    return text
-
-
-def golden(version: int) -> str:
-    return demo_models.llm_generate(demo_models.bigram_table(version), "the ", 12)
-
-
-def text_of(answer: dict[str, Any]) -> str:
-    (out,) = [o for o in answer["outputs"] if o["name"] == "text_output"]
-    return str(out["data"][0])
+from tests.helpers import DEPLOY_LLM, LLM, RolloutStack, golden, infer_llm, output, text_of
 
 
 @pytest.mark.slow
@@ -71,7 +37,7 @@ def test_deploy_llm_then_redeploy_transfers_nothing(rollout: RolloutStack, capfd
 def test_sensor_skips_when_nothing_new_and_bad_releases_roll_back(
         rollout: RolloutStack, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.test_triton_rollout import ClientLoop, post
+    from tests.helpers import ClientLoop, post
 
     rollout.publish(LLM, 1)
     dr, states = rollout.run(DEPLOY_LLM)

@@ -7,8 +7,7 @@ from triton_rollout.pvc.layout import PvcLayout
 from triton_rollout.triton.control import TritonControl
 
 from devstack import demo_models
-from tests.conftest import RolloutStack
-from tests.test_dags_deploy import golden, infer_llm, output, text_of
+from tests.helpers import RolloutStack, golden, infer_llm, output, text_of
 
 LLM = demo_models.LLM_MODEL
 

@@ -4,11 +4,7 @@ tritonserver, smoke-tested, promoted, and rolled back, with a client loop measur
 from __future__ import annotations
 
 import json
-import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +19,7 @@ from triton_rollout.triton.smoke import smoke_release
 
 from devstack import demo_models
 from devstack.triton import TritonServer
+from tests.helpers import ClientLoop, golden, llm_request, post
 
 
 def put_on_pvc(model: str, version: int, bucket: str, pvc: Path, work: Path, variant: str = "good") -> None:
@@ -44,51 +41,9 @@ def deploy(control: TritonControl, layout: PvcLayout, model: str, version: int, 
     return release
 
 
-class ClientLoop:
-    """Sends requests back to back from a thread and counts what failed (the availability measurement)."""
-
-    def __init__(self, send: Callable[[], Any]) -> None:
-        self.send = send
-        self.ok = 0
-        self.failed: list[str] = []
-        self.answers: list[Any] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.answers.append(self.send())
-                self.ok += 1
-            except Exception as exc:
-                self.failed.append(f"{type(exc).__name__}: {exc}")
-
-    def __enter__(self) -> ClientLoop:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-
-def post(url: str, payload: dict[str, Any], timeout: float = 10) -> dict[str, Any]:
-    req = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return dict(json.loads(resp.read()))
-
-
 def tensor_request(server: TritonServer) -> dict[str, Any]:
     return post(f"{server.http_url}/v2/models/demo_tensor/infer",
                 {"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]})
-
-
-def llm_request(server: TritonServer) -> dict[str, Any]:
-    return post(f"{server.http_url}/v2/models/ensemble/generate", {"text_input": "the ", "max_tokens": 12})
-
-
-def golden_text(version: int) -> str:
-    return demo_models.llm_generate(demo_models.bigram_table(version), "the ", 12)
 
 
 @pytest.mark.slow
@@ -161,12 +116,12 @@ def test_llm_bundle_ensemble_swap_and_failures(
     layout = PvcLayout.at(pvc)
     for v, variant in ((1, "good"), (2, "good"), (3, "init_error"), (4, "wrong")):
         put_on_pvc(demo_models.LLM_MODEL, v, bucket, pvc, tmp_path, variant)
-    assert golden_text(1) != golden_text(2)
+    assert golden(1) != golden(2)
     control = TritonControl(triton.url, timeout=10)
     try:
         release = deploy(control, layout, demo_models.LLM_MODEL, 1)
         assert release.order[-1] == "ensemble" and release.entries == ["ensemble"]
-        assert llm_request(triton)["text_output"] == golden_text(1)
+        assert llm_request(triton)["text_output"] == golden(1)
 
         with ClientLoop(lambda: llm_request(triton)) as loop:
             deploy(control, layout, demo_models.LLM_MODEL, 2)
@@ -174,10 +129,10 @@ def test_llm_bundle_ensemble_swap_and_failures(
         print(f"\nLLM swap v1->v2: {loop.ok} requests answered, {len(loop.failed)} failed")
         assert loop.failed == [], loop.failed[:3]
         # Only whole-engine answers: v1's or v2's text (the vocabularies are equal, the engines differ).
-        assert {a["text_output"] for a in loop.answers} <= {golden_text(1), golden_text(2)}
-        assert {a["text_output"] for a in loop.answers if a["model_version"] == "2"} == {golden_text(2)}
+        assert {a["text_output"] for a in loop.answers} <= {golden(1), golden(2)}
+        assert {a["text_output"] for a in loop.answers if a["model_version"] == "2"} == {golden(2)}
         after = llm_request(triton)
-        assert (after["model_version"], after["text_output"]) == ("2", golden_text(2))
+        assert (after["model_version"], after["text_output"]) == ("2", golden(2))
         for name in demo_models.LLM_TRITON_MODELS:
             assert control.ready_versions(name) == [2]
             assert pinned_versions(read_config(layout.model_dir(name) / "config.pbtxt")) == [2]
@@ -191,11 +146,11 @@ def test_llm_bundle_ensemble_swap_and_failures(
         ):
             load_candidate(control, layout, prepare_release(layout, demo_models.LLM_MODEL, 3), deadline_s=30)
         print(f"LLM failed v3 load and restore: {loop.ok} requests answered, {len(loop.failed)} failed")
-        assert loop.failed == [] and {a["text_output"] for a in loop.answers} == {golden_text(2)}
+        assert loop.failed == [] and {a["text_output"] for a in loop.answers} == {golden(2)}
         for name in demo_models.LLM_TRITON_MODELS:
             assert control.ready_versions(name) == [2], name
             assert pinned_versions(read_config(layout.model_dir(name) / "config.pbtxt")) == [2], name
-        assert llm_request(triton)["text_output"] == golden_text(2)
+        assert llm_request(triton)["text_output"] == golden(2)
         assert layout.deployment(demo_models.LLM_MODEL) == state_before
 
         # v4 answers wrongly: smoke fails with the request and both texts, rollback restores v2.
@@ -205,9 +160,9 @@ def test_llm_bundle_ensemble_swap_and_failures(
             smoke_release(control, layout, demo_models.LLM_MODEL, 4, release4.entries)
         text = str(info.value)
         assert "model 'ensemble' version 4" in text and "/v2/models/ensemble/versions/4/generate" in text
-        assert f"differs from the golden {golden_text(2)!r}" in text
+        assert f"differs from the golden {golden(2)!r}" in text
         rollback(control, layout, demo_models.LLM_MODEL, failed_version=4, reason=text)
-        assert llm_request(triton)["text_output"] == golden_text(2)
+        assert llm_request(triton)["text_output"] == golden(2)
         for name in demo_models.LLM_TRITON_MODELS:
             assert control.ready_versions(name) == [2]
         assert layout.deployment(demo_models.LLM_MODEL).promoted == 2
@@ -222,7 +177,7 @@ def test_llm_bundle_ensemble_swap_and_failures(
             control.wait_ready("ensemble", 2, 60)
             for name in demo_models.LLM_TRITON_MODELS:
                 assert control.ready_versions(name) == [2], name
-        assert llm_request(again)["text_output"] == golden_text(2)
+        assert llm_request(again)["text_output"] == golden(2)
     finally:
         again.stop()
 
