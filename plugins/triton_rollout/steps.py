@@ -140,9 +140,7 @@ class StepRequest:
                 continue
             if isinstance(value, str) and meta["parse"] is not str:
                 try:
-                    value = meta["parse"](value)
-                except ConfigError:
-                    raise
+                    value = meta["parse"](value)  # a ReleaseUri raises ConfigError itself, naming the URI
                 except ValueError as exc:
                     raise ConfigError(f"{cls.command}: {meta['flag']} {value!r} is not valid: {exc}") from exc
             kwargs[f.name] = value
@@ -210,8 +208,8 @@ def failure_summary(step: str, model: str, version: int | None, log_tail: Sequen
     """The SUMMARY line of a failed step: the CLI's last ``error:`` line, which carries its hint."""
     errors = [line for line in log_tail if "error:" in line]
     outcome = "FAILED: " + (errors[-1].split("error:", 1)[1].strip() if errors else "see the pod log above")
-    return (f"SUMMARY {step} {model} v{version}: {outcome}; bytes=0; seconds={seconds:.2f}; "
-            f"endpoint={endpoint}")
+    failed = StepResult(step=step, model=model, version=version, outcome=outcome)
+    return failed.summary(model=model, version=version, seconds=seconds, endpoint=endpoint)
 
 
 def result_from_log(lines: Iterable[str]) -> dict[str, Any] | None:
@@ -319,7 +317,7 @@ class BuildRequest(StepRequest):
                          "nothing", default=False, parse=bool)
 
     def validate(self) -> None:
-        # Where the engine may go relative to the checkpoint is the build runner's check (resolve_releases).
+        # Where the engine may go relative to the checkpoint is the build runner's check (build.run.check_output).
         if (self.spec_file is None) == (self.spec_json is None):
             raise ConfigError("build: pass exactly one of --spec FILE or --spec-json JSON")
 

@@ -10,8 +10,10 @@ xcom sidecar is not used because it needs ``exec``, which not every API server o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -60,7 +62,6 @@ class RolloutStepOperator(KubernetesPodOperator):
         self.resolve_task_id = resolve_task_id
         self._request: Any = None
         self._exit_code: int | None = None
-        self._log_tail: list[str] = []
 
     # -- the request and its pod -----------------------------------------------------------------------
 
@@ -103,49 +104,49 @@ class RolloutStepOperator(KubernetesPodOperator):
         with self._fail_fast_on_permanent_errors():
             return super().trigger_reentry(context, event)
 
-    def _fail_fast_on_permanent_errors(self) -> Any:
-        import contextlib
-
-        @contextlib.contextmanager
-        def guard() -> Any:
-            try:
-                yield
-            except (AirflowSkipException, AirflowFailException):
-                raise
-            except Exception as exc:
-                code = self._exit_code
-                if code in PERMANENT_EXIT_CODES:
-                    raise AirflowFailException(
-                        f"{self.step} pod of {self.model.name} exited with code {code} "
-                        f"({PERMANENT_EXIT_CODES[code]}): a retry cannot change that, so the task is not retried"
-                    ) from exc
-                raise
-
-        return guard()
+    @contextlib.contextmanager
+    def _fail_fast_on_permanent_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (AirflowSkipException, AirflowFailException):
+            raise
+        except Exception as exc:
+            code = self._exit_code
+            if code in PERMANENT_EXIT_CODES:
+                raise AirflowFailException(
+                    f"{self.step} pod of {self.model.name} exited with code {code} "
+                    f"({PERMANENT_EXIT_CODES[code]}): a retry cannot change that, so the task is not retried"
+                ) from exc
+            raise
 
     # -- the result (called by StepResultCallback) ---------------------------------------------------------
 
     def record_completion(self, pod: Any, context: Any) -> None:
         from triton_rollout.steps import failure_summary, result_from_log
 
-        container = self._terminated_container(pod)
         seconds = 0.0
-        if container is not None and container.state and container.state.terminated:
+        container = self._terminated_container(pod)
+        if container is not None:
             term = container.state.terminated
             self._exit_code = int(term.exit_code)
             seconds = _seconds_between(term.started_at, term.finished_at)
+        log_tail: list[str] = []
         try:
             logs = self.pod_manager.read_pod_logs(pod, self.base_container_name, tail_lines=LOG_TAIL_LINES,
                                                   follow=False)
-            self._log_tail = [line.decode(errors="replace").rstrip() for line in logs]
+            log_tail = [line.decode(errors="replace").rstrip() for line in logs]
         except Exception as exc:  # the summary is a courtesy; the pod's phase decides success
             self.log.warning("could not read the tail of the pod log: %s", exc)
         request = self._request or self._request_of(pod)
         version = request.pod_version if request is not None else None
-        data = result_from_log(self._log_tail)
-        if self._exit_code != 0 or data is None or request is None:
-            self.log.error(failure_summary(self.step, self.model.name, version, self._log_tail, seconds=seconds,
+        if self._exit_code != 0:
+            self.log.error(failure_summary(self.step, self.model.name, version, log_tail, seconds=seconds,
                                            endpoint=self.model.triton_url))
+            return
+        data = result_from_log(log_tail)
+        if data is None or request is None:
+            self.log.warning("the %s pod succeeded but its result could not be read (no JSON result line in the "
+                             "last %d log lines, or unreadable args): no XCom result", self.step, LOG_TAIL_LINES)
             return
         result = request.read_result(data)
         if context is not None:
@@ -193,14 +194,14 @@ class BuildEngineOperator(RolloutStepOperator):
     step = "build"
 
     def step_request(self, context: Any) -> Any:
-        from triton_rollout.release.resolve import engine_exists
+        from triton_rollout.release.s3 import complete_release
         from triton_rollout.steps import BuildRequest
 
         rel = self.resolved_release(context)
         m = self.model
         if not rel.needs_build:
             raise AirflowSkipException(f"{m.name} v{rel.version} is an engine release: nothing to build")
-        if engine_exists(rel.serve_uri):
+        if complete_release(rel.serve_uri) is not None:
             raise AirflowSkipException(f"the engine of {m.name} v{rel.version} is already in {rel.serve_uri}")
         try:
             request = BuildRequest.for_model(m, rel.uri, rel.serve_uri)

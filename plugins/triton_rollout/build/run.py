@@ -33,9 +33,9 @@ from typing import Any, TextIO
 
 from triton_rollout.build.builders import BuildPaths, Step
 from triton_rollout.build.spec import BuildSpec, check_no_placeholders
-from triton_rollout.errors import BuildError, ConfigError, ReleaseNotFound
+from triton_rollout.errors import BuildError, ConfigError
 from triton_rollout.release.manifest import Compat
-from triton_rollout.release.s3 import ReleaseUri, fetch_manifest
+from triton_rollout.release.s3 import ReleaseUri, complete_release, fetch_manifest
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +57,8 @@ class BuildResult:
         return asdict(self)
 
 
-def resolve_releases(checkpoint: str, output: str) -> tuple[ReleaseUri, ReleaseUri]:
-    """Both URIs parsed; the engine must carry the checkpoint's model and version, at another prefix."""
-    ckpt = ReleaseUri.parse(checkpoint)
-    out = ReleaseUri.parse(output)
+def check_output(ckpt: ReleaseUri, out: ReleaseUri) -> None:
+    """The engine must carry the checkpoint's model and version, at another prefix."""
     if (out.model, out.version) != (ckpt.model, ckpt.version):
         raise ConfigError(
             f"--output {out} must be the same model and version as --checkpoint {ckpt} "
@@ -70,7 +68,6 @@ def resolve_releases(checkpoint: str, output: str) -> tuple[ReleaseUri, ReleaseU
     if (out.bucket, out.key) == (ckpt.bucket, ckpt.key):
         raise ConfigError(f"--output {out} is the checkpoint release itself; engines go to another prefix",
                           hint=f"e.g. {ckpt.engine_release()}")
-    return ckpt, out
 
 
 def default_workdir(release: ReleaseUri) -> Path:
@@ -203,19 +200,16 @@ def download_checkpoint(checkpoint: ReleaseUri, dest: Path, *, concurrency: int 
     return manifest.total_size
 
 
-def run_build(spec: BuildSpec, checkpoint_uri: str, output_uri: str, *, workdir: str | Path | None = None,
+def run_build(spec: BuildSpec, checkpoint: ReleaseUri, output: ReleaseUri, *, workdir: str | Path | None = None,
               dry_run: bool = False, out: TextIO | None = None) -> BuildResult | None:
     """The whole build; None on a dry run (after printing the plan to ``out``)."""
-    checkpoint, output = resolve_releases(checkpoint_uri, output_uri)
+    check_output(checkpoint, output)
     paths = BuildPaths(Path(workdir) if workdir else default_workdir(output))
     if dry_run:
         print(plan_text(spec, checkpoint, output, paths), file=out or sys.stdout, end="", flush=True)
         return None
     started = time.monotonic()
-    try:
-        existing = fetch_manifest(output)
-    except ReleaseNotFound:
-        existing = None  # absent, or files without a manifest (a build that died mid-publish): build it
+    existing = complete_release(output)
     if existing is not None:
         log.warning("engine release %s already exists (releases are immutable); nothing to build", output)
         return BuildResult(str(output), str(checkpoint), "exists",

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from triton_rollout.cli.output import emit_result
-from triton_rollout.errors import ConfigError
 from triton_rollout.pvc.layout import PvcLayout
 from triton_rollout.steps import (
     DeployRequest,
@@ -18,6 +17,7 @@ from triton_rollout.steps import (
     RollbackRequest,
     SmokeRequest,
     StatusRequest,
+    TritonStepRequest,
 )
 from triton_rollout.triton.control import TritonControl
 from triton_rollout.triton.promote import load_candidate, prepare_release, promote, rollback
@@ -32,100 +32,97 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         request.add_parser(sub).set_defaults(func=func)
 
 
-def _need(args: argparse.Namespace) -> tuple[PvcLayout, TritonControl]:
-    if not args.pvc:
-        raise ConfigError("no PVC directory: pass --pvc or set PVC_DIR")
-    if not args.triton_url:
-        raise ConfigError("no Triton URL: pass --triton-url or set TRITON_URL")
-    return PvcLayout.at(args.pvc, create=False), TritonControl(args.triton_url, timeout=args.timeout)
+def _open(req: TritonStepRequest) -> tuple[PvcLayout, TritonControl]:
+    return PvcLayout.at(req.pvc, create=False), TritonControl(req.triton_url, timeout=req.timeout)
 
 
-def _models(args: argparse.Namespace) -> list[str] | None:
-    return [m.strip() for m in args.triton_models.split(",") if m.strip()] if args.triton_models else None
-
-
-def _release(args: argparse.Namespace, layout: PvcLayout, version: int) -> Any:
-    return prepare_release(layout, args.model, version, triton_models=_models(args),
-                           triton_repository=args.triton_repository)
+def _release(req: LoadRequest | SmokeRequest | PromoteRequest, layout: PvcLayout) -> Any:
+    return prepare_release(layout, req.model, req.version, triton_models=list(req.triton_models) or None,
+                           triton_repository=req.triton_repository)
 
 
 def _load(args: argparse.Namespace) -> int:
-    layout, control = _need(args)
+    req = LoadRequest.from_args(args)
+    layout, control = _open(req)
     with control:
-        release = _release(args, layout, args.version)
-        result = load_candidate(control, layout, release, deadline_s=args.deadline, live_deadline_s=args.live_deadline)
-    emit_result(result.to_dict(), args.result_file)
+        result = load_candidate(control, layout, _release(req, layout), deadline_s=req.deadline,
+                                live_deadline_s=req.live_deadline)
+    emit_result(result.to_dict(), req.result_file)
     return 0
 
 
 def _smoke(args: argparse.Namespace) -> int:
-    layout, control = _need(args)
+    req = SmokeRequest.from_args(args)
+    layout, control = _open(req)
     with control:
-        control.wait_live(args.live_deadline)
-        release = _release(args, layout, args.version)
-        report = smoke_release(control, layout, args.model, args.version, release.entries,
-                               budget_s=args.latency_budget)
-    emit_result(report.to_dict(), args.result_file)
+        control.wait_live(req.live_deadline)
+        release = _release(req, layout)
+        report = smoke_release(control, layout, req.model, req.version, release.entries,
+                               budget_s=req.latency_budget)
+    emit_result(report.to_dict(), req.result_file)
     return 0
 
 
 def _promote(args: argparse.Namespace) -> int:
-    layout, control = _need(args)
+    req = PromoteRequest.from_args(args)
+    layout, control = _open(req)
     with control:
-        release = _release(args, layout, args.version)
-        result = promote(layout, release, run_id=args.run_id, control=None if args.no_ready_check else control)
-    emit_result(result.to_dict(), args.result_file)
+        result = promote(layout, _release(req, layout), run_id=req.run_id,
+                         control=None if req.no_ready_check else control)
+    emit_result(result.to_dict(), req.result_file)
     return 0
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    layout, control = _need(args)
+    req = RollbackRequest.from_args(args)
+    layout, control = _open(req)
     with control:
-        result = rollback(control, layout, args.model, failed_version=args.failed_version,
-                          to_version=args.to_version, reason=args.reason, run_id=args.run_id, deadline_s=args.deadline,
-                          live_deadline_s=args.live_deadline, triton_models=_models(args),
-                          triton_repository=args.triton_repository)
-    emit_result(result.to_dict(), args.result_file)
+        result = rollback(control, layout, req.model, failed_version=req.failed_version,
+                          to_version=req.to_version, reason=req.reason, run_id=req.run_id, deadline_s=req.deadline,
+                          live_deadline_s=req.live_deadline, triton_models=list(req.triton_models) or None,
+                          triton_repository=req.triton_repository)
+    emit_result(result.to_dict(), req.result_file)
     return 0
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    layout, control = _need(args)
+    req = DeployRequest.from_args(args)
+    layout, control = _open(req)
     with control:
         # A rolled-back deploy re-raises the smoke-test failure, so its outcome is printed through report.
-        deploy(control, layout, args.model, args.version, triton_models=_models(args),
-               triton_repository=args.triton_repository, run_id=args.run_id, deadline_s=args.deadline,
-               live_deadline_s=args.live_deadline, budget_s=args.latency_budget,
-               report=lambda outcome: emit_result(outcome.to_dict(), args.result_file))
+        deploy(control, layout, req.model, req.version, triton_models=list(req.triton_models) or None,
+               triton_repository=req.triton_repository, run_id=req.run_id, deadline_s=req.deadline,
+               live_deadline_s=req.live_deadline, budget_s=req.latency_budget,
+               report=lambda outcome: emit_result(outcome.to_dict(), req.result_file))
     return 0
 
 
 def _reconcile(args: argparse.Namespace) -> int:
     from triton_rollout.triton.reconcile import reconcile_model, require_in_sync
 
-    layout, control = _need(args)
+    req = ReconcileRequest.from_args(args)
+    layout, control = _open(req)
     with control:
-        control.wait_live(args.live_deadline)
-        report = reconcile_model(layout, control, args.model, release_prefix=args.release_prefix,
-                                 engine_prefix=args.engine_prefix, full=args.full, repair=not args.no_repair,
-                                 triton_repository=args.triton_repository, deadline_s=args.deadline)
-    emit_result(report.to_dict(), args.result_file)
+        control.wait_live(req.live_deadline)
+        report = reconcile_model(layout, control, req.model, release_prefix=req.release_prefix,
+                                 engine_prefix=req.engine_prefix, full=req.full, repair=not req.no_repair,
+                                 triton_repository=req.triton_repository, deadline_s=req.deadline)
+    emit_result(report.to_dict(), req.result_file)
     require_in_sync(report)
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    if not args.pvc:
-        raise ConfigError("no PVC directory: pass --pvc or set PVC_DIR")
-    layout = PvcLayout.at(args.pvc, create=False)
-    control = TritonControl(args.triton_url, timeout=args.timeout) if args.triton_url else None
+    req = StatusRequest.from_args(args)
+    layout = PvcLayout.at(req.pvc, create=False)
+    control = TritonControl(req.triton_url, timeout=req.timeout) if req.triton_url else None
     try:
-        status = collect_status(layout, control, model=args.model)
+        status = collect_status(layout, control, model=req.model)
     finally:
         if control is not None:
             control.close()
-    if args.as_json:
-        emit_result(status.to_dict(), args.result_file)
+    if req.as_json:
+        emit_result(status.to_dict(), req.result_file)
         return 0
     print(f"PVC {status.pvc_root}")
     for name, info in status.pvc_models.items():
@@ -141,6 +138,6 @@ def _status(args: argparse.Namespace) -> int:
     print("endpoints answering now")
     for url in status.endpoints:
         print(f"  {url}")
-    if args.result_file:
-        Path(args.result_file).write_text(json.dumps(status.to_dict()) + "\n")
+    if req.result_file:
+        Path(req.result_file).write_text(json.dumps(status.to_dict()) + "\n")
     return 0

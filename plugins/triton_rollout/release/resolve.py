@@ -59,16 +59,6 @@ def resolved(model: ModelDeployment, manifest: Manifest) -> ResolvedRelease:
                            serve_uri=model.servable_release(manifest.version, kind=manifest.kind))
 
 
-def engine_exists(uri: ReleaseUri) -> bool:
-    """Whether a complete engine release is at ``uri`` (its manifest exists). A build that died mid-publish
-    left files without a manifest: not complete, so it is built again."""
-    try:
-        fetch_manifest(uri)
-    except ReleaseNotFound:
-        return False
-    return True
-
-
 def find_release(model: ModelDeployment, *, version: int | None = None, as_of: datetime | None = None,
                  newer_than: int | None = None, client: Any = None) -> ResolvedRelease | None:
     """The release to deploy, or None when there is none (yet).

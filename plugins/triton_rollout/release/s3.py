@@ -193,6 +193,15 @@ def fetch_manifest(release: ReleaseUri, reader: ObjectReader | None = None) -> M
     return manifest
 
 
+def complete_release(release: ReleaseUri, reader: ObjectReader | None = None) -> Manifest | None:
+    """The manifest of ``release`` if it is complete, else None: absent, or files without a manifest (an
+    upload, or a build that died mid-publish; both are published again). Used for "is this engine built"."""
+    try:
+        return fetch_manifest(release, reader)
+    except ReleaseNotFound:  # ReleaseIncomplete included
+        return None
+
+
 def list_release_versions(client: S3Client, bucket: str, model_key: str) -> list[int]:
     """Version numbers under ``model_key/`` (complete or not), ascending; non-numeric names ignored."""
     versions: list[int] = []

@@ -31,6 +31,7 @@ from triton_rollout.errors import ConfigError, TritonError
 from triton_rollout.pvc.layout import PvcLayout
 from triton_rollout.pvc.lock import PvcLock
 from triton_rollout.pvc.records import DeploymentState, HistoryEntry
+from triton_rollout.steps import DEFAULT_READY_DEADLINE  # one default for the CLI flag and the library
 from triton_rollout.triton.config import (
     CONFIG_NAME,
     ModelConfig,
@@ -45,7 +46,6 @@ from triton_rollout.triton.control import TritonControl
 
 log = logging.getLogger(__name__)
 
-DEFAULT_READY_DEADLINE = 600.0
 
 
 @dataclass

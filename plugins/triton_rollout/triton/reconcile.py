@@ -61,14 +61,6 @@ class ReconcileReport:
                 f"endpoint={self.endpoints[0] if self.endpoints else '-'}")
 
 
-def servable_release(release_uri: str, engine_prefix: str | None = None) -> str:
-    """The S3 location of a version's engine: the release itself, or for a checkpoint, its built engine."""
-    release = ReleaseUri.parse(release_uri)
-    if fetch_manifest(release).kind == "checkpoint":
-        return str(release.engine_release(engine_prefix))
-    return str(release)
-
-
 def reconcile_model(layout: PvcLayout, control: TritonControl, model: str, *, release_prefix: str,
                     engine_prefix: str | None = None, full: bool = False, repair: bool = True,
                     triton_repository: str | None = None, deadline_s: float = 600.0) -> ReconcileReport:
@@ -87,7 +79,8 @@ def reconcile_model(layout: PvcLayout, control: TritonControl, model: str, *, re
         log.warning("%s v%d drifted on the PVC: %s", model, version, "; ".join(report.pvc_problems[:5]))
         if repair:
             try:
-                uri = servable_release(f"{release_prefix.rstrip('/')}/{model}/{version}", engine_prefix)
+                release = ReleaseUri.under(release_prefix, model, version)
+                uri = release.servable(fetch_manifest(release).kind, engine_prefix)
                 result = sync_release(uri, layout.root, options=SyncOptions(
                     repair=True, verify="full" if full else "stat", prune=False, progress_interval=0))
                 report.repaired = True

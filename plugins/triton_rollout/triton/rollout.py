@@ -16,17 +16,17 @@ from typing import Any, Literal
 from triton_rollout.errors import SmokeTestFailed
 from triton_rollout.pvc.layout import PvcLayout
 from triton_rollout.pvc.records import DeploymentState, HistoryEntry
+from triton_rollout.steps import DEFAULT_LATENCY_BUDGET, DEFAULT_READY_DEADLINE
 from triton_rollout.triton.config import list_models, pinned_versions
 from triton_rollout.triton.control import ModelState, TritonControl
 from triton_rollout.triton.promote import (
-    DEFAULT_READY_DEADLINE,
     LoadResult,
     load_candidate,
     prepare_release,
     promote,
     rollback,
 )
-from triton_rollout.triton.smoke import DEFAULT_LATENCY_BUDGET, SmokeReport, smoke_release
+from triton_rollout.triton.smoke import SmokeReport, smoke_release
 
 # -- deploy -------------------------------------------------------------------------------------------
 

@@ -23,12 +23,12 @@ import numpy as np
 
 from triton_rollout.errors import SmokeTestFailed, TritonError
 from triton_rollout.pvc.layout import PvcLayout
+from triton_rollout.steps import DEFAULT_LATENCY_BUDGET  # one default for the CLI flag and the library
 from triton_rollout.triton.control import TritonControl
 
 GOLDEN_NAME = "smoke.json"
 DEFAULT_PROMPT = "the "
 DEFAULT_MAX_TOKENS = 8
-DEFAULT_LATENCY_BUDGET = 10.0
 _NUMPY_TYPES = {
     "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
     "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "FP16": np.float16,
