@@ -1,9 +1,11 @@
 """``python -m devstack {up,down,status,demo}``: the local real stack for the demo, tests and benchmarks.
 
-``up`` starts the servers in the background (each in its own process group) and writes
-``.devstack/env`` (shell exports: AWS_ENDPOINT_URL, credentials, TRITON_URL, KUBECONFIG, PVC_DIR) and
-``.devstack/stack.json`` (pids). ``down`` stops every process group listed there. ``demo`` runs the
-main job end to end on a stack of its own and stops everything it started, whatever happens.
+``up`` starts the servers in the background (each in its own process group): S3, Triton, the Kubernetes
+emulator and a running Airflow (api-server, scheduler, dag-processor, triggerer on loopback), and writes
+``.devstack/env`` (shell exports: AWS_ENDPOINT_URL, credentials, TRITON_URL, KUBECONFIG, PVC_DIR,
+AIRFLOW_API_URL, AIRFLOW_USERNAME, AIRFLOW_PASSWORD) and ``.devstack/stack.json`` (pids). ``down`` stops
+every process group listed there. ``demo`` runs the main job end to end on a stack of its own and stops
+everything it started, whatever happens.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def _write_env(values: dict[str, str]) -> None:
 
 
 def up() -> int:
+    from .airflow import USERNAME, AirflowServer
     from .demo_models import publish_demo_releases
     from .stack import BUCKET, LocalStack
 
@@ -37,19 +40,28 @@ def up() -> int:
         print(f"a stack is already up (see {ENV_FILE}); run `make down` first", file=sys.stderr)
         return 1
     stack = LocalStack(STATE_DIR / "stack").start()
+    airflow = None
     try:
         env = stack.env()
         os.environ.update(env)
         uris = publish_demo_releases(BUCKET, STATE_DIR / "demo-releases", versions=(1, 2))
+        # AIRFLOW_HOME is the Makefile's (.devstack/airflow): the generated JWT secret and password stay there.
+        airflow = AirflowServer(Path(os.environ.get("AIRFLOW_HOME", STATE_DIR / "airflow")), env=env).start()
+        env = {**env, "AIRFLOW_API_URL": airflow.url, "AIRFLOW_USERNAME": USERNAME,
+               "AIRFLOW_PASSWORD": airflow.password}
     except BaseException:
+        if airflow is not None:
+            airflow.stop()
         stack.stop()
         raise
-    STACK_FILE.write_text(json.dumps({"pids": stack.pids(), "env": env}, indent=1))
+    STACK_FILE.write_text(json.dumps({"pids": {**airflow.pids(), **stack.pids()}, "env": env}, indent=1))
     _write_env(env)
     print(f"S3 (SeaweedFS) {env['AWS_ENDPOINT_URL']}, bucket '{BUCKET}': {len(uris)} demo releases")
     print(f"Triton {env['TRITON_URL']} serving {env['TRITON_MODEL_REPOSITORY']}")
     print(f"Kubernetes API emulator: KUBECONFIG={env['KUBECONFIG']} (PVC triton/triton-model-repository -> "
           f"{env['PVC_DIR']})")
+    print(f"Airflow UI and REST API {airflow.url} (login {USERNAME} / {env['AIRFLOW_PASSWORD']}); component logs in "
+          f"{airflow.log_dir}")
     print(f"environment: . {ENV_FILE}")
     return 0
 
@@ -59,10 +71,12 @@ def down() -> int:
         print("no stack is up")
         return 0
     info = json.loads(STACK_FILE.read_text())
-    # The emulator first: it stops its pods; then Triton and S3.
-    for name in sorted(info.get("pids", {}), key=lambda n: {"kube": 0, "triton": 1}.get(n, 2)):
+    # Airflow first (no new pods), then the emulator (it stops its pods), then Triton and S3.
+    order = {"airflow-scheduler": 0, "airflow-triggerer": 1, "airflow-dag-processor": 2, "airflow-api-server": 3,
+             "kube": 4, "triton": 5}
+    for name in sorted(info.get("pids", {}), key=lambda n: order.get(n, 6)):
         pid = int(info["pids"][name])
-        stop_group(pid)
+        stop_group(pid, grace=10.0)  # the scheduler waits for its executor's workers
         print(f"stopped {name} (pid {pid})")
     STACK_FILE.unlink()
     ENV_FILE.unlink(missing_ok=True)

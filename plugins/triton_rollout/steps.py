@@ -423,7 +423,8 @@ class PromoteRequest(TritonStepRequest):
 
     def read_result(self, data: Mapping[str, Any]) -> StepResult:
         return StepResult(step=self.command, model=self.model, version=self.version,
-                          outcome=f"promoted (previous v{data.get('previous')})", data=dict(data))
+                          outcome=f"promoted (previous v{previous})" if (previous := data.get("previous")) is not None
+                          else "promoted (the first version of this model)", data=dict(data))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, ClassVar
@@ -62,6 +63,7 @@ class RolloutStepOperator(KubernetesPodOperator):
         self.resolve_task_id = resolve_task_id
         self._request: Any = None
         self._exit_code: int | None = None
+        self._started: float | None = None  # monotonic, set by execute(); a resumed deferred task has none
 
     # -- the request and its pod -----------------------------------------------------------------------
 
@@ -95,6 +97,7 @@ class RolloutStepOperator(KubernetesPodOperator):
 
     def execute(self, context: Any) -> Any:
         self._use_kubeconfig_from_env()
+        self._started = time.monotonic()
         with self._fail_fast_on_permanent_errors():
             return super().execute(context)
 
@@ -129,7 +132,10 @@ class RolloutStepOperator(KubernetesPodOperator):
         if container is not None:
             term = container.state.terminated
             self._exit_code = int(term.exit_code)
+            # Container timestamps have one-second resolution: the task's own clock where it has one.
             seconds = _seconds_between(term.started_at, term.finished_at)
+        if self._started is not None:
+            seconds = time.monotonic() - self._started
         log_tail: list[str] = []
         try:
             logs = self.pod_manager.read_pod_logs(pod, self.base_container_name, tail_lines=LOG_TAIL_LINES,
@@ -156,8 +162,6 @@ class RolloutStepOperator(KubernetesPodOperator):
 
     def _terminated_container(self, pod: Any) -> Any:
         """The step container's status once terminated (it can trail the end of the log by a moment)."""
-        import time
-
         for attempt in range(5):
             statuses = (pod.status and pod.status.container_statuses) or []
             mine = [c for c in statuses if c.name == self.base_container_name] or statuses[:1]

@@ -1,0 +1,216 @@
+"""A running Airflow on loopback: api-server, scheduler (LocalExecutor), dag-processor and triggerer.
+
+Started as separate components, as on a cluster, so the deploy DAG runs the way users run it (not
+``dag.test()``): the scheduler queues tasks on the LocalExecutor, the triggerer runs deferred sensors and
+pods, the api-server serves the UI and the REST API. What makes that work, each checked here:
+
+- one ``[api_auth] jwt_secret`` for every component (each generates its own otherwise and every task fails
+  with "Invalid auth token"); generated once per AIRFLOW_HOME, 64 random bytes, file mode 0600, never in
+  the repository;
+- the pools the DAGs use, from ``airflow-pools.json`` (the scheduler never runs a task whose pool does not
+  exist, and says so only in its own log);
+- nothing beyond loopback: the api-server binds 127.0.0.1, the scheduler's and triggerer's log servers
+  (0.0.0.0 by default) are not started; the api-server reads the task logs from the shared log folder;
+- SimpleAuthManager with one admin user whose generated password is read from the password file.
+
+The database is SQLite in AIRFLOW_HOME unless ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .procs import LOOPBACK, free_ports, spawn, stop_group, wait_until
+
+REPO = Path(__file__).resolve().parent.parent
+POOLS_FILE = REPO / "airflow-pools.json"
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+# The components /api/v2/monitor/health reports on; each must say "healthy".
+HEALTH_COMPONENTS = ("metadatabase", "scheduler", "dag_processor", "triggerer")
+USERNAME = "admin"
+
+
+@dataclass
+class AirflowServer:
+    """The four components in their own process groups, sharing ``home`` (AIRFLOW_HOME) and ``env``."""
+
+    home: Path
+    env: dict[str, str] = field(default_factory=dict)  # the stack's (S3, Triton, KUBECONFIG, ...)
+    dags_folder: Path = REPO / "dags"
+    port: int = 0
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "component-logs"
+
+    def component_env(self) -> dict[str, str]:
+        return {
+            **os.environ, **self.env,
+            "AIRFLOW_HOME": str(self.home),
+            "AIRFLOW_CONFIG": str(REPO / "airflow.cfg"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USERNAME}:admin",
+            "AIRFLOW__API_AUTH__JWT_SECRET": self._jwt_secret(),
+            "AIRFLOW__API__HOST": LOOPBACK,
+            "AIRFLOW__API__PORT": str(self.port),
+            "AIRFLOW__API__WORKERS": "1",  # 2 cores
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
+        }
+
+    def _jwt_secret(self) -> str:
+        path = self.home / "jwt_secret"
+        if not path.exists():
+            self.home.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(64))  # >= the HMAC-SHA512 key size Airflow warns below
+        return path.read_text().strip()
+
+    def _airflow(self, *args: str, timeout: float = 300) -> str:
+        proc = subprocess.run([sys.executable, "-m", "airflow", *args], env=self.component_env(),
+                              capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(f"airflow {' '.join(args)} failed (exit {proc.returncode}):\n"
+                               f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+        return proc.stdout
+
+    def start(self, timeout: float = 180.0) -> AirflowServer:
+        """Migrate the database, import the pools, start the four components, wait until all are healthy.
+        On failure everything started is stopped again and the error names the component and its log."""
+        self.port = self.port or free_ports(1)[0]
+        self.home.mkdir(parents=True, exist_ok=True)
+        try:
+            self._airflow("db", "migrate")
+            self._airflow("pools", "import", str(POOLS_FILE))
+            env = self.component_env()
+            for name in COMPONENTS:
+                args = [name, *(["--skip-serve-logs"] if name in ("scheduler", "triggerer") else [])]
+                self.procs[name] = spawn([sys.executable, "-m", "airflow", *args], env=env,
+                                         log_path=self.log_dir / f"{name}.log", cwd=self.home)
+            wait_until(self.healthy, timeout=timeout, what="Airflow (api-server, scheduler, dag-processor, triggerer)",
+                       proc=self.procs["api-server"], log_path=self.log_dir / "api-server.log")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def healthy(self) -> bool:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"Airflow {name} exited with code {proc.returncode}; see "
+                                   f"{self.log_dir / (name + '.log')}")
+        try:
+            with urllib.request.urlopen(f"{self.url}/api/v2/monitor/health", timeout=2) as resp:
+                health = json.loads(resp.read())
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+        return all((health.get(c) or {}).get("status") == "healthy" for c in HEALTH_COMPONENTS)
+
+    @property
+    def password(self) -> str:
+        """The admin's password, generated by SimpleAuthManager on the api-server's first start."""
+        path = self.home / "simple_auth_manager_passwords.json.generated"
+        return str(json.loads(path.read_text())[USERNAME])
+
+    def pids(self) -> dict[str, int]:
+        return {f"airflow-{name}": proc.pid for name, proc in self.procs.items()}
+
+    def stop(self) -> None:
+        # The scheduler first (it stops handing out tasks), the api-server last (tasks report to it).
+        for name in ("scheduler", "triggerer", "dag-processor", "api-server"):
+            proc = self.procs.pop(name, None)
+            if proc is not None:
+                stop_group(proc.pid, grace=10.0)
+
+    def __enter__(self) -> AirflowServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class AirflowClient:
+    """The REST API as the UI uses it: a Bearer token from /auth/token, then /api/v2."""
+
+    def __init__(self, url: str, username: str, password: str) -> None:
+        self.url = url.rstrip("/")
+        self._token = self._login(username, password)
+
+    def _login(self, username: str, password: str) -> str:
+        body = json.dumps({"username": username, "password": password}).encode()
+        req = urllib.request.Request(f"{self.url}/auth/token", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return str(json.loads(resp.read())["access_token"])
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"{self.url}/api/v2{path}", data=data, method=method,
+                                     headers={"Authorization": f"Bearer {self._token}",
+                                              "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            text = resp.read()
+            return json.loads(text) if text else None
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 120.0) -> None:
+        """Until the dag-processor has parsed ``dag_id`` (a fresh install parses after start)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self.request("GET", f"/dags/{dag_id}")
+                return
+            except urllib.error.HTTPError as exc:
+                if exc.code != 404:
+                    raise
+            time.sleep(1)
+        raise RuntimeError(f"DAG {dag_id} was not parsed within {timeout:.0f}s: see the dag-processor log")
+
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
+        """Unpause ``dag_id`` and trigger a run the way the UI's form does without a date (logical_date
+        null); returns the run id."""
+        self.request("PATCH", f"/dags/{dag_id}", {"is_paused": False})
+        run = self.request("POST", f"/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf or {}})
+        return str(run["dag_run_id"])
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 600.0) -> dict[str, str]:
+        """Until the run ends; returns {task_id: state}."""
+        from urllib.parse import quote
+
+        deadline = time.monotonic() + timeout
+        state = ""
+        while time.monotonic() < deadline:
+            state = self.request("GET", f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}")["state"]
+            if state in ("success", "failed"):
+                break
+            time.sleep(2)
+        else:
+            raise RuntimeError(f"run {run_id} of {dag_id} still {state!r} after {timeout:.0f}s")
+        tis = self.request("GET", f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances")
+        return {ti["task_id"]: str(ti["state"]) for ti in tis["task_instances"]}
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
+        """A task's log as the UI shows it, one line per event."""
+        from urllib.parse import quote
+
+        doc = self.request("GET", f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/{task_id}/logs/"
+                                  f"{try_number}?full_content=true")
+        content = doc.get("content") or []
+        if isinstance(content, str):
+            return content
+        return "\n".join(str(e.get("event", "")) if isinstance(e, dict) else str(e) for e in content)
