@@ -40,10 +40,10 @@ triton-server: $(TRITON_STAMP)
 venv: $(STAMP) system-deps triton-server
 
 lint: venv
-	$(BIN)/ruff check .
+	$(BIN)/ruff check --no-cache .
 
 test: venv
-	$(BIN)/ruff check .
+	$(BIN)/ruff check --no-cache .
 	$(BIN)/python -m pytest -q
 
 # Everything but the slow end-to-end cases.

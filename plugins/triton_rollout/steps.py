@@ -47,10 +47,6 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-def _release(text: str) -> ReleaseUri:
-    return ReleaseUri.parse(text)
-
-
 def flag(name: str, help: str, *, default: Any = dataclasses.MISSING, env: str | None = None,
          parse: Callable[[str], Any] = str, choices: Sequence[str] | None = None, group: str | None = None,
          metavar: str | None = None) -> Any:
@@ -239,7 +235,7 @@ class SyncRequest(StepRequest):
         "version transfers nothing. " + S3_ENV_NOTE
     )
 
-    release: ReleaseUri = flag("--release", "s3://BUCKET/[PREFIX/]MODEL/VERSION", parse=_release)
+    release: ReleaseUri = flag("--release", "s3://BUCKET/[PREFIX/]MODEL/VERSION", parse=ReleaseUri.parse)
     pvc: str = flag("--pvc", "the PVC mount: holds repository/, staging/ and state/", env="PVC_DIR")
     keep: int = flag("--keep", "retention: newest versions to keep besides the promoted and previous ones",
                      default=3, parse=int)
@@ -308,9 +304,9 @@ class BuildRequest(StepRequest):
     spec_file: str | None = flag("--spec", "build spec file (JSON, or YAML with PyYAML)", default=None, group="spec")
     spec_json: str | None = flag("--spec-json", "build spec as a JSON object", default=None, group="spec")
     checkpoint: ReleaseUri = flag("--checkpoint", "s3://BUCKET/[PREFIX/]MODEL/VERSION (a kind=checkpoint release)",
-                                  parse=_release)
+                                  parse=ReleaseUri.parse)
     output: ReleaseUri = flag("--output", "s3://BUCKET/[PREFIX/]engines/MODEL/VERSION: where the engine release is "
-                              "published", parse=_release)
+                              "published", parse=ReleaseUri.parse)
     workdir: str | None = flag("--workdir", "scratch directory (default $SCRATCH_DIR or the temp dir); kept after a "
                                "failure so a re-run reuses the verified checkpoint", default=None)
     dry_run: bool = flag("--dry-run", "print the exact commands and files the build would run and write; touch "

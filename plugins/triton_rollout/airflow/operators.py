@@ -4,8 +4,12 @@ Each step operator builds its step's typed request (triton_rollout.steps) from t
 task runs (the release version is only known then) and overrides ``build_pod_request_obj`` to hand the
 stock operator the pod kube/specs.py renders for that request: the same pod the Job / CronJob manifests
 wrap. The step's JSON result (the CLI's last log line) is read back by a KubernetesPodOperator callback
-(``on_pod_completion``, which runs for sync and deferred pods alike) and pushed as XCom ``result``; KPO's
-xcom sidecar is not used because it needs ``exec``, which not every API server offers.
+(``on_pod_completion``, which runs for sync and deferred pods alike: in cncf-kubernetes 10.25
+``operators/pod.py`` both ``execute_sync`` and ``trigger_reentry`` call it with the finished pod, failed
+ones included) and pushed as XCom ``result``; KPO's xcom sidecar is not used because it needs ``exec``,
+which not every API server offers. ``build_pod_request_obj`` is overridden only to set ``full_pod_spec``:
+the provider's own method then adds the labels (dag_id, task_id, run_id, try_number) it finds and
+re-attaches pods by.
 """
 
 from __future__ import annotations

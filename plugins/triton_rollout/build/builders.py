@@ -167,6 +167,7 @@ def get_builder(backend: object, path: str = "build.backend") -> Builder:
     if not isinstance(backend, str) or backend not in known:
         value = os.environ.get(BUILDERS_ENV, "")
         source = f"{BUILDERS_ENV}={value!r}" if value.strip() else f"{BUILDERS_ENV} is unset"
-        raise fail(path, f"must be one of {', '.join(sorted(known))}; got {backend!r} (a backend outside triton_rollout "
-                         f"comes from a module named in {BUILDERS_ENV}, which registers it on import; {source})")
+        raise fail(path, f"must be one of {', '.join(sorted(known))}; got {backend!r} (a backend outside "
+                         f"triton_rollout comes from a module named in {BUILDERS_ENV}, which registers it on "
+                         f"import; {source})")
     return known[backend]
