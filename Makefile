@@ -14,11 +14,15 @@ DEMO_ARGS ?=
 
 .PHONY: venv triton-server system-deps test test-fast lint demo up down bench clean
 
-# Debian packages the local stack uses (bubblewrap sandboxes emulated pods). Skipped when present.
+# Debian packages the local stack uses (bubblewrap sandboxes emulated pods; chromium is the browser of
+# tests/test_airflow_ui.py, driven by Playwright). Skipped when present.
 system-deps:
 	@if ! command -v bwrap >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends bubblewrap >/dev/null; \
 	  else echo "note: bubblewrap missing (apt-get install bubblewrap); emulated pods run as plain processes"; fi; fi
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	  else echo "note: chromium missing (apt-get install chromium); tests/test_airflow_ui.py is skipped"; fi; fi
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)

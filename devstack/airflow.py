@@ -27,6 +27,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -181,12 +182,48 @@ class AirflowClient:
             time.sleep(1)
         raise RuntimeError(f"DAG {dag_id} was not parsed within {timeout:.0f}s: see the dag-processor log")
 
-    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
-        """Unpause ``dag_id`` and trigger a run the way the UI's form does without a date (logical_date
-        null); returns the run id."""
+    def unpause(self, dag_id: str) -> None:
         self.request("PATCH", f"/dags/{dag_id}", {"is_paused": False})
-        run = self.request("POST", f"/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf or {}})
+
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None, *, logical_date: datetime | None = None) -> str:
+        """Unpause ``dag_id`` and trigger a run as the UI's form does: ``logical_date`` null (REST clients)
+        or the date the form pre-fills ("now"); returns the run id."""
+        self.unpause(dag_id)
+        body = {"logical_date": logical_date.isoformat() if logical_date else None, "conf": conf or {}}
+        run = self.request("POST", f"/dags/{dag_id}/dagRuns", body)
         return str(run["dag_run_id"])
+
+    def backfill(self, dag_id: str, from_date: datetime, to_date: datetime) -> int:
+        """Create a backfill the scheduler runs (one run per schedule interval, one at a time, dates with a
+        run already skipped); returns its id."""
+        body = {"dag_id": dag_id, "from_date": from_date.isoformat(), "to_date": to_date.isoformat(),
+                "max_active_runs": 1, "reprocess_behavior": "none"}
+        return int(self.request("POST", "/backfills", body)["id"])
+
+    def runs(self, dag_id: str, **query: str) -> list[dict[str, Any]]:
+        """The DAG's runs, oldest first (``query``: the REST API's filters, e.g. run_type="backfill")."""
+        from urllib.parse import urlencode
+
+        params = urlencode({"order_by": "run_after", "limit": "100", **query})
+        return list(self.request("GET", f"/dags/{dag_id}/dagRuns?{params}")["dag_runs"])
+
+    def wait_until_idle(self, dag_id: str, timeout: float = 600.0) -> None:
+        """Until no run of ``dag_id`` is queued or running. A backfill's runs are not held back by the DAG's
+        max_active_runs (Airflow 3 counts them apart), so a backfill must not start beside a deploy."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not [r for r in self.runs(dag_id) if r["state"] in ("queued", "running")]:
+                return
+            time.sleep(2)
+        raise RuntimeError(f"{dag_id} still has active runs after {timeout:.0f}s")
+
+    def wait_for_backfill(self, backfill_id: int, timeout: float = 600.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.request("GET", f"/backfills/{backfill_id}").get("completed_at"):
+                return
+            time.sleep(2)
+        raise RuntimeError(f"backfill {backfill_id} not completed after {timeout:.0f}s")
 
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 600.0) -> dict[str, str]:
         """Until the run ends; returns {task_id: state}."""
@@ -205,7 +242,8 @@ class AirflowClient:
         return {ti["task_id"]: str(ti["state"]) for ti in tis["task_instances"]}
 
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
-        """A task's log as the UI shows it, one line per event."""
+        """A task's log as the UI shows it: one line per event, an exception as its frames and then
+        ``Type: message`` (the UI renders the structured ``error_detail`` of a log event that way)."""
         from urllib.parse import quote
 
         doc = self.request("GET", f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/{task_id}/logs/"
@@ -213,4 +251,15 @@ class AirflowClient:
         content = doc.get("content") or []
         if isinstance(content, str):
             return content
-        return "\n".join(str(e.get("event", "")) if isinstance(e, dict) else str(e) for e in content)
+        return "\n".join(_log_line(e) for e in content)
+
+
+def _log_line(entry: Any) -> str:
+    if not isinstance(entry, dict):
+        return str(entry)
+    lines = [str(entry.get("event", ""))]
+    for exc in entry.get("error_detail") or []:
+        lines += [f"  File {f.get('filename')}, line {f.get('lineno')}, in {f.get('name')}"
+                  for f in exc.get("frames", [])]
+        lines.append(f"{exc.get('exc_type')}: {exc.get('exc_value')}")
+    return "\n".join(lines)

@@ -12,7 +12,14 @@ import pytest
 from devstack.s3 import SeaweedS3
 from devstack.stack import DEMO_BUILDERS, image_runtime
 from devstack.triton import TritonServer
-from tests.helpers import PROJECT_DAG_FILES, ROLLOUT_NS, ROLLOUT_SECRET, RolloutStack
+from tests.helpers import (
+    PROJECT_DAG_FILES,
+    ROLLOUT_NS,
+    ROLLOUT_SECRET,
+    RUNNING_AIRFLOW_POD_RETENTION_S,
+    RolloutStack,
+    RunningAirflow,
+)
 
 
 @pytest.fixture(scope="session")
@@ -174,3 +181,35 @@ def rollout(airflow_dags: Path, kube_emulator, s3_server: SeaweedS3, bucket: str
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return RolloutStack(airflow_dags, bucket, pvc, triton, tmp_path)
+
+
+# -- a running Airflow (the four components) on its own local stack: one per session --------------------
+
+
+@pytest.fixture(scope="session")
+def running_airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAirflow]:
+    """S3 + Triton + the Kubernetes emulator + Airflow's api-server, scheduler, dag-processor and
+    triggerer (devstack.airflow), as `make up` starts them; stopped at the end of the session."""
+    from devstack.airflow import USERNAME, AirflowClient, AirflowServer
+    from devstack.stack import LocalStack
+
+    root = tmp_path_factory.mktemp("running-airflow")
+    local = LocalStack(root / "stack").start()
+    try:
+        env = {**local.env(), "ROLLOUT_SENSOR_POKE_S": "2",
+               # Monthly, at midnight on the 1st: no scheduled run starts during a session (one would hold
+               # max_active_runs=1 while it waits), and backfills have whole past months to replay.
+               "ROLLOUT_SCHEDULE": "0 0 1 * *", "ROLLOUT_SENSOR_TIMEOUT_S": "60",
+               "ROLLOUT_FAILED_POD_RETENTION_S": str(RUNNING_AIRFLOW_POD_RETENTION_S)}
+        server = AirflowServer(root / "airflow", env=env).start()
+        try:
+            client = AirflowClient(server.url, USERNAME, server.password)
+            for dag_id in ("deploy_demo-llm", "reconcile_triton_models"):
+                client.wait_for_dag(dag_id)
+            airflow = RunningAirflow(local, server, client, root / "work")
+            airflow.first_deploy_by_the_scheduler()
+            yield airflow
+        finally:
+            server.stop()
+    finally:
+        local.stop()

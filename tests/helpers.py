@@ -312,3 +312,99 @@ class RolloutStack:
         dr = dag.test(run_conf=conf or None, **kwargs)
         return dr, {ti.task_id: str(ti.state) for ti in dr.get_task_instances()}
 
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Any:
+    """``values`` set in os.environ for the block, then restored (the library reads the standard AWS
+    variables, so this points it at one S3 for the block without touching the session's other one)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+# How long the running Airflow's failed step pods are kept (kubernetes.failed_pod_retention_s) in tests.
+RUNNING_AIRFLOW_POD_RETENTION_S = 20
+
+
+class RunningAirflow:
+    """The session's running Airflow (api-server, scheduler, dag-processor, triggerer) on its own local
+    stack (S3, Triton, the Kubernetes emulator), shared by every test that needs one (tests/conftest.py).
+
+    The tests share its bucket and its Triton: each publishes the next version of a model
+    (:meth:`next_version`) instead of assuming which ones exist, so they pass in any order."""
+
+    def __init__(self, local: Any, server: Any, client: Any, work: Path) -> None:
+        self.local = local
+        self.server = server
+        self.client = client
+        self.work = work
+
+    @property
+    def env(self) -> dict[str, str]:
+        return dict(self.local.env())
+
+    @property
+    def triton_url(self) -> str:
+        return str(self.local.triton.http_url)
+
+    def next_version(self, model: str = demo_models.LLM_MODEL, prefix: str = "releases") -> int:
+        from triton_rollout.release.s3 import list_release_versions, make_client
+
+        with environment(self.env):
+            versions = list_release_versions(make_client(), "models", f"{prefix}/{model}")
+        return max(versions, default=0) + 1
+
+    def publish(self, version: int, *, model: str = demo_models.LLM_MODEL, variant: str = "good",
+                created_at: Any = None) -> str:
+        """Publish a demo release (manifest last) to the stack's bucket; returns its URI."""
+        from triton_rollout.release.publish import publish_release
+
+        src = demo_models.write_release(model, self.work / f"{model}-{version}-{variant}", version, variant)
+        uri = f"s3://models/releases/{model}/{version}"
+        with environment(self.env):
+            publish_release(src, uri, source=f"test {variant} release", created_at=created_at,
+                            compat=demo_models.release_compat(model))
+        return uri
+
+    def publish_checkpoint(self, version: int) -> str:
+        with environment(self.env):
+            return demo_models.publish_demo_checkpoint("models", self.work / "ckpt", version, prefix="releases")
+
+    def first_deploy_by_the_scheduler(self, timeout: float = 300.0) -> None:
+        """Publish v1 and unpause the deploy DAG: the scheduled run that unpausing creates deploys it. Done
+        once, before any test: a scheduled run starting beside a test's backfill would run at the same time
+        (a backfill's runs are not held back by the DAG's max_active_runs)."""
+        import time
+
+        self.publish(self.next_version())
+        self.client.unpause(DEPLOY_LLM)
+        deadline = time.monotonic() + timeout
+        while not self.client.runs(DEPLOY_LLM, run_type="scheduled"):
+            assert time.monotonic() < deadline, "unpausing the deploy DAG created no scheduled run"
+            time.sleep(1)
+        self.client.wait_until_idle(DEPLOY_LLM, timeout=timeout)
+
+    def deploy(self, conf: dict[str, Any] | None = None, dag_id: str = DEPLOY_LLM) -> tuple[str, dict[str, str]]:
+        """Trigger a run (as the UI's form without a date) and wait for it; returns (run id, task states)."""
+        run_id = self.client.trigger(dag_id, conf)
+        return run_id, self.client.wait_for_run(dag_id, run_id)
+
+    def kubectl(self, *args: str) -> str:
+        """The real kubectl against the stack's Kubernetes API (the emulator)."""
+        proc = subprocess.run(["kubectl", "--kubeconfig", self.env["KUBECONFIG"], *args], capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 0, f"kubectl {' '.join(args)}: {proc.stderr}"
+        return proc.stdout
+
+    def summary(self, dag_id: str, run_id: str, task: str) -> str:
+        lines = [line for line in self.client.task_log(dag_id, run_id, task).splitlines() if "SUMMARY" in line]
+        assert lines, f"no SUMMARY line in the {task} log of {run_id}"
+        return str(lines[-1])

@@ -11,75 +11,53 @@ from __future__ import annotations
 import os
 import subprocess
 import urllib.error
-from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from devstack import demo_models
-from devstack.airflow import AirflowClient, AirflowServer
-from devstack.stack import BUCKET, LocalStack
-from tests.helpers import DEPLOY_LLM, golden, infer_llm, text_of
+from tests.helpers import (
+    DEPLOY_LLM,
+    RUNNING_AIRFLOW_POD_RETENTION_S,
+    RunningAirflow,
+    environment,
+    golden,
+    infer_llm,
+    text_of,
+)
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalStack, AirflowServer, AirflowClient]]:
-    root = tmp_path_factory.mktemp("running-airflow")
-    local = LocalStack(root / "stack").start()
-    try:
-        env = local.env()
-        airflow = AirflowServer(root / "airflow", env={**env, "ROLLOUT_SENSOR_POKE_S": "2"}).start()
-        try:
-            client = AirflowClient(airflow.url, "admin", airflow.password)
-            client.wait_for_dag(DEPLOY_LLM)
-            yield local, airflow, client
-        finally:
-            airflow.stop()
-    finally:
-        local.stop()
-
-
-def _summary(client: AirflowClient, run_id: str, task: str) -> str:
-    lines = [line for line in client.task_log(DEPLOY_LLM, run_id, task).splitlines() if "SUMMARY" in line]
-    assert lines, f"no SUMMARY line in the {task} log of {run_id}"
-    return lines[-1]
-
-
-def test_rest_trigger_deploys_and_the_deferred_build_resumes_in_the_triggerer(
-        stack: tuple[LocalStack, AirflowServer, AirflowClient], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rest_trigger_deploys_and_the_deferred_build_resumes_in_the_triggerer(running_airflow: RunningAirflow) -> None:
     from triton_rollout.release.s3 import ReleaseUri, fetch_manifest
 
-    local, _, client = stack
-    for key, value in local.env().items():
-        monkeypatch.setenv(key, value)
-    assert local.triton is not None
-    demo_models.publish_demo_releases(BUCKET, tmp_path / "releases", versions=(1,))
-    run_id = client.trigger(DEPLOY_LLM, {"version": 1})  # unpausing also starts the current scheduled run
+    af, client = running_airflow, running_airflow.client
+    v = af.next_version()
+    af.publish(v)
+    run_id = client.trigger(DEPLOY_LLM, {"version": v})  # unpausing may also start the current scheduled run
     states = client.wait_for_run(DEPLOY_LLM, run_id)
     assert states["promote"] == "success" and states["announce"] == "success", states
     assert states["build_engine"] == "skipped" and states["rollback"] == "skipped", states
-    assert "SUMMARY smoke demo-llm v1: 3 checks passed" in _summary(client, run_id, "smoke")
+    assert f"SUMMARY smoke demo-llm v{v}: 3 checks passed" in af.summary(DEPLOY_LLM, run_id, "smoke")
 
-    # v2 a checkpoint (published now, after the scheduled run): the build pod (deferrable, in the GPU pool)
-    # must build it first.
-    ckpt = demo_models.publish_demo_checkpoint(BUCKET, tmp_path / "ckpt", 2, prefix="releases")
+    # The next version a checkpoint: the build pod (deferrable, in the GPU pool) must build it first.
+    ckpt = af.publish_checkpoint(v + 1)
     engine = ReleaseUri.parse(ckpt).engine_release()
-    run_id = client.trigger(DEPLOY_LLM, {"version": 2})
+    run_id = client.trigger(DEPLOY_LLM, {"version": v + 1})
     states = client.wait_for_run(DEPLOY_LLM, run_id)
     assert states["build_engine"] == "success" and states["promote"] == "success", states
     # Resumed from the triggerer in a fresh operator: the result is read through the pod's own args.
-    assert f"SUMMARY build demo-llm v2: engine release published at {engine}" in _summary(client, run_id,
-                                                                                        "build_engine")
-    assert "promoted (previous v1)" in _summary(client, run_id, "promote")
-    assert fetch_manifest(engine).kind == "engine"
-    assert text_of(infer_llm(local.triton.http_url, 2)) == golden(2)
+    assert (f"SUMMARY build demo-llm v{v + 1}: engine release published at {engine}"
+            in af.summary(DEPLOY_LLM, run_id, "build_engine"))
+    assert f"promoted (previous v{v})" in af.summary(DEPLOY_LLM, run_id, "promote")
+    with environment(af.env):
+        assert fetch_manifest(engine).kind == "engine"
+    assert text_of(infer_llm(af.triton_url, v + 1)) == golden(v + 1)
 
 
-def test_bad_params_are_refused_by_the_api(stack: tuple[LocalStack, AirflowServer, AirflowClient]) -> None:
-    _, _, client = stack
+def test_bad_params_are_refused_by_the_api(running_airflow: RunningAirflow) -> None:
+    client = running_airflow.client
     for bad in ({"version": 0}, {"version": "abc"}):
         with pytest.raises(urllib.error.HTTPError) as info:
             client.request("POST", f"/dags/{DEPLOY_LLM}/dagRuns", {"logical_date": None, "conf": bad})
@@ -87,8 +65,124 @@ def test_bad_params_are_refused_by_the_api(stack: tuple[LocalStack, AirflowServe
         assert "version" in info.value.read().decode()
 
 
-def test_airflow_listens_on_loopback_only(stack: tuple[LocalStack, AirflowServer, AirflowClient]) -> None:
-    _, airflow, _ = stack
+def test_a_misspelled_conf_key_and_a_silent_downgrade_are_refused(running_airflow: RunningAirflow) -> None:
+    af, client = running_airflow, running_airflow.client
+    v = af.next_version()
+    af.publish(v)
+    af.publish(v + 1)
+    _, states = af.deploy({"version": v + 1})
+    assert states["promote"] == "success", states
+
+    run_id, states = af.deploy({"versoin": v})
+    assert states["wait_for_release"] == "failed" and states["sync"] == "upstream_failed", states
+    log = client.task_log(DEPLOY_LLM, run_id, "wait_for_release")
+    assert "unknown conf key(s) 'versoin'" in log and "allow_downgrade, force, only_if_new, skip_smoke, version" in log
+
+    # What the UI's number field turned a typed 0 into (1), or any older version: refused, nothing changes.
+    run_id, states = af.deploy({"version": v})
+    assert states["resolve"] == "failed" and states["sync"] == "upstream_failed", states
+    log = client.task_log(DEPLOY_LLM, run_id, "resolve")
+    assert f"refusing to replace demo-llm v{v + 1} (what Triton serves) with the older v{v}" in log
+    assert infer_llm(af.triton_url, v + 1)["model_version"] == str(v + 1)
+
+    # Said on purpose: the older version is deployed (a deliberate rollback).
+    run_id, states = af.deploy({"version": v, "allow_downgrade": True})
+    assert states["promote"] == "success", states
+    assert f"promoted (previous v{v + 1})" in af.summary(DEPLOY_LLM, run_id, "promote")
+    assert text_of(infer_llm(af.triton_url, v)) == golden(v)
+
+
+def test_a_ui_run_dated_now_deploys_a_release_published_after_it_was_triggered(running_airflow: RunningAirflow) -> None:
+    import time
+    from datetime import UTC, datetime
+
+    af, client = running_airflow, running_airflow.client
+    v = af.next_version()  # first the newest release serves, so "only if new" has nothing to take at once
+    af.publish(v)
+    _, states = af.deploy({"version": v})
+    assert states["promote"] == "success", states
+    # The UI's form pre-fills the logical date with "now"; "Only if new" waits for a newer release.
+    run_id = client.trigger(DEPLOY_LLM, {"only_if_new": True}, logical_date=datetime.now(UTC))
+    time.sleep(5)  # the sensor has looked once and deferred by now
+    v += 1
+    af.publish(v)
+    states = client.wait_for_run(DEPLOY_LLM, run_id)
+    assert states["promote"] == "success", states
+    assert f"SUMMARY resolve demo-llm v{v}:" in af.summary(DEPLOY_LLM, run_id, "resolve")
+    assert text_of(infer_llm(af.triton_url, v)) == golden(v)
+
+
+def test_a_backfill_run_by_the_scheduler_deploys_the_versions_current_then(running_airflow: RunningAirflow) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    af, client = running_airflow, running_airflow.client
+    # The session's schedule is monthly (tests/conftest.py): replay two whole months four months back.
+    month = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    first = _months_before(month, 4)
+    second = _months_before(month, 3)
+    v = af.next_version()
+    # Airflow 3's cron schedules are trigger timetables: a run's data interval is its logical date, so each
+    # backfill run deploys the release current at its logical date.
+    af.publish(v, created_at=first - timedelta(days=1))  # current on the first date
+    af.publish(v + 1, created_at=first + timedelta(days=14))  # current on the second
+    before = {r["dag_run_id"] for r in client.runs(DEPLOY_LLM)}
+    client.unpause(DEPLOY_LLM)
+    client.wait_until_idle(DEPLOY_LLM)  # e.g. the scheduled run unpausing starts
+    backfill = client.backfill(DEPLOY_LLM, first, second)
+    client.wait_for_backfill(backfill)
+    runs = [r for r in client.runs(DEPLOY_LLM, run_type="backfill") if r["dag_run_id"] not in before]
+    assert [r["logical_date"][:10] for r in runs] == [first.date().isoformat(), second.date().isoformat()], runs
+    for run, version in zip(runs, (v, v + 1), strict=True):
+        states = client.wait_for_run(DEPLOY_LLM, run["dag_run_id"])
+        assert states["promote"] == "success", (run, states)
+        assert f"SUMMARY resolve demo-llm v{version}:" in af.summary(DEPLOY_LLM, run["dag_run_id"], "resolve")
+    answer = infer_llm(af.triton_url, v + 1)
+    assert answer["model_version"] == str(v + 1) and text_of(answer) == golden(v + 1)
+
+
+def _months_before(month: datetime, n: int) -> datetime:
+    year, index = divmod(month.year * 12 + month.month - 1 - n, 12)
+    return month.replace(year=year, month=index + 1)
+
+
+def test_a_bad_release_is_rolled_back_and_its_log_ends_with_what_to_do(running_airflow: RunningAirflow) -> None:
+    import json
+    import time
+
+    af, client = running_airflow, running_airflow.client
+    v = af.next_version()
+    af.publish(v)
+    _, states = af.deploy({"version": v})
+    assert states["promote"] == "success", states
+    af.publish(v + 1, variant="wrong")
+    run_id, states = af.deploy()
+    failed_at = time.monotonic()
+    assert states["smoke"] == "failed" and states["rollback"] == "success", states
+    assert text_of(infer_llm(af.triton_url, v)) == golden(v)
+
+    tail = client.task_log(DEPLOY_LLM, run_id, "smoke").strip().splitlines()[-15:]
+    assert any("smoke of demo-llm failed (exit code" in line for line in tail), tail
+    assert any("what to do:" in line and "kubectl -n triton logs" in line for line in tail), tail
+    assert not any("remote_pod" in line for line in client.task_log(DEPLOY_LLM, run_id, "smoke").splitlines())
+
+    # The failed smoke pod is kept for inspection ...
+    def failed_smoke_pods() -> list[str]:
+        pods = json.loads(af.kubectl("-n", "triton", "get", "pods", "-l", "triton-rollout/model=demo-llm",
+                                     "-o", "json"))["items"]
+        return [p["metadata"]["name"] for p in pods
+                if p["status"].get("phase") == "Failed" and "smoke" in p["metadata"]["name"]]
+
+    kept = failed_smoke_pods()
+    assert kept, "the failed smoke pod should be kept for inspection"
+    # ... and swept by the next step task once it is older than the retention.
+    time.sleep(max(0.0, RUNNING_AIRFLOW_POD_RETENTION_S - (time.monotonic() - failed_at)) + 1)
+    _, states = af.deploy({"version": v})
+    assert states["promote"] == "success", states
+    assert not set(kept) & set(failed_smoke_pods())
+
+
+def test_airflow_listens_on_loopback_only(running_airflow: RunningAirflow) -> None:
+    airflow = running_airflow.server
     pids = set(airflow.pids().values())
     # Every process of each component's group (the api-server's workers, the executor's, the parser's).
     groups = {os.getpgid(pid) for pid in pids}

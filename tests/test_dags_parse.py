@@ -68,7 +68,7 @@ def test_invalid_trigger_params_are_rejected_by_the_form_schema(conf: dict[str, 
 def test_valid_trigger_params_pass(project_env: None) -> None:
     params = serialized_params()
     assert params.deep_merge({"version": 7, "force": True}).validate() == {
-        "version": 7, "force": True, "skip_smoke": False, "only_if_new": False}
+        "version": 7, "force": True, "skip_smoke": False, "only_if_new": False, "allow_downgrade": False}
     assert params.deep_merge({}).validate()["version"] is None
 
 

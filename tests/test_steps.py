@@ -19,6 +19,7 @@ from triton_rollout.steps import (
     RollbackRequest,
     SmokeRequest,
     StatusRequest,
+    StepFailure,
     StepRequest,
     SyncRequest,
     failure_summary,
@@ -139,7 +140,13 @@ def test_results_read_what_the_library_prints() -> None:
     assert promote.outcome == "promoted (previous v6)" and promote.version == 7
 
 
-def test_failure_summary_quotes_the_clis_error_line() -> None:
-    tail = ["loading...", "error: config.pbtxt of 'llm' v3 is invalid (hint: fix the release)"]
-    line = failure_summary("load", "llm", 3, tail, seconds=0.5, endpoint="http://t")
-    assert line.startswith("SUMMARY load llm v3: FAILED: config.pbtxt of 'llm' v3 is invalid (hint: fix")
+def test_failure_summary_quotes_the_clis_error_line_and_its_hint() -> None:
+    tail = ["loading...", "2026-12-01T09:00:00.1Z error: config.pbtxt of 'llm' v3 is invalid",
+            "2026-12-01T09:00:00.1Z   what to do: fix the release and publish it again", "{not json"]
+    failure = StepFailure.from_log(tail)
+    assert failure == StepFailure("config.pbtxt of 'llm' v3 is invalid", "fix the release and publish it again")
+    line = failure_summary("load", "llm", 3, failure, seconds=0.5, endpoint="http://t")
+    assert line.startswith("SUMMARY load llm v3: FAILED: config.pbtxt of 'llm' v3 is invalid;")
+    assert StepFailure.from_log(["error: no hint here"]) == StepFailure("no hint here")
+    assert StepFailure.from_log(["all fine"]) is None
+    assert "FAILED: see the pod log above" in failure_summary("load", "llm", 3, None, seconds=0, endpoint="x")

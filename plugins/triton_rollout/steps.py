@@ -199,19 +199,44 @@ class StepResult:
                 f"endpoint={self.endpoints[0] if self.endpoints else endpoint}")
 
 
-def failure_summary(step: str, model: str, version: int | None, log_tail: Sequence[str], *, seconds: float,
+@dataclass(frozen=True)
+class StepFailure:
+    """Why a step's pod failed, from its log: the CLI's last ``error:`` line and the ``what to do:`` line
+    after it (errors.RolloutError prints both)."""
+
+    error: str
+    hint: str | None = None
+
+    @classmethod
+    def from_log(cls, log_tail: Sequence[str]) -> StepFailure | None:
+        lines = [_strip_timestamp(line) for line in log_tail]
+        found = [i for i, line in enumerate(lines) if "error:" in line]
+        if not found:
+            return None
+        i = found[-1]
+        hint = None
+        if i + 1 < len(lines) and "what to do:" in lines[i + 1]:
+            hint = lines[i + 1].split("what to do:", 1)[1].strip()
+        return cls(error=lines[i].split("error:", 1)[1].strip(), hint=hint)
+
+
+def failure_summary(step: str, model: str, version: int | None, failure: StepFailure | None, *, seconds: float,
                     endpoint: str) -> str:
-    """The SUMMARY line of a failed step: the CLI's last ``error:`` line, which carries its hint."""
-    errors = [line for line in log_tail if "error:" in line]
-    outcome = "FAILED: " + (errors[-1].split("error:", 1)[1].strip() if errors else "see the pod log above")
+    """The SUMMARY line of a failed step: the CLI's error, or a pointer to the pod log."""
+    outcome = "FAILED: " + (failure.error if failure else "see the pod log above")
     failed = StepResult(step=step, model=model, version=version, outcome=outcome)
     return failed.summary(model=model, version=version, seconds=seconds, endpoint=endpoint)
+
+
+def _strip_timestamp(line: str) -> str:
+    """A log line without the RFC 3339 timestamp Kubernetes prefixes when asked for timestamps."""
+    return line.split(" ", 1)[1] if line[:4].isdigit() and " " in line else line
 
 
 def result_from_log(lines: Iterable[str]) -> dict[str, Any] | None:
     """The CLI's JSON result: the last log line that parses as a JSON object (Kubernetes timestamps stripped)."""
     for line in reversed(list(lines)):
-        text = line.split(" ", 1)[1] if line[:4].isdigit() and " " in line else line
+        text = _strip_timestamp(line)
         if text.startswith("{"):
             try:
                 value = json.loads(text)

@@ -55,8 +55,11 @@ def model_asset(model: ModelDeployment) -> Asset:
 def deploy_params(model: ModelDeployment) -> dict[str, Param]:
     return {
         "version": Param(None, type=["null", "integer"], minimum=1, title="Release version",
-                         description="Deploy exactly this version. Empty: the newest complete release "
-                                     "(as of the run's logical date)."),
+                         description="Deploy exactly this version. Empty: the newest complete release (a "
+                                     "backfill: the one current at its date)."),
+        "allow_downgrade": Param(False, type="boolean", title="Allow an older version",
+                                 description="Let this run replace what Triton serves with an older version (a "
+                                             "deliberate rollback). Without it such a run fails before any change."),
         "force": Param(model.params.force, type="boolean", title="Force re-sync",
                        description="Re-hash every file already on the PVC (sha256) and repair what differs."),
         "skip_smoke": Param(model.params.skip_smoke, type="boolean", title="Skip the smoke test",

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 from airflow.providers.cncf.kubernetes.callbacks import KubernetesPodOperatorCallback
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
 from triton_rollout.config import ModelDeployment
 from triton_rollout.errors import ConfigError, CorruptVersion, IncompatibleEngine, ManifestError
@@ -33,6 +33,10 @@ from triton_rollout.errors import ConfigError, CorruptVersion, IncompatibleEngin
 PERMANENT_EXIT_CODES = {e.exit_code: e.__name__ for e in (ConfigError, ManifestError, CorruptVersion,
                                                           IncompatibleEngine)}
 LOG_TAIL_LINES = 60
+
+
+class StepFailed(AirflowException):
+    """A step's pod failed: its message is the step's error and what to do (retried per the task's retries)."""
 
 
 def pod_name(model: str, step: str) -> str:
@@ -61,12 +65,17 @@ class RolloutStepOperator(KubernetesPodOperator):
     def __init__(self, *, model: ModelDeployment, resolve_task_id: str = "resolve", **kwargs: Any) -> None:
         kwargs.setdefault("startup_timeout_seconds", 600)
         kwargs.setdefault("on_finish_action", "delete_succeeded_pod")  # failed pods stay for inspection
+        # The provider appends the whole pod object (~200 lines) to a failure; the task log should end
+        # with the step's error and what to do instead (cncf-kubernetes 10.25 operators/pod.py cleanup()).
+        kwargs.setdefault("log_pod_spec_on_failure", False)
         super().__init__(namespace=model.kubernetes.namespace, name=pod_name(model.name, self.step), get_logs=True,
                          do_xcom_push=False, log_events_on_failure=True, callbacks=[StepResultCallback], **kwargs)
         self.model = model
         self.resolve_task_id = resolve_task_id
         self._request: Any = None
         self._exit_code: int | None = None
+        self._failure: Any = None  # steps.StepFailure of a failed pod, read by record_completion
+        self._pod_name: str | None = None
         self._started: float | None = None  # monotonic, set by execute(); a resumed deferred task has none
 
     # -- the request and its pod -----------------------------------------------------------------------
@@ -102,8 +111,17 @@ class RolloutStepOperator(KubernetesPodOperator):
     def execute(self, context: Any) -> Any:
         self._use_kubeconfig_from_env()
         self._started = time.monotonic()
+        self._sweep_failed_pods()
         with self._fail_fast_on_permanent_errors():
             return super().execute(context)
+
+    def _sweep_failed_pods(self) -> None:
+        from triton_rollout.kube.cleanup import sweep_failed_pods
+
+        try:
+            sweep_failed_pods(self.client, self.model)
+        except Exception as exc:  # housekeeping must never stop a deploy
+            self.log.warning("could not sweep old failed pods of %s: %s", self.model.name, exc)
 
     def trigger_reentry(self, context: Any, event: dict[str, Any]) -> Any:
         # Deferrable pods (the build) resume here in a fresh operator: the callback still reads the result.
@@ -113,23 +131,36 @@ class RolloutStepOperator(KubernetesPodOperator):
 
     @contextlib.contextmanager
     def _fail_fast_on_permanent_errors(self) -> Iterator[None]:
+        """A failed step pod ends the task with the step's own error and what to do (the last lines of the
+        task log), failing at once where a retry cannot change the outcome."""
         try:
             yield
         except (AirflowSkipException, AirflowFailException):
             raise
-        except Exception as exc:
+        except Exception:
             code = self._exit_code
+            if code is None or code == 0:
+                raise  # not the step's own failure (API error, pod never started): the provider's message
+            message = self._failure_message(code)
             if code in PERMANENT_EXIT_CODES:
-                raise AirflowFailException(
-                    f"{self.step} pod of {self.model.name} exited with code {code} "
-                    f"({PERMANENT_EXIT_CODES[code]}): a retry cannot change that, so the task is not retried"
-                ) from exc
-            raise
+                raise AirflowFailException(message + "\n  a retry cannot change that, so the task is not retried"
+                                           ) from None
+            raise StepFailed(message) from None
+
+    def _failure_message(self, code: int) -> str:
+        failure = self._failure
+        kind = f" ({PERMANENT_EXIT_CODES[code]})" if code in PERMANENT_EXIT_CODES else ""
+        kube = self.model.kubernetes
+        kept = (f"pod {self._pod_name} is kept for `kubectl -n {kube.namespace} logs {self._pod_name}` / `describe`, "
+                f"and deleted after {kube.failed_pod_retention_s}s (kubernetes.failed_pod_retention_s)")
+        error = failure.error if failure else "no error line in the pod log (read the log above)"
+        hint = (failure.hint if failure and failure.hint else "read the pod log above") + "; " + kept
+        return f"{self.step} of {self.model.name} failed (exit code {code}{kind}): {error}\n  what to do: {hint}"
 
     # -- the result (called by StepResultCallback) ---------------------------------------------------------
 
     def record_completion(self, pod: Any, context: Any) -> None:
-        from triton_rollout.steps import failure_summary, result_from_log
+        from triton_rollout.steps import StepFailure, failure_summary, result_from_log
 
         seconds = 0.0
         container = self._terminated_container(pod)
@@ -149,8 +180,10 @@ class RolloutStepOperator(KubernetesPodOperator):
             self.log.warning("could not read the tail of the pod log: %s", exc)
         request = self._request or self._request_of(pod)
         version = request.pod_version if request is not None else None
+        self._pod_name = pod.metadata.name if pod.metadata else None
         if self._exit_code != 0:
-            self.log.error(failure_summary(self.step, self.model.name, version, log_tail, seconds=seconds,
+            self._failure = StepFailure.from_log(log_tail)
+            self.log.error(failure_summary(self.step, self.model.name, version, self._failure, seconds=seconds,
                                            endpoint=self.model.triton_url))
             return
         data = result_from_log(log_tail)

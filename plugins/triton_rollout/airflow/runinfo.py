@@ -1,34 +1,122 @@
-"""What a run asks for, read from its Airflow context: which date a release must be current at."""
+"""What a deploy run asks for, read once from its Airflow context and checked: a typed ``RunRequest``.
+
+Which release a run deploys depends on how it was started (README, "Which release a run deploys"):
+
+- backfill: the release that was current at the run's data interval end (``as_of``): a replay of the past;
+- scheduled: the newest release newer than what Triton serves, waiting for one while the sensor defers;
+- manual (UI form, REST, CLI) and asset-triggered: the ``version`` param, else the newest complete release
+  when the task looks, so a release published after the trigger counts (the UI pre-fills the logical date
+  with "now"; that date is not a bound). A manual run whose logical date was set clearly before the moment
+  it was triggered asks for that past date: it resolves as of it, like a backfill.
+
+A manual run may not replace what Triton serves with an older version unless ``allow_downgrade`` says so;
+backfills replay the past and are exempt. Conf keys the DAG does not declare fail the run before anything
+else happens, so a typo (``versoin``) never deploys the newest release instead.
+"""
 
 from __future__ import annotations
 
+import enum
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from triton_rollout.errors import ConfigError
 
 # A run whose "as of" date is further back than this replays the past: a release cannot appear there
 # any more (producers stamp created_at when they publish), so the sensor does not wait for one.
 REPLAY_SLACK = timedelta(minutes=5)
 
 
-def is_scheduled(context: Any) -> bool:
-    return str(getattr(context["dag_run"], "run_type", "")).lower().endswith("scheduled")
+class RunKind(enum.StrEnum):
+    BACKFILL = "backfill"
+    SCHEDULED = "scheduled"
+    MANUAL = "manual"
+    TRIGGERED = "triggered"  # by an asset event or another DAG: behaves as a manual run
 
 
-def as_of(context: Any) -> datetime | None:
-    """The date the release must be current at: the data interval's end for backfills and manual runs
-    (as-of resolution), None ("newest") for scheduled runs, which deploy what arrives while they wait."""
-    if is_scheduled(context):
+@dataclass(frozen=True)
+class RunRequest:
+    """One deploy run's request: how it was started, which version (if any), as of which date."""
+
+    kind: RunKind
+    version: int | None
+    as_of: datetime | None  # the newest release created at or before this; None: the newest there is
+    only_if_new: bool
+    allow_downgrade: bool
+
+    @property
+    def waits_for_new(self) -> bool:
+        """Wait for a release newer than what Triton serves (scheduled runs, or the only_if_new param)."""
+        return self.version is None and (self.kind is RunKind.SCHEDULED or self.only_if_new)
+
+    @property
+    def is_replay(self) -> bool:
+        """The as-of date is in the past: no release can appear there any more, so there is nothing to wait for."""
+        return self.as_of is not None and self.as_of < datetime.now(UTC) - REPLAY_SLACK
+
+    @property
+    def may_downgrade(self) -> bool:
+        return self.kind is RunKind.BACKFILL or self.allow_downgrade
+
+    def describe(self) -> str:
+        what = f"v{self.version}" if self.version is not None else "the newest release"
+        if self.as_of is not None and self.version is None:
+            what += f" as of {self.as_of.isoformat()}"
+        return f"{self.kind.value} run asking for {what}"
+
+
+def run_kind(dag_run: Any) -> RunKind:
+    value = str(getattr(getattr(dag_run, "run_type", ""), "value", getattr(dag_run, "run_type", ""))).lower()
+    for kind in (RunKind.BACKFILL, RunKind.SCHEDULED, RunKind.MANUAL):
+        if value.endswith(kind.value):
+            return kind
+    return RunKind.TRIGGERED
+
+
+def unknown_conf_keys(conf: dict[str, Any] | None, known: set[str]) -> list[str]:
+    return sorted(set(conf or {}) - known)
+
+
+def run_request(context: Any) -> RunRequest:
+    """The run's request from its context; ConfigError names an unknown conf key and the known ones."""
+    dag_run = context["dag_run"]
+    params = context["params"]
+    # The DAG's declared params: context["params"] also holds every conf key (the Task SDK's
+    # process_params merges dag_run.conf into them), typos included.
+    known = set(context["dag"].params.keys())
+    unknown = unknown_conf_keys(getattr(dag_run, "conf", None), known)
+    if unknown:
+        raise ConfigError(f"unknown conf key(s) {', '.join(map(repr, unknown))} for {dag_run.dag_id}; "
+                          f"the known ones are {', '.join(sorted(known))}",
+                          hint="fix the spelling and trigger again (nothing was deployed)")
+    kind = run_kind(dag_run)
+    value = params.get("version")
+    version = None if value in (None, "") else int(value)
+    return RunRequest(kind=kind, version=version, as_of=_as_of(kind, dag_run, context),
+                      only_if_new=bool(params.get("only_if_new")), allow_downgrade=bool(params.get("allow_downgrade")))
+
+
+def _as_of(kind: RunKind, dag_run: Any, context: Any) -> datetime | None:
+    if kind is RunKind.BACKFILL:
+        return _aware(context.get("data_interval_end") or getattr(dag_run, "logical_date", None))
+    if kind is RunKind.MANUAL:
+        logical, triggered = _aware(getattr(dag_run, "logical_date", None)), _aware(getattr(dag_run, "run_after", None))
+        if logical is not None and triggered is not None and logical < triggered - REPLAY_SLACK:
+            return logical  # a past date chosen on purpose
+    return None
+
+
+def _aware(when: datetime | None) -> datetime | None:
+    if when is None:
         return None
-    end = context.get("data_interval_end") or getattr(context["dag_run"], "logical_date", None)
-    if end is None:
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def downgrade_refusal(request: RunRequest, model: str, version: int, serving: int | None) -> str | None:
+    """Why deploying ``version`` must be refused (it is older than the ``serving`` one), or None."""
+    if serving is None or version >= serving or request.may_downgrade:
         return None
-    return end if end.tzinfo else end.replace(tzinfo=UTC)
-
-
-def is_replay(when: datetime | None) -> bool:
-    return when is not None and when < datetime.now(UTC) - REPLAY_SLACK
-
-
-def param_version(context: Any) -> int | None:
-    value = context["params"].get("version")
-    return None if value in (None, "") else int(value)
+    return (f"refusing to replace {model} v{serving} (what Triton serves) with the older v{version}: a "
+            f"{request.kind.value} run only deploys the same or a newer version. To roll back to v{version} on "
+            "purpose, trigger again with allow_downgrade=true (backfills replay the past and need no flag)")

@@ -6,11 +6,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator
-from airflow.sdk.exceptions import AirflowSensorTimeout, AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, AirflowSkipException
 
 from triton_rollout.config import ModelDeployment
 
-from .runinfo import as_of, is_replay, is_scheduled, param_version
+from .runinfo import RunRequest, run_request
 from .triggers import ReleaseTrigger
 
 
@@ -19,10 +19,12 @@ class ReleaseSensor(BaseSensorOperator):
 
     - ``version`` param set: that version.
     - scheduled run (or ``only_if_new``): a release newer than what Triton serves now.
-    - otherwise: any release current as of the run's data interval end.
-    Checks once on the worker, then defers to ``ReleaseTrigger`` (no worker slot held while waiting).
-    When nothing arrives within ``timeout`` the task is skipped (``soft_fail``) and so is the rest of
-    the run: "nothing new" is not a failure. A run replaying a past date does not wait at all.
+    - backfill (or a manual run for a past date): the release current as of that date; no waiting.
+    - otherwise: the newest complete release (runinfo says why a manual run ignores its logical date).
+    First checks the run's conf (an unknown key fails the run, naming it); checks S3 once on the worker,
+    then defers to ``ReleaseTrigger`` (no worker slot held while waiting). When nothing arrives within
+    ``timeout`` the task is skipped (``soft_fail``) and so is the rest of the run: "nothing new" is not
+    a failure.
     """
 
     ui_color = "#fff2cc"
@@ -33,18 +35,26 @@ class ReleaseSensor(BaseSensorOperator):
         self.model = model
         self.deferrable = deferrable
 
-    def _criteria(self, context: Any) -> dict[str, Any]:
+    def _request(self, context: Any) -> RunRequest:
+        from triton_rollout.errors import ConfigError
+
+        try:
+            request = run_request(context)
+        except ConfigError as exc:
+            raise AirflowFailException(str(exc)) from None  # a retry cannot fix a typo in the conf
+        self.log.info("%s", request.describe())
+        return request
+
+    def _criteria(self, request: RunRequest) -> dict[str, Any]:
         from triton_rollout.release.resolve import find_release, serving_version
 
-        version = param_version(context)
-        when = as_of(context)
         newer_than = None
-        if version is None and (is_scheduled(context) or context["params"].get("only_if_new")):
+        if request.waits_for_new:
             newest = find_release(self.model)
             newer_than = serving_version(self.model.triton_url, newest.triton_models) if newest else None
             self.log.info("waiting for a release newer than v%s (what Triton at %s serves)", newer_than,
                           self.model.triton_url)
-        return {"version": version, "as_of": when, "newer_than": newer_than}
+        return {"version": request.version, "as_of": request.as_of, "newer_than": newer_than}
 
     def _find(self, criteria: dict[str, Any]) -> dict[str, Any] | None:
         from triton_rollout.release.resolve import find_release
@@ -53,7 +63,7 @@ class ReleaseSensor(BaseSensorOperator):
         return found.to_dict() if found else None
 
     def poke(self, context: Any) -> bool:
-        return self._find(self._criteria(context)) is not None
+        return self._find(self._criteria(self._request(context))) is not None
 
     def _wanted(self, criteria: dict[str, Any]) -> str:
         what = f"v{criteria['version']}" if criteria["version"] else "a release"
@@ -69,15 +79,16 @@ class ReleaseSensor(BaseSensorOperator):
         raise AirflowSensorTimeout(message)
 
     def execute(self, context: Any) -> Any:
+        request = self._request(context)  # the conf is checked before anything else, in both modes
         if not self.deferrable:
             return super().execute(context)
-        criteria = self._criteria(context)
+        criteria = self._criteria(request)
         found = self._find(criteria)
         if found is not None:
             self.log.info("found %s v%s (%s, created %s)", found["model"], found["version"], found["kind"],
                           found["created_at"])
             return found
-        if criteria["version"] is None and is_replay(criteria["as_of"]):
+        if request.version is None and request.is_replay:
             self._nothing(f"no complete release was current at {criteria['as_of'].isoformat()}: "
                           f"looked for {self._wanted(criteria)}")
         timeout = float(self.timeout)

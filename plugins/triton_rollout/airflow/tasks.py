@@ -8,19 +8,23 @@ from typing import Any
 
 from triton_rollout.config import ModelDeployment
 
-from .runinfo import as_of, param_version
+from .runinfo import downgrade_refusal, run_request
 
 log = logging.getLogger(__name__)
 
 
 def resolve(model: ModelDeployment, context: Any) -> dict[str, Any]:
-    """The explicit ``version`` param, else the newest complete release as of the run's date."""
+    """The explicit ``version`` param, else the newest complete release (as of the date a backfill replays).
+
+    Refuses (fails, no retry) a manual run that would replace what Triton serves with an older version
+    unless the run sets ``allow_downgrade``."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from triton_rollout.release.resolve import describe, find_release
+    from triton_rollout.release.resolve import describe, find_release, serving_version
 
     t0 = time.monotonic()
-    version, when = param_version(context), as_of(context)
+    request = run_request(context)  # the sensor already refused a bad conf
+    version, when = request.version, request.as_of
     found = find_release(model, version=version, as_of=when)
     if found is None:
         wanted = f"v{version}" if version else f"any release created at or before {when}" if when else "any release"
@@ -28,6 +32,14 @@ def resolve(model: ModelDeployment, context: Any) -> dict[str, Any]:
         raise AirflowFailException(f"no complete release of {model.name} matches {wanted} under "
                                    f"{model.release_prefix}/{model.name}/ (manifest.json is written last)")
     log.info("resolved %s%s", describe(found), f" (as of {when.isoformat()})" if when and not version else "")
+    serving = serving_version(model.triton_url, found.triton_models)
+    refusal = downgrade_refusal(request, model.name, found.version, serving)
+    if refusal:
+        raise AirflowFailException(refusal)
+    if serving is not None and found.version < serving:
+        why = "allow_downgrade=true" if request.allow_downgrade else "a backfill replays the past"
+        log.warning("deploying %s v%d over the newer v%d that Triton serves (%s)", model.name, found.version,
+                    serving, why)
     log.info("SUMMARY resolve %s v%d: %s release created %s; bytes=%d; seconds=%.2f; endpoint=%s",
              model.name, found.version, found.kind, found.created_at, found.bytes, time.monotonic() - t0,
              found.uri)

@@ -199,6 +199,9 @@ class KubernetesConfig:
     run_as_user: int = 1000
     run_as_group: int = 1000
     fs_group: int = 1000
+    # Failed step pods stay for `kubectl logs` / `describe`; the next step task of the model deletes
+    # those that failed longer ago than this (0: at once).
+    failed_pod_retention_s: int = 86400
     _path: str = field(default="kubernetes", repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -219,6 +222,7 @@ class KubernetesConfig:
         for name in ("run_as_user", "run_as_group", "fs_group"):
             # 0 would be root: the pods must not run as root.
             integer(getattr(self, name), f"{p}.{name}", 1, 2**31 - 1)
+        integer(self.failed_pod_retention_s, f"{p}.failed_pod_retention_s", 0)
 
     @classmethod
     def from_dict(cls, data: object, path: str = "kubernetes") -> KubernetesConfig:
