@@ -39,6 +39,8 @@ COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 # The components /api/v2/monitor/health reports on; each must say "healthy".
 HEALTH_COMPONENTS = ("metadatabase", "scheduler", "dag_processor", "triggerer")
 USERNAME = "admin"
+# The AWS keys of the environment: left out of the components' environment when a connection holds them.
+AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
 @dataclass
@@ -47,6 +49,11 @@ class AirflowServer:
 
     home: Path
     env: dict[str, str] = field(default_factory=dict)  # the stack's (S3, Triton, KUBECONFIG, ...)
+    # Airflow connections to create ({conn_id: {"conn_type": ..., "login": ..., "extra": {...}}}), imported
+    # from a file in AIRFLOW_HOME (mode 0600: it holds credentials) with `airflow connections import`.
+    connections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Variables the components must not inherit (e.g. AWS keys, so S3 access can only come from a connection).
+    unset: tuple[str, ...] = ()
     dags_folder: Path = REPO / "dags"
     port: int = 0
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -60,8 +67,9 @@ class AirflowServer:
         return self.home / "component-logs"
 
     def component_env(self) -> dict[str, str]:
+        inherited = {k: v for k, v in {**os.environ, **self.env}.items() if k not in self.unset}
         return {
-            **os.environ, **self.env,
+            **inherited,
             "AIRFLOW_HOME": str(self.home),
             "AIRFLOW_CONFIG": str(REPO / "airflow.cfg"),
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
@@ -84,6 +92,13 @@ class AirflowServer:
                 fh.write(secrets.token_urlsafe(64))  # >= the HMAC-SHA512 key size Airflow warns below
         return path.read_text().strip()
 
+    def _connections_file(self) -> Path:
+        path = self.home / "connections.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(self.connections, fh, indent=1)
+        return path
+
     def _airflow(self, *args: str, timeout: float = 300) -> str:
         proc = subprocess.run([sys.executable, "-m", "airflow", *args], env=self.component_env(),
                               capture_output=True, text=True, timeout=timeout)
@@ -100,6 +115,8 @@ class AirflowServer:
         try:
             self._airflow("db", "migrate")
             self._airflow("pools", "import", str(POOLS_FILE))
+            if self.connections:
+                self._airflow("connections", "import", "--overwrite", str(self._connections_file()))
             env = self.component_env()
             for name in COMPONENTS:
                 args = [name, *(["--skip-serve-logs"] if name in ("scheduler", "triggerer") else [])]

@@ -1,12 +1,19 @@
-"""The main job on the local stack, through Airflow: ``make demo``.
+"""The main job on the local stack, through a running Airflow: ``make demo``.
 
-1. start S3 (SeaweedFS), Triton (CPU tritonserver) and the Kubernetes API emulator (pods run for real);
-2. publish the demo releases (devstack.demo_models) to S3, manifest last;
-3. run the deploy DAG of ``demo-llm`` end to end with ``dag.test()`` (the real DAG from dags/, its pods
-   through KubernetesPodOperator) and print what was deployed, the live endpoints and a real answer;
-4. rollback phase: publish a bad v2 (loads, answers wrongly), run the DAG again: the smoke test fails,
-   the rollback task restores v1, the run fails, and v1 keeps answering;
-5. stop everything it started. Exit status 0 only if every step did what it should.
+Starts S3 (SeaweedFS), Triton (CPU tritonserver), the Kubernetes API emulator (pods run for real) and
+Airflow (api-server, scheduler, dag-processor, triggerer on loopback, as ``make up`` does), then tells
+the committed deploy DAG's story the way users start deploys, every run executed by the scheduler:
+
+1. auto-start: the DAG is unpaused with nothing published; the scheduled run's sensor defers in the
+   triggerer; v1 is published and the run deploys it (publish -> serving, by polling);
+2. a deploy through the REST API the UI's trigger form uses: v2, by version;
+3. a manual run asking for the older v1 is refused (no ``allow_downgrade``), and v2 keeps serving;
+4. a backfill over two past hours, run by the scheduler: each run deploys the version current at its
+   logical date (the demo's releases carry back-dated ``created_at`` stamps so there is a past to replay);
+5. a bad v3 (loads, answers wrongly): the smoke test fails, the rollback restores v2, the run fails.
+
+Prints the figures (time to healthy, per-step durations, publish -> serving), the endpoints and a real
+answer, then stops everything it started. Exit status 0 only if every step did what it should.
 """
 
 from __future__ import annotations
@@ -14,19 +21,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from .airflow import AWS_KEYS, USERNAME, AirflowClient, AirflowServer
 from .stack import BUCKET, LocalStack
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "demo-llm"
 DAG_ID = f"deploy_{MODEL}"
+STEPS = ["wait_for_release", "resolve", "build_engine", "sync", "load", "smoke", "promote", "announce", "rollback"]
 
 
 class DemoFailed(Exception):
@@ -35,33 +44,6 @@ class DemoFailed(Exception):
 
 def _say(text: str) -> None:
     print(f"\n=== {text}", flush=True)
-
-
-def _airflow_env(work: Path, stack_env: dict[str, str]) -> None:
-    """This process's environment, set before Airflow is imported (its config is read at import)."""
-    os.environ.update(stack_env)
-    os.environ["AIRFLOW_HOME"] = str(work / "airflow")
-    os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
-    os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
-    os.environ.setdefault("AIRFLOW_CONFIG", str(REPO / "airflow.cfg"))
-    os.environ["ROLLOUT_SENSOR_POKE_S"] = "2"
-    os.environ.pop("TRITON_ROLLOUT_MODELS", None)  # the committed dags/models.yaml, as users get it
-
-
-def _airflow_cli(*args: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "airflow", *args], capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0:
-        raise DemoFailed(f"airflow {' '.join(args)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-
-
-def _run_dag(**conf: Any) -> tuple[str, dict[str, str]]:
-    from airflow.models import DagBag
-
-    bag = DagBag(dag_folder=str(REPO / "dags" / "triton_deploy.py"))
-    if bag.import_errors:
-        raise DemoFailed(f"the DAG files did not import: {bag.import_errors}")
-    dr = bag.dags[DAG_ID].test(run_conf=conf or None)
-    return str(dr.state), {ti.task_id: str(ti.state) for ti in dr.get_task_instances()}
 
 
 def _infer(base_url: str, version: int, prompt: str) -> dict[str, Any]:
@@ -78,72 +60,183 @@ def _text(answer: dict[str, Any]) -> str:
 
 
 def _states(states: dict[str, str]) -> str:
-    order = ["wait_for_release", "resolve", "build_engine", "sync", "load", "smoke", "promote", "announce", "rollback"]
-    return ", ".join(f"{t}={states.get(t, '?')}" for t in order)
+    return ", ".join(f"{t}={states.get(t, '?')}" for t in STEPS)
+
+
+class Story:
+    """The demo's steps against one running Airflow and stack."""
+
+    def __init__(self, client: AirflowClient, stack: LocalStack, work: Path) -> None:
+        self.client = client
+        self.stack = stack
+        self.work = work
+        assert stack.triton is not None
+        self.base = stack.triton.http_url
+        self.results: list[str] = []
+
+    def publish(self, version: int, created_at: datetime, variant: str = "good") -> None:
+        from triton_rollout.release.publish import publish_release
+
+        from devstack import demo_models
+
+        src = demo_models.write_release(MODEL, self.work / "releases" / f"{version}-{variant}", version, variant)
+        uri = f"s3://{BUCKET}/releases/{MODEL}/{version}"
+        publish_release(src, uri, source=f"make demo: {variant} release", created_at=created_at,
+                        compat=demo_models.release_compat(MODEL))
+        print(f"  published {uri} ({variant}, created_at {created_at.isoformat(timespec='minutes')})")
+
+    def wait(self, run_id: str, *, expect: str) -> dict[str, str]:
+        states = self.client.wait_for_run(DAG_ID, run_id)
+        run = self.client.request("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}")
+        print(f"  run {run_id}: {run['state']}; tasks: {_states(states)}")
+        if run["state"] != expect:
+            raise DemoFailed(f"run {run_id} ended {run['state']}, expected {expect}: {_states(states)}")
+        return states
+
+    def serving(self, version: int) -> str:
+        answer = _infer(self.base, version, "the model ")
+        if answer["model_version"] != str(version):
+            raise DemoFailed(f"Triton answered with version {answer['model_version']}, expected {version}")
+        return _text(answer)
+
+    def step_durations(self, run_id: str) -> str:
+        tis = self.client.request("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances")["task_instances"]
+        took = {t["task_id"]: t.get("duration") for t in tis if t.get("duration") is not None}
+        return ", ".join(f"{t} {took[t]:.1f}s" for t in STEPS if t in took)
+
+    def deferred(self, run_id: str, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ti = self.client.request("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/wait_for_release")
+            if ti["state"] == "deferred":
+                return
+            time.sleep(1)
+        raise DemoFailed(f"the sensor of {run_id} did not defer within {timeout:.0f}s")
+
+    # -- the story ---------------------------------------------------------------------------------------
+
+    def auto_start(self, history: datetime) -> None:
+        _say("1. auto-start: unpause the DAG with nothing published; the scheduled run waits in the triggerer")
+        self.client.unpause(DAG_ID)
+        run_id = self._first_scheduled_run()
+        self.deferred(run_id)
+        print(f"  {run_id}: wait_for_release is deferred (the triggerer polls S3 every 2 s)")
+        published = time.monotonic()
+        self.publish(1, created_at=history)
+        self.wait(run_id, expect="success")
+        latency = time.monotonic() - published
+        text = self.serving(1)
+        self.results.append(f"auto-start: v1 published -> promoted and serving in {latency:.0f}s (polling, 2 s poke); "
+                            f"steps: {self.step_durations(run_id)}")
+        print(f"  v1 serves: {text!r}")
+
+    def _first_scheduled_run(self, timeout: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            runs = self.client.runs(DAG_ID, run_type="scheduled")
+            if runs:
+                return str(runs[-1]["dag_run_id"])
+            time.sleep(1)
+        raise DemoFailed("unpausing the deploy DAG created no scheduled run")
+
+    def rest_deploy(self, created_at: datetime) -> None:
+        _say("2. deploy v2 through the REST API the UI's trigger form uses (conf {\"version\": 2})")
+        self.publish(2, created_at=created_at)
+        started = time.monotonic()
+        run_id = self.client.trigger(DAG_ID, {"version": 2})
+        self.wait(run_id, expect="success")
+        text = self.serving(2)
+        self.results.append(f"REST deploy: v2 promoted in {time.monotonic() - started:.0f}s from the trigger; "
+                            f"steps: {self.step_durations(run_id)}")
+        self.results.append(f"live endpoint: {self.base}/v2/models/ensemble/versions/2/infer (and /generate); "
+                            f"'the model ' -> {text!r}")
+
+    def refused_downgrade(self) -> None:
+        _say("3. a manual run asking for the older v1 (as a 0 typed in the form becomes 1): refused")
+        run_id = self.client.trigger(DAG_ID, {"version": 1})
+        states = self.wait(run_id, expect="failed")
+        log = self.client.task_log(DAG_ID, run_id, "resolve")
+        refusal = next((line for line in log.splitlines() if "refusing to replace" in line), "")
+        if states.get("resolve") != "failed" or not refusal:
+            raise DemoFailed(f"the downgrade was not refused at resolve: {_states(states)}")
+        print(f"  {refusal.strip()}")
+        self.serving(2)
+        self.results.append("downgrade to v1 without allow_downgrade: refused before any change; v2 kept serving")
+
+    def backfill(self, first: datetime, second: datetime) -> None:
+        _say(f"4. backfill {first:%H:%M}..{second:%H:%M} UTC (hourly), run by the scheduler: the versions current then")
+        self.client.wait_until_idle(DAG_ID)  # a backfill's runs are not held back by max_active_runs
+        started = time.monotonic()
+        backfill = self.client.backfill(DAG_ID, first, second)
+        self.client.wait_for_backfill(backfill)
+        runs = self.client.runs(DAG_ID, run_type="backfill")
+        deployed = []
+        for run in runs:
+            states = self.wait(run["dag_run_id"], expect="success")
+            summary = [line for line in self.client.task_log(DAG_ID, run["dag_run_id"], "resolve").splitlines()
+                       if "SUMMARY resolve" in line]
+            deployed.append(summary[-1].split("SUMMARY resolve ", 1)[1].split(":", 1)[0] if summary else "?")
+            if states.get("promote") != "success":
+                raise DemoFailed(f"backfill run {run['dag_run_id']} did not promote: {_states(states)}")
+        if deployed != [f"{MODEL} v1", f"{MODEL} v2"]:
+            raise DemoFailed(f"the backfill deployed {deployed}, expected v1 then v2")
+        self.serving(2)
+        self.results.append(f"backfill: {len(runs)} runs of type backfill deployed {', '.join(deployed)} "
+                            f"(as of their logical dates) in {time.monotonic() - started:.0f}s; v2 serves")
+
+    def bad_release(self) -> None:
+        _say("5. a bad v3 (it loads, but answers differently from its golden cases): rolled back")
+        before = self.serving(2)
+        self.publish(3, created_at=datetime.now(UTC), variant="wrong")
+        run_id = self.client.trigger(DAG_ID)
+        states = self.wait(run_id, expect="failed")
+        if states.get("smoke") != "failed" or states.get("rollback") != "success":
+            raise DemoFailed(f"the bad release was not rolled back as expected: {_states(states)}")
+        log = self.client.task_log(DAG_ID, run_id, "smoke").splitlines()
+        ending = [line for line in log if line.startswith("StepFailed:") or "what to do:" in line][-2:]
+        print("  the smoke task fails with:\n    " + "\n    ".join(ending))
+        if self.serving(2) != before:
+            raise DemoFailed("after the rollback v2 answers differently")
+        self.results.append("bad release v3: smoke test failed, rollback restored v2, the run failed (as it should); "
+                            "v2 still answers the same")
 
 
 def run_demo(*, keep: bool = False, rollback: bool = True) -> int:
-    from devstack import demo_models
-
     work = Path(tempfile.mkdtemp(prefix="demo-", dir=_work_root()))
-    stack = LocalStack(work)
+    stack = LocalStack(work / "stack")
+    airflow: AirflowServer | None = None
     started = time.monotonic()
-    results: list[str] = []
     try:
         _say("starting the local stack: S3 (SeaweedFS), Triton, Kubernetes API emulator")
         stack.start()
         env = stack.env()
-        _airflow_env(work, env)
-        assert stack.triton is not None
-        base = stack.triton.http_url
-        print(f"S3 {env['AWS_ENDPOINT_URL']} · Triton {base} · kubeconfig {env['KUBECONFIG']} · PVC {stack.pvc}")
+        os.environ.update(env)  # this process publishes the releases, as a producer would
+        print(f"S3 {env['AWS_ENDPOINT_URL']} · Triton {env['TRITON_URL']} · kubeconfig {env['KUBECONFIG']}")
 
-        _say("publishing the demo releases to S3 (manifest.json last)")
-        for uri in demo_models.publish_demo_releases(BUCKET, work / "releases", versions=(1,)):
-            print(f"  {uri}")
+        _say("starting Airflow on loopback: api-server, scheduler, dag-processor, triggerer (LocalExecutor)")
+        t0 = time.monotonic()
+        # S3 for the Airflow side through the aws_default connection only; the pods use their Secret.
+        airflow = AirflowServer(work / "airflow", env={**env, "ROLLOUT_SENSOR_POKE_S": "2"},
+                                connections=stack.airflow_connections(), unset=AWS_KEYS).start()
+        healthy = time.monotonic() - t0
+        client = AirflowClient(airflow.url, USERNAME, airflow.password)
+        client.wait_for_dag(DAG_ID)
+        print(f"Airflow {airflow.url} (login {USERNAME} / {airflow.password}): healthy in {healthy:.0f}s "
+              "(db migrate + pools included)")
 
-        _say("airflow db migrate; GPU pool for engine builds (include_deferred)")
-        _airflow_cli("db", "migrate")
-        _airflow_cli("pools", "set", "gpu_builds", "1", "GPU engine builds", "--include-deferred")
-
-        _say(f"running the {DAG_ID} DAG end to end (dag.test: the real DAG, its pods in the emulator)")
-        state, states = _run_dag()
-        print(f"\nrun: {state}; tasks: {_states(states)}")
-        if state != "success" or states.get("promote") != "success":
-            raise DemoFailed(f"the deploy run ended {state}: {_states(states)}")
-        answer = _infer(base, 1, "the model ")
-        from triton_rollout.pvc.layout import PvcLayout
-
-        deployed = PvcLayout.at(stack.pvc, create=False).deployment(MODEL)
-        results += [
-            f"deployed: {MODEL} v{deployed.promoted} (Triton models ensemble, preprocessing, tensorrt_llm, "
-            "postprocessing) from s3://models/releases/demo-llm/1",
-            f"live endpoint: {base}/v2/models/ensemble/versions/1/infer (and /generate)",
-            f"inference: POST .../versions/1/infer text_input='the model ' -> "
-            f"{_text(answer)!r} (model_version {answer['model_version']})",
-        ]
-
+        story = Story(client, stack, work)
+        story.results.append(f"Airflow healthy in {healthy:.0f}s after start (db migrate, pools, four components)")
+        hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        # Back-dated stamps: v1 was current at hour-3h, v2 from hour-2.5h on; the backfill replays both.
+        story.auto_start(history=hour - timedelta(hours=3, minutes=30))
+        story.rest_deploy(created_at=hour - timedelta(hours=2, minutes=30))
+        story.refused_downgrade()
+        story.backfill(hour - timedelta(hours=3), hour - timedelta(hours=2))
         if rollback:
-            _say("rollback phase: publishing a bad v2 (it loads, but answers differently from its golden cases)")
-            src = demo_models.write_release(MODEL, work / "releases" / "bad", 2, "wrong")
-            from triton_rollout.release.publish import publish_release
-
-            publish_release(src, f"s3://{BUCKET}/releases/{MODEL}/2", source="make demo: bad release",
-                            compat=demo_models.release_compat(MODEL))
-            state, states = _run_dag()
-            print(f"\nrun: {state}; tasks: {_states(states)}")
-            if state != "failed" or states.get("smoke") != "failed" or states.get("rollback") != "success":
-                raise DemoFailed(f"the bad release was not rolled back as expected: run {state}, {_states(states)}")
-            after = _infer(base, 1, "the model ")
-            if _text(after) != _text(answer):
-                raise DemoFailed(f"after the rollback v1 answers {_text(after)!r}, not {_text(answer)!r}")
-            results += [
-                "bad release v2: smoke test failed, rollback task restored v1, the run failed (as it should)",
-                f"still serving: v1 answers {_text(after)!r} at {base}/v2/models/ensemble/versions/1/infer",
-            ]
+            story.bad_release()
 
         _say(f"demo result ({time.monotonic() - started:.0f}s)")
-        for line in results:
+        for line in story.results:
             print(f"  {line}")
         return 0
     except DemoFailed as exc:
@@ -153,8 +246,10 @@ def run_demo(*, keep: bool = False, rollback: bool = True) -> int:
         print(f"\ndemo FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     finally:
+        if airflow is not None:
+            airflow.stop()
         stack.stop()
-        print("stopped S3, Triton and the Kubernetes emulator", flush=True)
+        print("stopped Airflow, S3, Triton and the Kubernetes emulator", flush=True)
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
         else:

@@ -85,6 +85,13 @@ class LocalStack:
             "ROLLOUT_BUCKET": BUCKET,
         }
 
+    def airflow_connections(self) -> dict[str, dict[str, object]]:
+        """The Airflow connections the DAGs use on this stack: ``aws_default`` for the local S3 (keys,
+        endpoint and region in the connection, as the amazon provider reads them)."""
+        assert self.s3, "start() the stack first"
+        return {"aws_default": {"conn_type": "aws", "login": self.s3.access_key, "password": self.s3.secret_key,
+                                "extra": {"endpoint_url": self.s3.endpoint, "region_name": "us-east-1"}}}
+
     def pids(self) -> dict[str, int]:
         return {name: proc.pid for name, proc in (("s3", self.s3), ("triton", self.triton), ("kube", self.kube))
                 if proc is not None and proc.pid is not None}

@@ -190,7 +190,7 @@ def rollout(airflow_dags: Path, kube_emulator, s3_server: SeaweedS3, bucket: str
 def running_airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAirflow]:
     """S3 + Triton + the Kubernetes emulator + Airflow's api-server, scheduler, dag-processor and
     triggerer (devstack.airflow), as `make up` starts them; stopped at the end of the session."""
-    from devstack.airflow import USERNAME, AirflowClient, AirflowServer
+    from devstack.airflow import AWS_KEYS, USERNAME, AirflowClient, AirflowServer
     from devstack.stack import LocalStack
 
     root = tmp_path_factory.mktemp("running-airflow")
@@ -201,7 +201,9 @@ def running_airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runnin
                # max_active_runs=1 while it waits), and backfills have whole past months to replay.
                "ROLLOUT_SCHEDULE": "0 0 1 * *", "ROLLOUT_SENSOR_TIMEOUT_S": "60",
                "ROLLOUT_FAILED_POD_RETENTION_S": str(RUNNING_AIRFLOW_POD_RETENTION_S)}
-        server = AirflowServer(root / "airflow", env=env).start()
+        # S3 reaches the Airflow side only through the aws_default connection (the pods keep their Secret).
+        server = AirflowServer(root / "airflow", env=env, connections=local.airflow_connections(),
+                               unset=AWS_KEYS).start()
         try:
             client = AirflowClient(server.url, USERNAME, server.password)
             for dag_id in ("deploy_demo-llm", "reconcile_triton_models"):

@@ -75,12 +75,14 @@ def test_a_misspelled_conf_key_and_a_silent_downgrade_are_refused(running_airflo
 
     run_id, states = af.deploy({"versoin": v})
     assert states["wait_for_release"] == "failed" and states["sync"] == "upstream_failed", states
+    assert states["rollback"] == "skipped", states
     log = client.task_log(DEPLOY_LLM, run_id, "wait_for_release")
     assert "unknown conf key(s) 'versoin'" in log and "allow_downgrade, force, only_if_new, skip_smoke, version" in log
 
     # What the UI's number field turned a typed 0 into (1), or any older version: refused, nothing changes.
     run_id, states = af.deploy({"version": v})
     assert states["resolve"] == "failed" and states["sync"] == "upstream_failed", states
+    assert states["rollback"] == "skipped", states  # nothing was loaded, nothing to roll back
     log = client.task_log(DEPLOY_LLM, run_id, "resolve")
     assert f"refusing to replace demo-llm v{v + 1} (what Triton serves) with the older v{v}" in log
     assert infer_llm(af.triton_url, v + 1)["model_version"] == str(v + 1)

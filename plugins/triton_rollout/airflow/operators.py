@@ -109,8 +109,11 @@ class RolloutStepOperator(KubernetesPodOperator):
         self.config_file = self.config_file or os.environ.get("KUBECONFIG") or None
 
     def execute(self, context: Any) -> Any:
+        from .connections import runtime_model
+
         self._use_kubeconfig_from_env()
         self._started = time.monotonic()
+        self.model = runtime_model(self.model)  # the Triton URL from triton_conn_id, read at run time
         self._sweep_failed_pods()
         with self._fail_fast_on_permanent_errors():
             return super().execute(context)
@@ -125,7 +128,10 @@ class RolloutStepOperator(KubernetesPodOperator):
 
     def trigger_reentry(self, context: Any, event: dict[str, Any]) -> Any:
         # Deferrable pods (the build) resume here in a fresh operator: the callback still reads the result.
+        from .connections import runtime_model
+
         self._use_kubeconfig_from_env()
+        self.model = runtime_model(self.model)
         with self._fail_fast_on_permanent_errors():
             return super().trigger_reentry(context, event)
 
@@ -235,14 +241,18 @@ class BuildEngineOperator(RolloutStepOperator):
     step = "build"
 
     def step_request(self, context: Any) -> Any:
-        from triton_rollout.release.s3 import complete_release
+        from triton_rollout.release.s3 import ObjectReader, ObjectSigner, complete_release
         from triton_rollout.steps import BuildRequest
+
+        from .connections import s3_from_connection
 
         rel = self.resolved_release(context)
         m = self.model
         if not rel.needs_build:
             raise AirflowSkipException(f"{m.name} v{rel.version} is an engine release: nothing to build")
-        if complete_release(rel.serve_uri) is not None:
+        s3 = s3_from_connection(m.aws_conn_id)
+        reader = ObjectReader(rel.serve_uri.bucket, signer=ObjectSigner(s3.access))
+        if complete_release(rel.serve_uri, reader) is not None:
             raise AirflowSkipException(f"the engine of {m.name} v{rel.version} is already in {rel.serve_uri}")
         try:
             request = BuildRequest.for_model(m, rel.uri, rel.serve_uri)
@@ -310,10 +320,12 @@ class RollbackOperator(RolloutStepOperator):
     def step_request(self, context: Any) -> Any:
         from triton_rollout.steps import RollbackRequest
 
-        v = self.resolved_release(context).version
+        # Asked first: when an earlier step failed (sensor, resolve, sync) there is no candidate, and maybe
+        # no resolved release either.
         if self._upstream_state(context, "load") not in ("success", "failed"):
-            raise AirflowSkipException(f"{self.model.name} v{v} was never loaded (an earlier step failed): "
-                                       "nothing to roll back")
+            raise AirflowSkipException(f"{self.model.name}: the candidate was never loaded (an earlier step "
+                                       "failed): nothing to roll back")
+        v = self.resolved_release(context).version
         return RollbackRequest.for_model(self.model, v, context["run_id"])
 
     def _upstream_state(self, context: Any, task_id: str) -> str | None:

@@ -46,20 +46,26 @@ class ReleaseSensor(BaseSensorOperator):
         return request
 
     def _criteria(self, request: RunRequest) -> dict[str, Any]:
-        from triton_rollout.release.resolve import find_release, serving_version
+        from triton_rollout.release.resolve import serving_version
 
         newer_than = None
         if request.waits_for_new:
-            newest = find_release(self.model)
+            newest = self._find_release()
             newer_than = serving_version(self.model.triton_url, newest.triton_models) if newest else None
             self.log.info("waiting for a release newer than v%s (what Triton at %s serves)", newer_than,
                           self.model.triton_url)
         return {"version": request.version, "as_of": request.as_of, "newer_than": newer_than}
 
-    def _find(self, criteria: dict[str, Any]) -> dict[str, Any] | None:
+    def _find_release(self, **criteria: Any) -> Any:
         from triton_rollout.release.resolve import find_release
 
-        found = find_release(self.model, **criteria)
+        from .connections import s3_from_connection
+
+        s3 = s3_from_connection(self.model.aws_conn_id)
+        return find_release(self.model, client=s3.client, access=s3.access, **criteria)
+
+    def _find(self, criteria: dict[str, Any]) -> dict[str, Any] | None:
+        found = self._find_release(**criteria)
         return found.to_dict() if found else None
 
     def poke(self, context: Any) -> bool:
@@ -79,7 +85,10 @@ class ReleaseSensor(BaseSensorOperator):
         raise AirflowSensorTimeout(message)
 
     def execute(self, context: Any) -> Any:
+        from .connections import runtime_model
+
         request = self._request(context)  # the conf is checked before anything else, in both modes
+        self.model = runtime_model(self.model)
         if not self.deferrable:
             return super().execute(context)
         criteria = self._criteria(request)
@@ -97,7 +106,8 @@ class ReleaseSensor(BaseSensorOperator):
         self.defer(
             trigger=ReleaseTrigger(
                 model=self.model.name, release_prefix=self.model.release_prefix,
-                engine_prefix=self.model.build.engine_prefix, version=criteria["version"],
+                engine_prefix=self.model.build.engine_prefix, aws_conn_id=self.model.aws_conn_id,
+                version=criteria["version"],
                 newer_than=criteria["newer_than"],
                 as_of=criteria["as_of"].isoformat() if criteria["as_of"] else None,
                 poke_interval=float(self.poke_interval), deadline=deadline.isoformat(),

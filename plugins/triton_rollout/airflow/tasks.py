@@ -22,10 +22,14 @@ def resolve(model: ModelDeployment, context: Any) -> dict[str, Any]:
 
     from triton_rollout.release.resolve import describe, find_release, serving_version
 
+    from .connections import runtime_model, s3_from_connection
+
     t0 = time.monotonic()
+    model = runtime_model(model)
     request = run_request(context)  # the sensor already refused a bad conf
     version, when = request.version, request.as_of
-    found = find_release(model, version=version, as_of=when)
+    s3 = s3_from_connection(model.aws_conn_id)
+    found = find_release(model, version=version, as_of=when, client=s3.client, access=s3.access)
     if found is None:
         wanted = f"v{version}" if version else f"any release created at or before {when}" if when else "any release"
         # Retrying cannot make a missing release appear: fail now, with what was looked for.
@@ -51,7 +55,10 @@ def announce(model: ModelDeployment, asset: Any, context: Any) -> dict[str, Any]
     from triton_rollout.errors import TritonError
     from triton_rollout.triton.control import TritonControl
 
+    from .connections import runtime_model
+
     t0 = time.monotonic()
+    model = runtime_model(model)
     ti = context["ti"]
     release = ti.xcom_pull(task_ids="resolve")
     loaded = ti.xcom_pull(task_ids="load", key="result") or {}

@@ -148,6 +148,9 @@ class BuildSettings:
         return max(1, self.build_spec.gpus) if self.build_spec is not None else 1
 
 
+CONN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
+
+
 @dataclass(frozen=True)
 class ModelDeployment:
     """One model's deployment: where its releases are, where it is served, how its pods look.
@@ -170,10 +173,18 @@ class ModelDeployment:
     # What the serving Triton runs (TensorRT-LLM version, GPU compute capability): the sync refuses
     # engine releases built for anything else (compat.py). Unset values are not checked.
     serving: ServingCompat = field(default_factory=ServingCompat)
+    # Airflow connections for what the Airflow side reads (airflow/connections.py); pods never use them.
+    # S3: credentials, region, endpoint_url from the connection, the AWS environment where it has none.
+    aws_conn_id: str | None = "aws_default"
+    # Triton: when set, its URL (host, port, schema) replaces triton_url for the tasks and their pods.
+    triton_conn_id: str | None = None
     _path: str = field(default="model", repr=False, compare=False)
 
     def __post_init__(self) -> None:
         p = self._path
+        for name in ("aws_conn_id", "triton_conn_id"):
+            if getattr(self, name) is not None:
+                string(getattr(self, name), f"{p}.{name}", CONN_ID, "Airflow connection id (letters, digits, _-.)")
         try:
             validate_name(self.name, field_name=f"{p}.name")
         except Exception as exc:

@@ -17,7 +17,15 @@ from typing import Any
 from triton_rollout.config import ModelDeployment
 from triton_rollout.errors import ManifestError, ReleaseNotFound
 from triton_rollout.release.manifest import Manifest, format_time
-from triton_rollout.release.s3 import ObjectReader, ReleaseUri, fetch_manifest, list_release_versions, make_client
+from triton_rollout.release.s3 import (
+    ObjectReader,
+    ObjectSigner,
+    ReleaseUri,
+    S3Access,
+    fetch_manifest,
+    list_release_versions,
+    make_client,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,24 +68,27 @@ def resolved(model: ModelDeployment, manifest: Manifest) -> ResolvedRelease:
 
 
 def find_release(model: ModelDeployment, *, version: int | None = None, as_of: datetime | None = None,
-                 newer_than: int | None = None, client: Any = None) -> ResolvedRelease | None:
+                 newer_than: int | None = None, client: Any = None,
+                 access: S3Access | None = None) -> ResolvedRelease | None:
     """The release to deploy, or None when there is none (yet).
 
     ``version``: exactly that release, once its manifest exists (``as_of`` / ``newer_than`` ignored).
     Otherwise the newest complete release with ``created_at <= as_of`` (any, if None) and a version
     above ``newer_than``. Incomplete releases (no manifest.json yet) are passed over; a malformed
     manifest is logged and passed over, so one bad upload does not block the releases before it.
+    ``client`` lists (a boto3 S3 client); ``access`` signs the manifest reads (both: the AWS environment
+    when not given).
     """
     if version is not None:
         uri = model.release(version)
         try:
-            return resolved(model, fetch_manifest(uri, ObjectReader(uri.bucket)))
+            return resolved(model, fetch_manifest(uri, ObjectReader(uri.bucket, signer=ObjectSigner(access))))
         except ReleaseNotFound as exc:  # ReleaseIncomplete included: not complete yet
             log.info("%s", exc.message)
             return None
-    client = client or make_client()
+    client = client or make_client(access=access)
     bucket, model_key = model.releases_location()
-    reader = ObjectReader(bucket)
+    reader = ObjectReader(bucket, signer=ObjectSigner(access))
     for candidate in sorted(list_release_versions(client, bucket, model_key), reverse=True):
         if newer_than is not None and candidate <= newer_than:
             break

@@ -117,26 +117,64 @@ class ReleaseUri:
         return f"s3://{self.bucket}/{self.key}"
 
 
-def make_client(max_pool_connections: int = 16, read_timeout: float = 60.0) -> S3Client:
-    """A boto3 S3 client from the standard AWS environment, with retries on throttling and 5xx."""
+@dataclass(frozen=True)
+class S3Access:
+    """Where S3 is and who signs for it. Each field left None comes from the standard AWS environment
+    (pods: a Secret or IRSA); the Airflow side fills them from an Airflow connection (airflow/connections.py).
+    ``credentials`` None means botocore's provider chain (profile, web identity / IRSA, instance role)."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    credentials: tuple[str, str, str | None] | None = None  # access key, secret key, session token
+    addressing_style: str | None = None
+
+    def __repr__(self) -> str:  # never the keys, wherever this is logged
+        return (f"S3Access(endpoint_url={self.endpoint_url!r}, region={self.region!r}, "
+                f"credentials={'static' if self.credentials else 'chain'}, addressing_style={self.addressing_style!r})")
+
+    @property
+    def endpoint(self) -> str | None:
+        return self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+    @property
+    def style(self) -> str:
+        # Custom endpoints (SeaweedFS, MinIO, on-prem) rarely serve virtual-hosted buckets.
+        return (self.addressing_style or os.environ.get("TRITON_ROLLOUT_S3_ADDRESSING")
+                or ("path" if self.endpoint else "auto"))
+
+    @property
+    def static_keys(self) -> tuple[str, str, str | None] | None:
+        if self.credentials:
+            return self.credentials
+        key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+        return (key, secret, os.environ.get("AWS_SESSION_TOKEN") or None) if key and secret else None
+
+    @property
+    def env_region(self) -> str | None:
+        return self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+
+
+def make_client(max_pool_connections: int = 16, read_timeout: float = 60.0, access: S3Access | None = None) -> S3Client:
+    """A boto3 S3 client (``access``, else the standard AWS environment), with retries on throttling and 5xx."""
     import boto3
     from botocore.config import Config
 
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    # Custom endpoints (SeaweedFS, MinIO, on-prem) rarely serve virtual-hosted buckets.
-    style = os.environ.get("TRITON_ROLLOUT_S3_ADDRESSING", "path" if endpoint else "auto")
+    access = access or S3Access()
     config = Config(
         retries={"mode": "standard", "max_attempts": 8},
         max_pool_connections=max_pool_connections,
         connect_timeout=10,
         read_timeout=read_timeout,
-        s3={"addressing_style": style},
+        s3={"addressing_style": access.style},
         # Newer botocore adds CRC checksums to every PUT; not every S3-compatible store accepts them.
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
-    session = boto3.session.Session()
-    return session.client("s3", endpoint_url=endpoint, config=config)
+    keys = access.credentials
+    session = boto3.session.Session(
+        aws_access_key_id=keys[0] if keys else None, aws_secret_access_key=keys[1] if keys else None,
+        aws_session_token=keys[2] if keys else None, region_name=access.region)
+    return session.client("s3", endpoint_url=access.endpoint, config=config)
 
 
 def s3_error(code: str, status: int | None, bucket: str, key: str) -> RolloutError | None:
@@ -286,19 +324,17 @@ def sigv4_presign(
 
 
 class ObjectSigner:
-    """Builds presigned GET URLs for objects, from the standard AWS environment.
+    """Builds presigned GET URLs for objects, from ``access`` (else the standard AWS environment).
 
-    Static keys in the environment are signed here directly; any other source (profile, web identity /
+    Static keys (given, or in the environment) are signed here directly; any other source (profile, web identity /
     IRSA, instance role, SSO) goes through botocore's provider chain, which refreshes them.
     """
 
-    def __init__(self) -> None:
-        self._static = None
-        key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
-        if key and secret:
-            self._static = (key, secret, os.environ.get("AWS_SESSION_TOKEN") or None)
-            region = None
-        else:
+    def __init__(self, access: S3Access | None = None) -> None:
+        access = access or S3Access()
+        self._static = access.static_keys
+        region = None
+        if self._static is None:
             import botocore.session
 
             session = botocore.session.get_session()
@@ -308,11 +344,10 @@ class ObjectSigner:
                     "no AWS credentials found (environment, profile, web identity or instance role)"
                 )
             region = session.get_config_variable("region")
-        self.region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or region or "us-east-1"
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        style = os.environ.get("TRITON_ROLLOUT_S3_ADDRESSING", "path" if endpoint else "auto")
+        self.region = access.env_region or region or "us-east-1"
+        endpoint = access.endpoint
         self.endpoint = (endpoint or f"https://s3.{self.region}.amazonaws.com").rstrip("/")
-        self.virtual = style == "virtual" or (style == "auto" and not endpoint)
+        self.virtual = access.style == "virtual" or (access.style == "auto" and not endpoint)
 
     def url(self, bucket: str, key: str = "", query: str = "") -> str:
         from urllib.parse import quote
