@@ -75,14 +75,10 @@ class Story:
         self.results: list[str] = []
 
     def publish(self, version: int, created_at: datetime, variant: str = "good") -> None:
-        from triton_rollout.release.publish import publish_release
-
         from devstack import demo_models
 
-        src = demo_models.write_release(MODEL, self.work / "releases" / f"{version}-{variant}", version, variant)
-        uri = f"s3://{BUCKET}/releases/{MODEL}/{version}"
-        publish_release(src, uri, source=f"make demo: {variant} release", created_at=created_at,
-                        compat=demo_models.release_compat(MODEL))
+        uri = demo_models.publish_version(BUCKET, self.work / "releases", MODEL, version, variant=variant,
+                                          created_at=created_at, source=f"make demo: {variant} release")
         print(f"  published {uri} ({variant}, created_at {created_at.isoformat(timespec='minutes')})")
 
     def wait(self, run_id: str, *, expect: str) -> dict[str, str]:

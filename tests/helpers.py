@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from devstack import demo_models
+from devstack.stack import BUCKET
 from devstack.triton import TritonServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -286,16 +287,9 @@ class RolloutStack:
     def __init__(self, dags: Path, bucket: str, pvc: Path, triton: TritonServer, work: Path) -> None:
         self.dags, self.bucket, self.pvc, self.triton, self.work = dags, bucket, pvc, triton, work
 
-    def publish(self, model: str, version: int, variant: str = "good", created_at: object = None) -> str:
-        from triton_rollout.release.publish import publish_release
-
-        from devstack import demo_models
-
-        src = demo_models.write_release(model, self.work / f"src-{model}-{version}", version, variant)
-        uri = f"s3://{self.bucket}/releases/{model}/{version}"
-        publish_release(src, uri, created_at=created_at,  # type: ignore[arg-type]
-                        compat=demo_models.release_compat(model))
-        return uri
+    def publish(self, model: str, version: int, variant: str = "good", created_at: Any = None) -> str:
+        return demo_models.publish_version(self.bucket, self.work / "src", model, version, variant=variant,
+                                           created_at=created_at, source=f"test {variant} release")
 
     def dag(self, dag_id: str):  # type: ignore[no-untyped-def]
         from airflow.models import DagBag
@@ -359,24 +353,19 @@ class RunningAirflow:
         from triton_rollout.release.s3 import list_release_versions, make_client
 
         with environment(self.env):
-            versions = list_release_versions(make_client(), "models", f"{prefix}/{model}")
+            versions = list_release_versions(make_client(), BUCKET, f"{prefix}/{model}")
         return max(versions, default=0) + 1
 
     def publish(self, version: int, *, model: str = demo_models.LLM_MODEL, variant: str = "good",
                 created_at: Any = None) -> str:
         """Publish a demo release (manifest last) to the stack's bucket; returns its URI."""
-        from triton_rollout.release.publish import publish_release
-
-        src = demo_models.write_release(model, self.work / f"{model}-{version}-{variant}", version, variant)
-        uri = f"s3://models/releases/{model}/{version}"
         with environment(self.env):
-            publish_release(src, uri, source=f"test {variant} release", created_at=created_at,
-                            compat=demo_models.release_compat(model))
-        return uri
+            return demo_models.publish_version(BUCKET, self.work, model, version, variant=variant,
+                                               created_at=created_at, source=f"test {variant} release")
 
     def publish_checkpoint(self, version: int) -> str:
         with environment(self.env):
-            return demo_models.publish_demo_checkpoint("models", self.work / "ckpt", version, prefix="releases")
+            return demo_models.publish_demo_checkpoint(BUCKET, self.work / "ckpt", version, prefix="releases")
 
     def first_deploy_by_the_scheduler(self, timeout: float = 300.0) -> None:
         """Publish v1 and unpause the deploy DAG: the scheduled run that unpausing creates deploys it. Done

@@ -18,16 +18,9 @@ from devstack.s3 import SeaweedS3
 from tests.helpers import LLM
 
 
-def _publish(bucket: str, tmp_path, version: int = 1) -> None:  # type: ignore[no-untyped-def]
-    from triton_rollout.release.publish import publish_release
-
-    src = demo_models.write_release(LLM, tmp_path / "src", version)
-    publish_release(src, f"s3://{bucket}/releases/{LLM}/{version}", compat=demo_models.release_compat(LLM))
-
-
 def test_s3_comes_from_the_connection_not_the_environment(s3_server: SeaweedS3, bucket: str, tmp_path,  # type: ignore[no-untyped-def]
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    _publish(bucket, tmp_path)
+    demo_models.publish_version(bucket, tmp_path, LLM, 1)
     model = ModelDeployment(name=LLM, release_prefix=f"s3://{bucket}/releases", aws_conn_id="rollout_s3")
     monkeypatch.setenv("AIRFLOW_CONN_ROLLOUT_S3", json.dumps({
         "conn_type": "aws", "login": s3_server.access_key, "password": s3_server.secret_key,
@@ -46,7 +39,7 @@ def test_s3_comes_from_the_connection_not_the_environment(s3_server: SeaweedS3, 
 
 def test_without_the_connection_the_environment_is_the_fallback(s3_server: SeaweedS3, bucket: str, tmp_path,  # type: ignore[no-untyped-def]
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    _publish(bucket, tmp_path, version=3)
+    demo_models.publish_version(bucket, tmp_path, LLM, 3)
     monkeypatch.delenv("AIRFLOW_CONN_AWS_DEFAULT", raising=False)
     model = ModelDeployment(name=LLM, release_prefix=f"s3://{bucket}/releases")
     assert model.aws_conn_id == "aws_default"

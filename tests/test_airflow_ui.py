@@ -130,7 +130,7 @@ def _task_row(page: Page, task_id: str) -> Locator:
 
 
 def _the_run_triggered_from_the_ui(client: AirflowClient, since: datetime) -> dict[str, Any]:
-    runs = client.request("GET", f"/dags/{DEPLOY_LLM}/dagRuns?order_by=-run_after&limit=20")["dag_runs"]
+    runs = client.runs(DEPLOY_LLM, order_by="-run_after", limit="20")
     ours = [r for r in runs if r["triggered_by"] == "ui" and datetime.fromisoformat(r["run_after"]) >= since]
     assert len(ours) == 1, runs
     return dict(ours[0])

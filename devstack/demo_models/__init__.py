@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,23 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=1) + "\n")
 
 
+def release_uri(bucket: str, prefix: str, model: str, version: int) -> str:
+    return f"s3://{bucket}/{prefix}/{model}/{version}" if prefix else f"s3://{bucket}/{model}/{version}"
+
+
+def publish_version(bucket: str, work_dir: Path, model: str, version: int, *, variant: str = "good",
+                    created_at: datetime | None = None, prefix: str = "releases", source: str = "") -> str:
+    """Write one demo release (``variant``) under ``work_dir`` and publish it to
+    ``s3://bucket/prefix/model/version`` (manifest last, with the model's compat facts); returns the URI."""
+    from triton_rollout.release.publish import publish_release
+
+    uri = release_uri(bucket, prefix, model, version)
+    src = write_release(model, work_dir / model / f"{version}-{variant}", version, variant)
+    publish_release(src, uri, source=source or f"devstack demo model {model} v{version}",
+                    created_at=created_at, compat=release_compat(model))
+    return uri
+
+
 def publish_demo_releases(bucket: str, work_dir: Path, *, prefix: str = "releases",
                           versions: tuple[int, ...] = (1, 2)) -> list[str]:
     """Publish good versions of both demo models to S3 (what `make up` does); returns the release URIs.
@@ -160,20 +178,16 @@ def publish_demo_releases(bucket: str, work_dir: Path, *, prefix: str = "release
     Already-published versions are skipped (releases are immutable), so this can run on every `make up`.
     """
     from triton_rollout.errors import ConfigError
-    from triton_rollout.release.publish import publish_release
 
     uris = []
     for model in (LLM_MODEL, TENSOR_MODEL):
         for version in versions:
-            uri = f"s3://{bucket}/{prefix}/{model}/{version}" if prefix else f"s3://{bucket}/{model}/{version}"
-            src = write_release(model, work_dir / model / str(version), version)
             try:
-                publish_release(src, uri, source=f"devstack demo model {model} v{version}",
-                                compat=release_compat(model))
+                uris.append(publish_version(bucket, work_dir, model, version, prefix=prefix))
             except ConfigError as exc:
                 if "already exists" not in exc.message:
                     raise
-            uris.append(uri)
+                uris.append(release_uri(bucket, prefix, model, version))
     return uris
 
 
@@ -208,7 +222,7 @@ def publish_demo_checkpoint(bucket: str, work_dir: Path, version: int, *, prefix
     from triton_rollout.errors import ConfigError
     from triton_rollout.release.publish import publish_release
 
-    uri = f"s3://{bucket}/{prefix}/{model}/{version}" if prefix else f"s3://{bucket}/{model}/{version}"
+    uri = release_uri(bucket, prefix, model, version)
     src = write_llm_checkpoint(work_dir / f"checkpoint-{model}-{version}", version)
     try:
         publish_release(src, uri, kind="checkpoint", source=f"devstack demo checkpoint {model} v{version}")

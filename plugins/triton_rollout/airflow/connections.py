@@ -52,7 +52,7 @@ def s3_from_connection(conn_id: str | None) -> AirflowS3:
 
 def _is_aws_default(endpoint: str) -> bool:
     """boto3 fills in AWS's own endpoint when none is configured: that is "no custom endpoint"."""
-    return endpoint.endswith(".amazonaws.com") or endpoint.endswith(".amazonaws.com/")
+    return endpoint.rstrip("/").endswith(".amazonaws.com")
 
 
 def triton_url_from_connection(conn_id: str) -> str:

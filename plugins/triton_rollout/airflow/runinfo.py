@@ -67,15 +67,9 @@ class RunRequest:
 
 
 def run_kind(dag_run: Any) -> RunKind:
-    value = str(getattr(getattr(dag_run, "run_type", ""), "value", getattr(dag_run, "run_type", ""))).lower()
-    for kind in (RunKind.BACKFILL, RunKind.SCHEDULED, RunKind.MANUAL):
-        if value.endswith(kind.value):
-            return kind
-    return RunKind.TRIGGERED
-
-
-def unknown_conf_keys(conf: dict[str, Any] | None, known: set[str]) -> list[str]:
-    return sorted(set(conf or {}) - known)
+    run_type = getattr(dag_run, "run_type", "")
+    value = str(getattr(run_type, "value", run_type)).lower()  # a DagRunType, or its value
+    return RunKind(value) if value in (RunKind.BACKFILL, RunKind.SCHEDULED, RunKind.MANUAL) else RunKind.TRIGGERED
 
 
 def run_request(context: Any) -> RunRequest:
@@ -85,7 +79,7 @@ def run_request(context: Any) -> RunRequest:
     # The DAG's declared params: context["params"] also holds every conf key (the Task SDK's
     # process_params merges dag_run.conf into them), typos included.
     known = set(context["dag"].params.keys())
-    unknown = unknown_conf_keys(getattr(dag_run, "conf", None), known)
+    unknown = sorted(set(getattr(dag_run, "conf", None) or {}) - known)
     if unknown:
         raise ConfigError(f"unknown conf key(s) {', '.join(map(repr, unknown))} for {dag_run.dag_id}; "
                           f"the known ones are {', '.join(sorted(known))}",

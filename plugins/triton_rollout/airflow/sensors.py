@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -56,13 +57,17 @@ class ReleaseSensor(BaseSensorOperator):
                           self.model.triton_url)
         return {"version": request.version, "as_of": request.as_of, "newer_than": newer_than}
 
+    @functools.cached_property
+    def _s3(self) -> Any:
+        """The aws_conn_id connection, resolved once per try (a wait for "newer" looks up S3 twice)."""
+        from .connections import s3_from_connection
+
+        return s3_from_connection(self.model.aws_conn_id)
+
     def _find_release(self, **criteria: Any) -> Any:
         from triton_rollout.release.resolve import find_release
 
-        from .connections import s3_from_connection
-
-        s3 = s3_from_connection(self.model.aws_conn_id)
-        return find_release(self.model, client=s3.client, access=s3.access, **criteria)
+        return find_release(self.model, client=self._s3.client, access=self._s3.access, **criteria)
 
     def _find(self, criteria: dict[str, Any]) -> dict[str, Any] | None:
         found = self._find_release(**criteria)

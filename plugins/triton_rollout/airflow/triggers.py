@@ -45,6 +45,8 @@ class ReleaseTrigger(BaseTrigger):
 
         model = ModelDeployment(name=self.model, release_prefix=self.release_prefix,
                                 build=BuildSettings(engine_prefix=self.engine_prefix), aws_conn_id=self.aws_conn_id)
+        # Looked up on every poll, not once: a changed connection or refreshed role keys take effect, and
+        # the signing keys never outlive their session during a long wait (polls are seconds to minutes apart).
         s3 = s3_from_connection(model.aws_conn_id)
         found = find_release(model, version=self.version, newer_than=self.newer_than, client=s3.client,
                              access=s3.access, as_of=datetime.fromisoformat(self.as_of) if self.as_of else None)
