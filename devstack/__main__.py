@@ -32,7 +32,7 @@ def _write_env(values: dict[str, str]) -> None:
 
 
 def up() -> int:
-    from .airflow import AWS_KEYS, USERNAME, AirflowServer
+    from .airflow import USERNAME, AirflowServer
     from .demo_models import publish_demo_releases
     from .stack import BUCKET, LocalStack
 
@@ -46,8 +46,7 @@ def up() -> int:
         os.environ.update(env)
         uris = publish_demo_releases(BUCKET, STATE_DIR / "demo-releases", versions=(1, 2))
         # AIRFLOW_HOME is the Makefile's (.devstack/airflow): the generated JWT secret and password stay there.
-        airflow = AirflowServer(Path(os.environ.get("AIRFLOW_HOME", STATE_DIR / "airflow")), env=env,
-                                connections=stack.airflow_connections(), unset=AWS_KEYS).start()
+        airflow = AirflowServer.for_stack(stack, Path(os.environ.get("AIRFLOW_HOME", STATE_DIR / "airflow"))).start()
         env = {**env, "AIRFLOW_API_URL": airflow.url, "AIRFLOW_USERNAME": USERNAME,
                "AIRFLOW_PASSWORD": airflow.password}
     except BaseException:

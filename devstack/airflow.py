@@ -29,9 +29,12 @@ import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .procs import LOOPBACK, free_ports, spawn, stop_group, wait_until
+
+if TYPE_CHECKING:
+    from .stack import LocalStack
 
 REPO = Path(__file__).resolve().parent.parent
 POOLS_FILE = REPO / "airflow-pools.json"
@@ -65,6 +68,13 @@ class AirflowServer:
     @property
     def log_dir(self) -> Path:
         return self.home / "component-logs"
+
+    @classmethod
+    def for_stack(cls, stack: LocalStack, home: Path, **extra_env: str) -> AirflowServer:
+        """The Airflow of ``stack`` (as `make up`, `make demo` and the tests run it): the stack's
+        environment plus ``extra_env``, S3 for the Airflow side only through the ``aws_default``
+        connection (the AWS keys are left out of the components' environment; the pods keep their Secret)."""
+        return cls(home, env={**stack.env(), **extra_env}, connections=stack.airflow_connections(), unset=AWS_KEYS)
 
     def component_env(self) -> dict[str, str]:
         inherited = {k: v for k, v in {**os.environ, **self.env}.items() if k not in self.unset}
@@ -217,11 +227,12 @@ class AirflowClient:
                 "max_active_runs": 1, "reprocess_behavior": "none"}
         return int(self.request("POST", "/backfills", body)["id"])
 
-    def runs(self, dag_id: str, **query: str) -> list[dict[str, Any]]:
-        """The DAG's runs, oldest first (``query``: the REST API's filters, e.g. run_type="backfill")."""
+    def runs(self, dag_id: str, **query: str | list[str]) -> list[dict[str, Any]]:
+        """The DAG's runs, oldest first (``query``: the REST API's filters, e.g. run_type="backfill",
+        state=["queued", "running"]); at most 100."""
         from urllib.parse import urlencode
 
-        params = urlencode({"order_by": "run_after", "limit": "100", **query})
+        params = urlencode({"order_by": "run_after", "limit": "100", **query}, doseq=True)
         return list(self.request("GET", f"/dags/{dag_id}/dagRuns?{params}")["dag_runs"])
 
     def wait_until_idle(self, dag_id: str, timeout: float = 600.0) -> None:
@@ -229,7 +240,7 @@ class AirflowClient:
         max_active_runs (Airflow 3 counts them apart), so a backfill must not start beside a deploy."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not [r for r in self.runs(dag_id) if r["state"] in ("queued", "running")]:
+            if not self.runs(dag_id, state=["queued", "running"]):
                 return
             time.sleep(2)
         raise RuntimeError(f"{dag_id} still has active runs after {timeout:.0f}s")

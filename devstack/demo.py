@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from .airflow import AWS_KEYS, USERNAME, AirflowClient, AirflowServer
+from .airflow import USERNAME, AirflowClient, AirflowServer
 from .stack import BUCKET, LocalStack
 
 REPO = Path(__file__).resolve().parent.parent
@@ -211,9 +211,7 @@ def run_demo(*, keep: bool = False, rollback: bool = True) -> int:
 
         _say("starting Airflow on loopback: api-server, scheduler, dag-processor, triggerer (LocalExecutor)")
         t0 = time.monotonic()
-        # S3 for the Airflow side through the aws_default connection only; the pods use their Secret.
-        airflow = AirflowServer(work / "airflow", env={**env, "ROLLOUT_SENSOR_POKE_S": "2"},
-                                connections=stack.airflow_connections(), unset=AWS_KEYS).start()
+        airflow = AirflowServer.for_stack(stack, work / "airflow", ROLLOUT_SENSOR_POKE_S="2").start()
         healthy = time.monotonic() - t0
         client = AirflowClient(airflow.url, USERNAME, airflow.password)
         client.wait_for_dag(DAG_ID)

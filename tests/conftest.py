@@ -190,20 +190,18 @@ def rollout(airflow_dags: Path, kube_emulator, s3_server: SeaweedS3, bucket: str
 def running_airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAirflow]:
     """S3 + Triton + the Kubernetes emulator + Airflow's api-server, scheduler, dag-processor and
     triggerer (devstack.airflow), as `make up` starts them; stopped at the end of the session."""
-    from devstack.airflow import AWS_KEYS, USERNAME, AirflowClient, AirflowServer
+    from devstack.airflow import USERNAME, AirflowClient, AirflowServer
     from devstack.stack import LocalStack
 
     root = tmp_path_factory.mktemp("running-airflow")
     local = LocalStack(root / "stack").start()
     try:
-        env = {**local.env(), "ROLLOUT_SENSOR_POKE_S": "2",
-               # Monthly, at midnight on the 1st: no scheduled run starts during a session (one would hold
-               # max_active_runs=1 while it waits), and backfills have whole past months to replay.
-               "ROLLOUT_SCHEDULE": "0 0 1 * *", "ROLLOUT_SENSOR_TIMEOUT_S": "60",
-               "ROLLOUT_FAILED_POD_RETENTION_S": str(RUNNING_AIRFLOW_POD_RETENTION_S)}
         # S3 reaches the Airflow side only through the aws_default connection (the pods keep their Secret).
-        server = AirflowServer(root / "airflow", env=env, connections=local.airflow_connections(),
-                               unset=AWS_KEYS).start()
+        # The schedule is monthly, at midnight on the 1st: no scheduled run starts during a session (one
+        # would hold max_active_runs=1 while it waits), and backfills have whole past months to replay.
+        server = AirflowServer.for_stack(local, root / "airflow", ROLLOUT_SENSOR_POKE_S="2",
+                                         ROLLOUT_SCHEDULE="0 0 1 * *", ROLLOUT_SENSOR_TIMEOUT_S="60",
+                                         ROLLOUT_FAILED_POD_RETENTION_S=str(RUNNING_AIRFLOW_POD_RETENTION_S)).start()
         try:
             client = AirflowClient(server.url, USERNAME, server.password)
             for dag_id in ("deploy_demo-llm", "reconcile_triton_models"):
