@@ -149,6 +149,73 @@ class BuildSettings:
 
 
 CONN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
+# Where a deploy's failures and rollbacks are posted (NotifySettings.when).
+NOTIFY_EVENTS = ("failure", "rollback")
+
+
+@dataclass(frozen=True)
+class EventSettings:
+    """S3 event notifications that start this model's deploys within seconds: the bucket sends
+    ObjectCreated for ``<release_prefix>/<name>/*/manifest.json`` to ``sqs_queue_url`` (one queue per model:
+    the watcher deletes what it reads), an AssetWatcher in the triggerer turns each batch into an asset
+    event, and the deploy DAG runs on it. None: no events, the polling sensor waits on scheduled runs.
+
+    With events on, scheduled runs check S3 once and skip when nothing is newer (a catch-up for a lost
+    notification) instead of holding the DAG's only active run while they poll.
+    ``wait_time_s``: the SQS long poll (1-20 s; a message is seen as soon as it arrives).
+    ``aws_conn_id``: the connection for SQS; None: the model's own ``aws_conn_id``.
+    """
+
+    sqs_queue_url: str | None = None
+    wait_time_s: int = 20
+    aws_conn_id: str | None = None
+    _path: str = field(default="events", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        p = self._path
+        if self.sqs_queue_url is not None:
+            url(self.sqs_queue_url, f"{p}.sqs_queue_url")
+        integer(self.wait_time_s, f"{p}.wait_time_s", 1, 20)  # SQS's own bound on WaitTimeSeconds
+        if self.aws_conn_id is not None:
+            string(self.aws_conn_id, f"{p}.aws_conn_id", CONN_ID, "Airflow connection id (letters, digits, _-.)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.sqs_queue_url is not None
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """Who hears about a failed deploy or a rollback: a JSON POST (the http provider's HttpNotifier) to
+    ``endpoint`` on the host of the Airflow HTTP connection ``http_conn_id``; None: no notifications.
+    ``when``: which of ``failure`` (a step failed: the model, version, step, error and what to do) and
+    ``rollback`` (the previous version serves again) are sent."""
+
+    http_conn_id: str | None = None
+    endpoint: str = ""
+    when: tuple[str, ...] = NOTIFY_EVENTS
+    _path: str = field(default="notify", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        p = self._path
+        if self.http_conn_id is not None:
+            string(self.http_conn_id, f"{p}.http_conn_id", CONN_ID, "Airflow connection id (letters, digits, _-.)")
+        if self.endpoint is None:  # an unset ${VAR:-} reference: the connection's host itself
+            object.__setattr__(self, "endpoint", "")
+        if not isinstance(self.endpoint, str):
+            raise fail(f"{p}.endpoint", f"must be a string (a path on the connection's host), got {self.endpoint!r}")
+        when = tuple(self.when) if isinstance(self.when, list | tuple) else None
+        if when is None or not when or any(e not in NOTIFY_EVENTS for e in when):
+            raise fail(f"{p}.when", f"must be a non-empty list of {list(NOTIFY_EVENTS)}, got {self.when!r}")
+        object.__setattr__(self, "when", when)
+
+    @property
+    def enabled(self) -> bool:
+        return self.http_conn_id is not None
+
+    def wants(self, event: str) -> bool:
+        return self.enabled and event in self.when
+
 
 
 @dataclass(frozen=True)
@@ -178,6 +245,8 @@ class ModelDeployment:
     aws_conn_id: str | None = "aws_default"
     # Triton: when set, its URL (host, port, schema) replaces triton_url for the tasks and their pods.
     triton_conn_id: str | None = None
+    events: EventSettings = field(default_factory=EventSettings)
+    notify: NotifySettings = field(default_factory=NotifySettings)
     _path: str = field(default="model", repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -243,7 +312,8 @@ class ModelDeployment:
             kwargs["kubernetes"] = KubernetesConfig.from_dict(data["kubernetes"], f"{path}.kubernetes")
         if "build" in data:
             kwargs["build"] = load_section(BuildSettings, _build_defaults(data, path), f"{path}.build")
-        for name, section in (("sensor", SensorSettings), ("smoke", SmokeSettings), ("params", ParamDefaults)):
+        for name, section in (("sensor", SensorSettings), ("smoke", SmokeSettings), ("params", ParamDefaults),
+                              ("events", EventSettings), ("notify", NotifySettings)):
             if name in data:
                 kwargs[name] = load_section(section, data[name], f"{path}.{name}")
         if "serving" in data:
