@@ -1,8 +1,13 @@
 """The local real stack the demo and `make up` share: S3, Triton and the Kubernetes emulator, wired up.
 
-S3 (SeaweedFS) holds the demo releases; Triton serves ``<pvc>/repository`` (explicit mode); the emulator
-has the namespace, the PVC claim (backed by the same host folder) and the S3 Secret the models config
-names. ``env()`` is what the DAGs and the CLI need to reach all three (the variables dags/models.yaml reads).
+S3 holds the demo releases; Triton serves ``<pvc>/repository`` (explicit mode); the emulator has the
+namespace, the PVC claim (backed by the same host folder) and the S3 Secret the models config names.
+``env()`` is what the DAGs and the CLI need to reach all three (the variables dags/models.yaml reads).
+
+S3 is moto's server by default (devstack/moto.py): the one local S3 that sends bucket notifications, so
+the models in ``event_models`` get their own SQS queue with ObjectCreated events for their manifest.json
+(``ROLLOUT_EVENTS_QUEUE_<MODEL>`` in env(), read by dags/models.yaml). ``s3_kind="seaweedfs"`` runs the
+real SeaweedFS server instead (credentials checked, no notifications: every model polls).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 from triton_rollout.build.builders import BUILDERS_ENV
 
 from .kube import KubeEmulator, default_runtime
+from .moto import MotoS3
 from .s3 import SeaweedS3
 from .triton import TritonServer
 
@@ -28,6 +34,15 @@ REPO = Path(__file__).resolve().parent.parent
 # process that validates or runs its specs names it. Airflow and the CLI get it from env(), the pods from
 # their image (image_runtime()), the tests from tests/conftest.py.
 DEMO_BUILDERS = {BUILDERS_ENV: "devstack.demo_builder"}
+RELEASE_PREFIX = "releases"
+# The models whose deploys S3 events start on the local stack (dags/models.yaml: models[].events).
+EVENT_MODELS = ("demo-tensor",)
+S3_KINDS = ("moto", "seaweedfs")
+
+
+def events_queue_variable(model: str) -> str:
+    """The environment variable dags/models.yaml reads the model's SQS queue URL from."""
+    return "ROLLOUT_EVENTS_QUEUE_" + model.upper().replace("-", "_").replace(".", "_")
 
 
 def image_runtime() -> dict[str, Any]:
@@ -43,7 +58,10 @@ def image_runtime() -> dict[str, Any]:
 @dataclass
 class LocalStack:
     root: Path
-    s3: SeaweedS3 | None = None
+    s3_kind: str = "moto"
+    event_models: tuple[str, ...] = EVENT_MODELS
+    s3: MotoS3 | SeaweedS3 | None = None
+    queues: dict[str, str] = field(default_factory=dict)  # model -> SQS queue URL
     triton: TritonServer | None = None
     kube: KubeEmulator | None = None
     started: list[str] = field(default_factory=list)
@@ -57,7 +75,15 @@ class LocalStack:
         try:
             self.pvc.mkdir(parents=True, exist_ok=True)
             (self.pvc / "repository").mkdir(exist_ok=True)
-            self.s3 = SeaweedS3(self.root / "s3", buckets=(BUCKET,)).start()
+            if self.s3_kind not in S3_KINDS:
+                raise ValueError(f"s3_kind must be one of {S3_KINDS}, got {self.s3_kind!r}")
+            if self.s3_kind == "moto":
+                moto = MotoS3(self.root / "s3", buckets=(BUCKET,)).start()
+                self.s3 = moto
+                self.queues = {m: moto.release_queue(BUCKET, f"{RELEASE_PREFIX}/{m}", f"rollout-releases-{m}")
+                               for m in self.event_models}
+            else:
+                self.s3 = SeaweedS3(self.root / "s3", buckets=(BUCKET,)).start()
             self.started.append("s3")
             self.triton = TritonServer(self.pvc / "repository", self.root / "triton").start()
             self.started.append("triton")
@@ -83,6 +109,7 @@ class LocalStack:
             "TRITON_MODEL_REPOSITORY": str(self.pvc / "repository"),
             "PVC_DIR": str(self.pvc),
             "ROLLOUT_BUCKET": BUCKET,
+            **{events_queue_variable(m): url for m, url in self.queues.items()},
         }
 
     def airflow_connections(self) -> dict[str, dict[str, object]]:

@@ -57,8 +57,19 @@ def test_a_manual_run_for_a_chosen_past_date_and_backfills_resolve_as_of_it() ->
 
 def test_scheduled_runs_wait_for_what_is_newer_than_what_serves() -> None:
     scheduled = run_request(context("scheduled", {}, logical_date=NOW - timedelta(hours=1), interval_end=NOW))
-    assert scheduled.waits_for_new and scheduled.as_of is None
-    assert run_request(context("asset_triggered", {})).kind is RunKind.TRIGGERED
+    assert scheduled.waits_for_new and scheduled.as_of is None and not scheduled.checks_once
+    # With S3 events on, the scheduled run is only a catch-up: one look, no wait holding the DAG's one run.
+    catch_up = run_request(context("scheduled", {}, logical_date=NOW, interval_end=NOW), event_driven=True)
+    assert catch_up.waits_for_new and catch_up.checks_once
+    assert run_request(context("operator_triggered", {})).kind is RunKind.TRIGGERED
+
+
+def test_an_s3_event_run_deploys_only_what_is_newer_and_looks_once() -> None:
+    event = run_request(context("asset_triggered", {}))
+    assert event.kind is RunKind.EVENT and event.waits_for_new and event.checks_once and event.as_of is None
+    assert not event.may_downgrade
+    pinned = run_request(context("asset_triggered", {"version": 3}))
+    assert pinned.version == 3 and not pinned.waits_for_new
 
 
 def test_a_manual_downgrade_is_refused_unless_asked_for_and_backfills_are_exempt() -> None:

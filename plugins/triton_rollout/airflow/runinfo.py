@@ -4,10 +4,16 @@ Which release a run deploys depends on how it was started (README, "Which releas
 
 - backfill: the release that was current at the run's data interval end (``as_of``): a replay of the past;
 - scheduled: the newest release newer than what Triton serves, waiting for one while the sensor defers;
-- manual (UI form, REST, CLI) and asset-triggered: the ``version`` param, else the newest complete release
-  when the task looks, so a release published after the trigger counts (the UI pre-fills the logical date
-  with "now"; that date is not a bound). A manual run whose logical date was set clearly before the moment
-  it was triggered asks for that past date: it resolves as of it, like a backfill.
+- event (started by an S3 notification through the model's AssetWatcher): the newest release newer than
+  what Triton serves, checked once: the notification says a manifest.json landed, so there is nothing to
+  wait for, and an event for an old or already-served version skips the run;
+- manual (UI form, REST, CLI) and triggered by another DAG: the ``version`` param, else the newest complete
+  release when the task looks, so a release published after the trigger counts (the UI pre-fills the
+  logical date with "now"; that date is not a bound). A manual run whose logical date was set clearly
+  before the moment it was triggered asks for that past date: it resolves as of it, like a backfill.
+
+When the model has S3 events (models[].events), its scheduled runs check once too, as a catch-up for a lost
+notification, instead of holding the DAG's one active run while an event-started deploy queues behind it.
 
 A manual run may not replace what Triton serves with an older version unless ``allow_downgrade`` says so;
 backfills replay the past and are exempt. Conf keys the DAG does not declare fail the run before anything
@@ -32,7 +38,8 @@ class RunKind(enum.StrEnum):
     BACKFILL = "backfill"
     SCHEDULED = "scheduled"
     MANUAL = "manual"
-    TRIGGERED = "triggered"  # by an asset event or another DAG: behaves as a manual run
+    EVENT = "event"  # by an asset event: the S3 notification of the model's AssetWatcher
+    TRIGGERED = "triggered"  # by another DAG: behaves as a manual run
 
 
 @dataclass(frozen=True)
@@ -44,11 +51,17 @@ class RunRequest:
     as_of: datetime | None  # the newest release created at or before this; None: the newest there is
     only_if_new: bool
     allow_downgrade: bool
+    event_driven: bool = False  # the model's deploys are started by S3 events (models[].events)
 
     @property
     def waits_for_new(self) -> bool:
-        """Wait for a release newer than what Triton serves (scheduled runs, or the only_if_new param)."""
-        return self.version is None and (self.kind is RunKind.SCHEDULED or self.only_if_new)
+        """Deploy only a release newer than what Triton serves (scheduled and event runs, or only_if_new)."""
+        return self.version is None and (self.kind in (RunKind.SCHEDULED, RunKind.EVENT) or self.only_if_new)
+
+    @property
+    def checks_once(self) -> bool:
+        """Look for the release once and skip the run when there is none, instead of waiting for one."""
+        return self.kind is RunKind.EVENT or (self.kind is RunKind.SCHEDULED and self.event_driven)
 
     @property
     def is_replay(self) -> bool:
@@ -66,13 +79,29 @@ class RunRequest:
         return f"{self.kind.value} run asking for {what}"
 
 
+# Airflow's DagRunType values and what they mean here; anything else (operator_triggered, ...) is TRIGGERED.
+_RUN_KINDS = {"backfill": RunKind.BACKFILL, "scheduled": RunKind.SCHEDULED, "manual": RunKind.MANUAL,
+              "asset_triggered": RunKind.EVENT}
+
+
 def run_kind(dag_run: Any) -> RunKind:
     run_type = getattr(dag_run, "run_type", "")
     value = str(getattr(run_type, "value", run_type)).lower()  # a DagRunType, or its value
-    return RunKind(value) if value in (RunKind.BACKFILL, RunKind.SCHEDULED, RunKind.MANUAL) else RunKind.TRIGGERED
+    return _RUN_KINDS.get(value, RunKind.TRIGGERED)
 
 
-def run_request(context: Any) -> RunRequest:
+def triggering_message_bodies(context: Any) -> list[str]:
+    """The SQS message bodies of the asset events that started this run (the AssetWatcher's trigger
+    event payload, ``{"message_batch": [...]}``, is the asset event's ``extra["payload"]``)."""
+    bodies: list[str] = []
+    for events in (context.get("triggering_asset_events") or {}).values():
+        for event in events:
+            payload = (getattr(event, "extra", None) or {}).get("payload") or {}
+            bodies.extend(str(m.get("Body", "")) for m in payload.get("message_batch") or [] if isinstance(m, dict))
+    return bodies
+
+
+def run_request(context: Any, *, event_driven: bool = False) -> RunRequest:
     """The run's request from its context; ConfigError names an unknown conf key and the known ones."""
     dag_run = context["dag_run"]
     params = context["params"]
@@ -88,7 +117,8 @@ def run_request(context: Any) -> RunRequest:
     value = params.get("version")
     version = None if value in (None, "") else int(value)
     return RunRequest(kind=kind, version=version, as_of=_as_of(kind, dag_run, context),
-                      only_if_new=bool(params.get("only_if_new")), allow_downgrade=bool(params.get("allow_downgrade")))
+                      only_if_new=bool(params.get("only_if_new")), allow_downgrade=bool(params.get("allow_downgrade")),
+                      event_driven=event_driven)
 
 
 def _as_of(kind: RunKind, dag_run: Any, context: Any) -> datetime | None:

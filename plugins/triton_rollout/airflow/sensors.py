@@ -11,7 +11,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, A
 
 from triton_rollout.config import ModelDeployment
 
-from .runinfo import RunRequest, run_request
+from .runinfo import RunKind, RunRequest, run_request, triggering_message_bodies
 from .triggers import ReleaseTrigger
 
 
@@ -21,6 +21,8 @@ class ReleaseSensor(BaseSensorOperator):
     - ``version`` param set: that version.
     - scheduled run (or ``only_if_new``): a release newer than what Triton serves now.
     - backfill (or a manual run for a past date): the release current as of that date; no waiting.
+    - S3-event run (and a scheduled run of a model with events): newer than what Triton serves, checked
+      once; nothing newer skips the run (the events that started it are logged).
     - otherwise: the newest complete release (runinfo says why a manual run ignores its logical date).
     First checks the run's conf (an unknown key fails the run, naming it); checks S3 once on the worker,
     then defers to ``ReleaseTrigger`` (no worker slot held while waiting). When nothing arrives within
@@ -40,10 +42,16 @@ class ReleaseSensor(BaseSensorOperator):
         from triton_rollout.errors import ConfigError
 
         try:
-            request = run_request(context)
+            request = run_request(context, event_driven=self.model.events.enabled)
         except ConfigError as exc:
             raise AirflowFailException(str(exc)) from None  # a retry cannot fix a typo in the conf
         self.log.info("%s", request.describe())
+        if request.kind is RunKind.EVENT:
+            from triton_rollout.release.events import parse_bodies
+
+            bucket, model_key = self.model.releases_location()
+            batch = parse_bodies(triggering_message_bodies(context))
+            self.log.info("started by S3 event(s): %s", batch.describe(bucket, model_key))
         return request
 
     def _criteria(self, request: RunRequest) -> dict[str, Any]:
@@ -94,7 +102,7 @@ class ReleaseSensor(BaseSensorOperator):
 
         request = self._request(context)  # the conf is checked before anything else, in both modes
         self.model = runtime_model(self.model)
-        if not self.deferrable:
+        if not self.deferrable and not request.checks_once:
             return super().execute(context)
         criteria = self._criteria(request)
         found = self._find(criteria)
@@ -102,6 +110,10 @@ class ReleaseSensor(BaseSensorOperator):
             self.log.info("found %s v%s (%s, created %s)", found["model"], found["version"], found["kind"],
                           found["created_at"])
             return found
+        if request.checks_once:
+            why = ("an S3 event run" if request.kind is RunKind.EVENT else
+                   "S3 events start this model's deploys; a scheduled run only catches up on a lost one")
+            self._nothing(f"{why}, and there is no {self._wanted(criteria)}")
         if request.version is None and request.is_replay:
             self._nothing(f"no complete release was current at {criteria['as_of'].isoformat()}: "
                           f"looked for {self._wanted(criteria)}")
