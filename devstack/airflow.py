@@ -83,6 +83,8 @@ class AirflowServer:
             "AIRFLOW_HOME": str(self.home),
             "AIRFLOW_CONFIG": str(REPO / "airflow.cfg"),
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
+            # The project's plugins (the Triton models view); plugins/.airflowignore keeps the library out.
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USERNAME}:admin",
@@ -91,6 +93,9 @@ class AirflowServer:
             "AIRFLOW__API__PORT": str(self.port),
             "AIRFLOW__API__WORKERS": "1",  # 2 cores
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
+            # Where users reach the UI: the links in task notifications (and ti.log_url) are built on it;
+            # unset, Airflow assumes http://localhost:8080. One set in the environment wins.
+            "AIRFLOW__API__BASE_URL": inherited.get("AIRFLOW__API__BASE_URL") or self.url,
         }
 
     def _jwt_secret(self) -> str:

@@ -201,6 +201,8 @@ LLM = demo_models.LLM_MODEL
 
 
 DEPLOY_LLM = f"deploy_{LLM}"
+# The model whose deploys S3 events start on the local stack (devstack.stack.EVENT_MODELS).
+DEPLOY_TENSOR = f"deploy_{demo_models.TENSOR_MODEL}"
 
 
 def infer_llm(base_url: str, version: int, prompt: str = "the ", max_tokens: int = 12) -> dict[str, Any]:
@@ -381,6 +383,27 @@ class RunningAirflow:
             time.sleep(1)
         self.client.wait_until_idle(DEPLOY_LLM, timeout=timeout)
 
+    def watch_s3_events(self) -> None:
+        """Unpause the event-started model's DAG. Its AssetWatcher is registered when the dag-processor next
+        parses the file (assets of paused DAGs get none), up to min_file_process_interval later: done at
+        session start so that wait overlaps the first deploy."""
+        self.client.unpause(DEPLOY_TENSOR)
+
+    def wait_for_event_watcher(self, timeout: float = 180.0) -> str:
+        """Until the triggerer runs the SQS watcher of the event-started model; returns its queue URL."""
+        import time
+
+        from devstack.stack import events_queue_variable
+
+        queue = self.env[events_queue_variable(demo_models.TENSOR_MODEL)]
+        log = self.server.log_dir / "triggerer.log"
+        deadline = time.monotonic() + timeout
+        # The amazon provider's SqsSensorTrigger logs this line when it starts polling (triggers/sqs.py).
+        while f"Starting SQS sensor trigger for queue '{queue}'" not in log.read_text(errors="replace"):
+            assert time.monotonic() < deadline, f"the SQS watcher of {DEPLOY_TENSOR} did not start: see {log}"
+            time.sleep(1)
+        return queue
+
     def deploy(self, conf: dict[str, Any] | None = None, dag_id: str = DEPLOY_LLM) -> tuple[str, dict[str, str]]:
         """Trigger a run (as the UI's form without a date) and wait for it; returns (run id, task states)."""
         run_id = self.client.trigger(dag_id, conf)
@@ -397,3 +420,37 @@ class RunningAirflow:
         lines = [line for line in self.client.task_log(dag_id, run_id, task).splitlines() if "SUMMARY" in line]
         assert lines, f"no SUMMARY line in the {task} log of {run_id}"
         return str(lines[-1])
+
+
+# -- the Airflow UI in a real browser: Debian's chromium (make system-deps), headless, through Playwright ---
+
+UI_TIMEOUT_MS = 60_000
+
+
+@contextlib.contextmanager
+def chromium() -> Any:
+    """A headless chromium (playwright Browser), closed at the end of the block."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), headless=True,
+                                    args=["--no-sandbox", "--disable-dev-shm-usage"])
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def log_in(page: Any, url: str, password: str, path: str = f"/dags/{DEPLOY_LLM}") -> None:
+    """Open ``path`` in the UI as a person does: SimpleAuthManager shows its login page first; sign in as the
+    admin and land on ``path``."""
+    from devstack.airflow import USERNAME
+
+    page.goto(f"{url}{path}")
+    page.wait_for_url("**/auth/login**")
+    page.get_by_label("Username").fill(USERNAME)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"**{path}", timeout=UI_TIMEOUT_MS)

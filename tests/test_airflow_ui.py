@@ -16,10 +16,10 @@ from typing import Any
 from urllib.parse import unquote
 
 import pytest
-from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect
 
 from devstack.airflow import USERNAME, AirflowClient
-from tests.helpers import DEPLOY_LLM, RunningAirflow, golden, infer_llm, text_of
+from tests.helpers import DEPLOY_LLM, UI_TIMEOUT_MS, RunningAirflow, chromium, golden, infer_llm, log_in, text_of
 
 CHROMIUM = shutil.which("chromium")
 
@@ -30,18 +30,12 @@ pytestmark = [
 
 # How the form shows its pre-filled logical date (locale en-US, the UI's default timezone UTC).
 FORM_DATE = "%b %d, %Y %H:%M"
-UI_TIMEOUT_MS = 60_000
 
 
 @pytest.fixture()
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     args=["--no-sandbox", "--disable-dev-shm-usage"])
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.mark.timeout(600)
@@ -115,12 +109,7 @@ def test_the_ui_trigger_form_deploys_the_version_typed_in(running_airflow: Runni
 
 def _log_in(page: Page, url: str, password: str) -> None:
     """Open the DAG's page: the UI sends the browser to its login page first (SimpleAuthManager)."""
-    page.goto(f"{url}/dags/{DEPLOY_LLM}")
-    page.wait_for_url("**/auth/login**")
-    page.get_by_label("Username").fill(USERNAME)
-    page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(f"**/dags/{DEPLOY_LLM}", timeout=UI_TIMEOUT_MS)
+    log_in(page, url, password, f"/dags/{DEPLOY_LLM}")
     expect(page.get_by_test_id("trigger-dag-button")).to_be_visible(timeout=UI_TIMEOUT_MS)
 
 

@@ -10,9 +10,10 @@ This is what lets a backfill re-deploy, for each past date, the version that was
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from triton_rollout.config import ModelDeployment
 from triton_rollout.errors import ManifestError, ReleaseNotFound
@@ -26,6 +27,9 @@ from triton_rollout.release.s3 import (
     list_release_versions,
     make_client,
 )
+
+if TYPE_CHECKING:
+    from triton_rollout.triton.control import ModelState
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +124,15 @@ def serving_version(triton_url: str, triton_models: list[str], *, timeout: float
             log.warning("Triton at %s is not reachable: treating it as serving nothing", triton_url)
             return None
         index = control.repository_index()
+    return common_ready_version(index, triton_models)
+
+
+def common_ready_version(index: Iterable[ModelState], triton_models: Iterable[str]) -> int | None:
+    """The newest version that every one of ``triton_models`` has READY in Triton's repository ``index``."""
+    entries = list(index)
     common: set[int] | None = None
     for name in triton_models:
-        ready = {int(m.version) for m in index if m.name == name and m.state == "READY" and m.version.isdigit()}
+        ready = {int(m.version) for m in entries if m.name == name and m.state == "READY" and m.version.isdigit()}
         common = ready if common is None else common & ready
     return max(common) if common else None
 

@@ -40,6 +40,11 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def infer_url(base_url: str, model: str, version: int | str) -> str:
+    """The conventional infer endpoint of one model version: ``/v2/models/{name}/versions/{version}/infer``."""
+    return f"{base_url.rstrip('/')}/v2/models/{model}/versions/{version}/infer"
+
+
 def _text(exc: BaseException) -> str:
     """tritonclient's exceptions carry the server's message in .message(); others in str()."""
     msg = getattr(exc, "message", None)
