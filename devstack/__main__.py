@@ -34,12 +34,18 @@ def _write_env(values: dict[str, str]) -> None:
 def up() -> int:
     from .airflow import USERNAME, AirflowServer
     from .demo_models import publish_demo_releases
-    from .stack import BUCKET, LocalStack
+    from .stack import BUCKET, S3_KINDS, LocalStack
 
     if STACK_FILE.exists():
         print(f"a stack is already up (see {ENV_FILE}); run `make down` first", file=sys.stderr)
         return 1
-    stack = LocalStack(STATE_DIR / "stack").start()
+    # ROLLOUT_LOCAL_S3=seaweedfs: the real SeaweedFS server (credentials checked) instead of moto; no
+    # bucket notifications then, so every model's deploys start by polling.
+    s3_kind = os.environ.get("ROLLOUT_LOCAL_S3", "moto")
+    if s3_kind not in S3_KINDS:
+        print(f"ROLLOUT_LOCAL_S3 must be one of {', '.join(S3_KINDS)}, got {s3_kind!r}", file=sys.stderr)
+        return 2
+    stack = LocalStack(STATE_DIR / "stack", s3_kind=s3_kind).start()
     airflow = None
     try:
         env = stack.env()
@@ -56,7 +62,9 @@ def up() -> int:
         raise
     STACK_FILE.write_text(json.dumps({"pids": {**airflow.pids(), **stack.pids()}, "env": env}, indent=1))
     _write_env(env)
-    print(f"S3 (SeaweedFS) {env['AWS_ENDPOINT_URL']}, bucket '{BUCKET}': {len(uris)} demo releases")
+    print(f"S3 ({s3_kind}) {env['AWS_ENDPOINT_URL']}, bucket '{BUCKET}': {len(uris)} demo releases")
+    for model, queue in stack.queues.items():
+        print(f"  {model}: bucket notifications -> SQS {queue} (unpause deploy_{model} to start its watcher)")
     print(f"Triton {env['TRITON_URL']} serving {env['TRITON_MODEL_REPOSITORY']}")
     print(f"Kubernetes API emulator: KUBECONFIG={env['KUBECONFIG']} (PVC triton/triton-model-repository -> "
           f"{env['PVC_DIR']})")

@@ -1,6 +1,7 @@
 """The main job on the local stack, through a running Airflow: ``make demo``.
 
-Starts S3 (SeaweedFS), Triton (CPU tritonserver), the Kubernetes API emulator (pods run for real) and
+Starts S3 (moto's server, which sends bucket notifications to its SQS), Triton (CPU tritonserver), the
+Kubernetes API emulator (pods run for real) and
 Airflow (api-server, scheduler, dag-processor, triggerer on loopback, as ``make up`` does), then tells
 the committed deploy DAG's story the way users start deploys, every run executed by the scheduler:
 
@@ -10,7 +11,10 @@ the committed deploy DAG's story the way users start deploys, every run executed
 3. a manual run asking for the older v1 is refused (no ``allow_downgrade``), and v2 keeps serving;
 4. a backfill over two past hours, run by the scheduler: each run deploys the version current at its
    logical date (the demo's releases carry back-dated ``created_at`` stamps so there is a past to replay);
-5. a bad v3 (loads, answers wrongly): the smoke test fails, the rollback restores v2, the run fails.
+5. a bad v3 (loads, answers wrongly): the smoke test fails, the rollback restores v2, the run fails; a
+   local webhook receives the failure and the rollback notifications;
+6. S3 events: demo-tensor's DAG runs on its bucket notifications (SQS -> an AssetWatcher in the
+   triggerer); its v1 is published and served without any poll (publish -> serving, by event).
 
 Prints the figures (time to healthy, per-step durations, publish -> serving), the endpoints and a real
 answer, then stops everything it started. Exit status 0 only if every step did what it should.
@@ -30,11 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from .airflow import USERNAME, AirflowClient, AirflowServer
-from .stack import BUCKET, LocalStack
+from .receiver import Receiver
+from .stack import BUCKET, LocalStack, events_queue_variable
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "demo-llm"
 DAG_ID = f"deploy_{MODEL}"
+EVENT_MODEL = "demo-tensor"  # devstack.stack.EVENT_MODELS: its bucket notifications start its deploys
+EVENT_DAG_ID = f"deploy_{EVENT_MODEL}"
 STEPS = ["wait_for_release", "resolve", "build_engine", "sync", "load", "smoke", "promote", "announce", "rollback"]
 
 
@@ -66,10 +73,11 @@ def _states(states: dict[str, str]) -> str:
 class Story:
     """The demo's steps against one running Airflow and stack."""
 
-    def __init__(self, client: AirflowClient, stack: LocalStack, work: Path) -> None:
+    def __init__(self, client: AirflowClient, stack: LocalStack, work: Path, receiver: Receiver) -> None:
         self.client = client
         self.stack = stack
         self.work = work
+        self.receiver = receiver
         assert stack.triton is not None
         self.base = stack.triton.http_url
         self.results: list[str] = []
@@ -81,9 +89,9 @@ class Story:
                                           created_at=created_at, source=f"make demo: {variant} release")
         print(f"  published {uri} ({variant}, created_at {created_at.isoformat(timespec='minutes')})")
 
-    def wait(self, run_id: str, *, expect: str) -> dict[str, str]:
-        states = self.client.wait_for_run(DAG_ID, run_id)
-        run = self.client.request("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}")
+    def wait(self, run_id: str, *, expect: str, dag_id: str = DAG_ID) -> dict[str, str]:
+        states = self.client.wait_for_run(dag_id, run_id)
+        run = self.client.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
         print(f"  run {run_id}: {run['state']}; tasks: {_states(states)}")
         if run["state"] != expect:
             raise DemoFailed(f"run {run_id} ended {run['state']}, expected {expect}: {_states(states)}")
@@ -95,8 +103,8 @@ class Story:
             raise DemoFailed(f"Triton answered with version {answer['model_version']}, expected {version}")
         return _text(answer)
 
-    def step_durations(self, run_id: str) -> str:
-        tis = self.client.request("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances")["task_instances"]
+    def step_durations(self, run_id: str, dag_id: str = DAG_ID) -> str:
+        tis = self.client.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
         took = {t["task_id"]: t.get("duration") for t in tis if t.get("duration") is not None}
         return ", ".join(f"{t} {took[t]:.1f}s" for t in STEPS if t in took)
 
@@ -122,8 +130,8 @@ class Story:
         self.wait(run_id, expect="success")
         latency = time.monotonic() - published
         text = self.serving(1)
-        self.results.append(f"auto-start: v1 published -> promoted and serving in {latency:.0f}s (polling, 2 s poke); "
-                            f"steps: {self.step_durations(run_id)}")
+        self.results.append(f"auto-start by polling: v1 published -> promoted and serving in {latency:.0f}s (2 s poke; "
+                            f"the default 60 s poke adds up to 60 s); steps: {self.step_durations(run_id)}")
         print(f"  v1 serves: {text!r}")
 
     def _first_scheduled_run(self, timeout: float = 60.0) -> str:
@@ -193,17 +201,68 @@ class Story:
         print("  the smoke task fails with:\n    " + "\n    ".join(ending))
         if self.serving(2) != before:
             raise DemoFailed("after the rollback v2 answers differently")
+        posted = self.receiver.wait_for(2, where=lambda m: m.body.get("run_id") == run_id, timeout=60)
+        events = sorted(str(m.body.get("event")) for m in posted)
+        if events != ["failure", "rollback"]:
+            raise DemoFailed(f"expected a failure and a rollback notification for {run_id}, got {events}")
+        print("  notifications posted to the webhook:\n    " + "\n    ".join(
+            str(m.body["text"]).splitlines()[0] for m in posted))
         self.results.append("bad release v3: smoke test failed, rollback restored v2, the run failed (as it should); "
-                            "v2 still answers the same")
+                            "v2 still answers the same; the webhook got the failure and the rollback notices")
+
+
+    def watch_events(self) -> None:
+        """Unpause the event-started model's DAG early: its AssetWatcher is registered at the next parse of
+        the DAG file (a paused DAG's assets get none), up to min_file_process_interval (60 s) later."""
+        self.client.unpause(EVENT_DAG_ID)
+
+    def event_start(self, log_dir: Path, timeout: float = 180.0) -> None:
+        _say(f"6. S3 events: publish {EVENT_MODEL} v1; the bucket notifies SQS, the AssetWatcher starts the run")
+        queue = self.stack.env()[events_queue_variable(EVENT_MODEL)]
+        deadline = time.monotonic() + timeout
+        # The amazon provider's SqsSensorTrigger logs this when it starts polling (triggers/sqs.py).
+        while f"Starting SQS sensor trigger for queue '{queue}'" not in (log_dir / "triggerer.log").read_text(
+                errors="replace"):
+            if time.monotonic() > deadline:
+                raise DemoFailed(f"the SQS watcher of {EVENT_DAG_ID} did not start within {timeout:.0f}s")
+            time.sleep(1)
+        self.client.wait_until_idle(EVENT_DAG_ID)  # the catch-up scheduled run of unpausing: it looked once
+        print(f"  the triggerer long-polls {queue}")
+        from devstack import demo_models
+
+        published = time.monotonic()
+        uri = demo_models.publish_version(BUCKET, self.work / "releases", EVENT_MODEL, 1, source="make demo: event")
+        print(f"  published {uri}")
+        while not _ready(self.base, "demo_tensor", 1):
+            if time.monotonic() - published > timeout:
+                raise DemoFailed(f"{EVENT_MODEL} v1 was not served within {timeout:.0f}s of its publish")
+            time.sleep(0.2)
+        latency = time.monotonic() - published
+        runs = self.client.runs(EVENT_DAG_ID, run_type="asset_triggered")
+        if not runs:
+            raise DemoFailed(f"{EVENT_MODEL} v1 serves but no asset-triggered run deployed it")
+        run_id = str(runs[-1]["dag_run_id"])
+        self.wait(run_id, expect="success", dag_id=EVENT_DAG_ID)
+        self.results.append(f"auto-start by S3 event: {EVENT_MODEL} v1 published -> serving in {latency:.0f}s (no "
+                            f"poll); steps: {self.step_durations(run_id, EVENT_DAG_ID)}")
+
+
+def _ready(base_url: str, triton_model: str, version: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base_url}/v2/models/{triton_model}/versions/{version}/ready", timeout=2):
+            return True
+    except OSError:  # URLError and HTTPError (400 until the version is loaded) are OSErrors
+        return False
 
 
 def run_demo(*, keep: bool = False, rollback: bool = True) -> int:
     work = Path(tempfile.mkdtemp(prefix="demo-", dir=_work_root()))
     stack = LocalStack(work / "stack")
+    receiver = Receiver()  # the webhook the failure and rollback notifications reach
     airflow: AirflowServer | None = None
     started = time.monotonic()
     try:
-        _say("starting the local stack: S3 (SeaweedFS), Triton, Kubernetes API emulator")
+        _say("starting the local stack: S3 + SQS (moto's server), Triton, Kubernetes API emulator")
         stack.start()
         env = stack.env()
         os.environ.update(env)  # this process publishes the releases, as a producer would
@@ -211,15 +270,18 @@ def run_demo(*, keep: bool = False, rollback: bool = True) -> int:
 
         _say("starting Airflow on loopback: api-server, scheduler, dag-processor, triggerer (LocalExecutor)")
         t0 = time.monotonic()
-        airflow = AirflowServer.for_stack(stack, work / "airflow", ROLLOUT_SENSOR_POKE_S="2").start()
+        receiver.start()
+        airflow = AirflowServer.for_stack(stack, work / "airflow", ROLLOUT_SENSOR_POKE_S="2",
+                                          **receiver.airflow_env()).start()
         healthy = time.monotonic() - t0
         client = AirflowClient(airflow.url, USERNAME, airflow.password)
         client.wait_for_dag(DAG_ID)
         print(f"Airflow {airflow.url} (login {USERNAME} / {airflow.password}): healthy in {healthy:.0f}s "
               "(db migrate + pools included)")
 
-        story = Story(client, stack, work)
+        story = Story(client, stack, work, receiver)
         story.results.append(f"Airflow healthy in {healthy:.0f}s after start (db migrate, pools, four components)")
+        story.watch_events()
         hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
         # Back-dated stamps: v1 was current at hour-3h, v2 from hour-2.5h on; the backfill replays both.
         story.auto_start(history=hour - timedelta(hours=3, minutes=30))
@@ -228,6 +290,7 @@ def run_demo(*, keep: bool = False, rollback: bool = True) -> int:
         story.backfill(hour - timedelta(hours=3), hour - timedelta(hours=2))
         if rollback:
             story.bad_release()
+        story.event_start(airflow.log_dir)
 
         _say(f"demo result ({time.monotonic() - started:.0f}s)")
         for line in story.results:
@@ -243,7 +306,8 @@ def run_demo(*, keep: bool = False, rollback: bool = True) -> int:
         if airflow is not None:
             airflow.stop()
         stack.stop()
-        print("stopped Airflow, S3, Triton and the Kubernetes emulator", flush=True)
+        receiver.stop()
+        print("stopped Airflow, S3, Triton, the Kubernetes emulator and the webhook receiver", flush=True)
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
         else:

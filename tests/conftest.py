@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from devstack.receiver import Receiver
 from devstack.s3 import SeaweedS3
 from devstack.stack import DEMO_BUILDERS, image_runtime
 from devstack.triton import TritonServer
@@ -187,9 +188,17 @@ def rollout(airflow_dags: Path, kube_emulator, s3_server: SeaweedS3, bucket: str
 
 
 @pytest.fixture(scope="session")
-def running_airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAirflow]:
+def notify_receiver() -> Iterator[Receiver]:
+    """The webhook the running Airflow's failure and rollback notifications reach (devstack.receiver)."""
+    with Receiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="session")
+def running_airflow(tmp_path_factory: pytest.TempPathFactory, notify_receiver: Receiver) -> Iterator[RunningAirflow]:
     """S3 + Triton + the Kubernetes emulator + Airflow's api-server, scheduler, dag-processor and
-    triggerer (devstack.airflow), as `make up` starts them; stopped at the end of the session."""
+    triggerer (devstack.airflow), as `make up` starts them; stopped at the end of the session.
+    Notifications go to ``notify_receiver`` (its connection and the notify settings in the environment)."""
     from devstack.airflow import USERNAME, AirflowClient, AirflowServer
     from devstack.stack import LocalStack
 
@@ -201,12 +210,14 @@ def running_airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runnin
         # would hold max_active_runs=1 while it waits), and backfills have whole past months to replay.
         server = AirflowServer.for_stack(local, root / "airflow", ROLLOUT_SENSOR_POKE_S="2",
                                          ROLLOUT_SCHEDULE="0 0 1 * *", ROLLOUT_SENSOR_TIMEOUT_S="60",
-                                         ROLLOUT_FAILED_POD_RETENTION_S=str(RUNNING_AIRFLOW_POD_RETENTION_S)).start()
+                                         ROLLOUT_FAILED_POD_RETENTION_S=str(RUNNING_AIRFLOW_POD_RETENTION_S),
+                                         **notify_receiver.airflow_env()).start()
         try:
             client = AirflowClient(server.url, USERNAME, server.password)
             for dag_id in ("deploy_demo-llm", "reconcile_triton_models"):
                 client.wait_for_dag(dag_id)
             airflow = RunningAirflow(local, server, client, root / "work")
+            airflow.watch_s3_events()
             airflow.first_deploy_by_the_scheduler()
             yield airflow
         finally:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 import subprocess
 import urllib.error
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
+from devstack.receiver import Received, Receiver
 from tests.helpers import (
     DEPLOY_LLM,
     RUNNING_AIRFLOW_POD_RETENTION_S,
@@ -147,9 +149,13 @@ def _months_before(month: datetime, n: int) -> datetime:
     return month.replace(year=year, month=index + 1)
 
 
-def test_a_bad_release_is_rolled_back_and_its_log_ends_with_what_to_do(running_airflow: RunningAirflow) -> None:
+def test_a_bad_release_is_rolled_back_and_its_log_ends_with_what_to_do(running_airflow: RunningAirflow,
+                                                                        notify_receiver: Receiver) -> None:
     import json
     import time
+    from urllib.parse import quote
+
+    from devstack.receiver import DEFAULT_ENDPOINT
 
     af, client = running_airflow, running_airflow.client
     v = af.next_version()
@@ -161,6 +167,25 @@ def test_a_bad_release_is_rolled_back_and_its_log_ends_with_what_to_do(running_a
     failed_at = time.monotonic()
     assert states["smoke"] == "failed" and states["rollback"] == "success", states
     assert text_of(infer_llm(af.triton_url, v)) == golden(v)
+
+    # Notified (models.yaml notify, pointed at the session's receiver): the smoke failure, then the rollback.
+    def of_this_run(event: str) -> Callable[[Received], bool]:
+        return lambda m: isinstance(m.body, dict) and m.body.get("run_id") == run_id and m.body.get("event") == event
+
+    [failure] = notify_receiver.wait_for(1, where=of_this_run("failure"), timeout=60)
+    [rolled_back] = notify_receiver.wait_for(1, where=of_this_run("rollback"), timeout=60)
+    assert failure.path == DEFAULT_ENDPOINT and failure.headers["content-type"] == "application/json"
+    sent = failure.body
+    assert (sent["model"], sent["version"], sent["step"]) == ("demo-llm", v + 1, "smoke"), sent
+    assert sent["error"].startswith("smoke of demo-llm failed (exit code"), sent
+    assert "kubectl -n triton logs" in sent["what_to_do"], sent
+    assert sent["run_url"] == f"{af.server.url}/dags/{DEPLOY_LLM}/runs/{quote(run_id, safe='')}", sent
+    sent = rolled_back.body
+    assert (sent["version"], sent["serving_version"], sent["failed_step"]) == (v + 1, v, "smoke"), sent
+    assert f"demo-llm v{v + 1} was rolled back after smoke failed: v{v} serves again." in sent["text"], sent
+    this_run = [m.body for m in notify_receiver.messages if isinstance(m.body, dict) and m.body.get("run_id") == run_id]
+    assert sorted(m["step"] for m in this_run) == ["rollback", "smoke"], this_run  # one each, nothing else
+    assert "sent the failure notification of demo-llm" in client.task_log(DEPLOY_LLM, run_id, "smoke")
 
     tail = client.task_log(DEPLOY_LLM, run_id, "smoke").strip().splitlines()[-15:]
     assert any("smoke of demo-llm failed (exit code" in line for line in tail), tail
@@ -181,6 +206,35 @@ def test_a_bad_release_is_rolled_back_and_its_log_ends_with_what_to_do(running_a
     _, states = af.deploy({"version": v})
     assert states["promote"] == "success", states
     assert not set(kept) & set(failed_smoke_pods())
+
+
+def test_a_failed_deferred_build_is_notified_once_after_its_retry(running_airflow: RunningAirflow,
+                                                                   notify_receiver: Receiver) -> None:
+    from triton_rollout.release.publish import publish_release
+
+    from devstack import demo_models
+    from devstack.stack import BUCKET
+
+    af = running_airflow
+    v = af.next_version()
+    # A checkpoint without its tokenizer: the (deferred) build pod fails, a failure that is retried once.
+    src = demo_models.write_llm_checkpoint(af.work / f"broken-checkpoint-{v}", v)
+    (src / demo_models.VOCAB_FILE).unlink()
+    with environment(af.env):
+        publish_release(src, demo_models.release_uri(BUCKET, "releases", demo_models.LLM_MODEL, v), kind="checkpoint",
+                        source="test checkpoint without a tokenizer")
+    run_id, states = af.deploy({"version": v})
+    assert states["build_engine"] == "failed" and states["sync"] == "upstream_failed", states
+    assert states["rollback"] == "skipped", states
+
+    # Sent by the resumed task's runner after the last try; the first try's failure (a retry) sends nothing.
+    [failure] = notify_receiver.wait_for(1, where=lambda m: isinstance(m.body, dict) and m.body["run_id"] == run_id,
+                                         timeout=60)
+    sent = failure.body
+    assert (sent["event"], sent["step"], sent["version"], sent["try_number"]) == ("failure", "build_engine", v, 2), sent
+    assert sent["error"].startswith("build of demo-llm failed (exit code"), sent
+    assert "kubectl -n triton logs" in sent["what_to_do"], sent
+    assert len([m for m in notify_receiver.messages if isinstance(m.body, dict) and m.body["run_id"] == run_id]) == 1
 
 
 def test_airflow_listens_on_loopback_only(running_airflow: RunningAirflow) -> None:

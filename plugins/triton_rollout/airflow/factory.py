@@ -18,6 +18,7 @@ from airflow.sdk import DAG, Asset, Param, TriggerRule, task
 
 from triton_rollout.config import ModelDeployment, ProjectConfig, read_config_file
 
+from .notify import failure_callbacks, rollback_callbacks
 from .operators import (
     BuildEngineOperator,
     LoadOperator,
@@ -27,6 +28,7 @@ from .operators import (
     SmokeOperator,
     SyncOperator,
 )
+from .schedules import deploy_schedule
 from .sensors import ReleaseSensor
 
 CONFIG_ENV = "TRITON_ROLLOUT_MODELS"
@@ -89,15 +91,17 @@ def deploy_dag(model: ModelDeployment) -> DAG:
     with DAG(
         dag_id=f"deploy_{model.name}",
         description=f"Deploy {model.name} releases from S3 to Triton",
-        schedule=model.schedule,
+        schedule=deploy_schedule(model),
         start_date=START_DATE,
         catchup=False,
         max_active_runs=1,  # two deploys of one model would only queue on the PVC lock
         params=deploy_params(model),
         tags=[*TAGS, model.name],
         doc_md=DEPLOY_DOC.format(name=model.name, prefix=model.release_prefix, triton=model.triton_url,
-                                 schedule=model.schedule),
-        default_args={"retries": 0, "retry_delay": timedelta(seconds=30)},
+                                 schedule=model.schedule if not model.events.enabled else
+                                 f"{model.schedule} or an S3 event (SQS {model.events.sqs_queue_url})"),
+        # notify.when failure: every task's final failure is posted (a skip is not one); none when unset.
+        default_args={"retries": 0, "retry_delay": timedelta(seconds=30), **failure_callbacks(model)},
     ) as dag:
         wait = ReleaseSensor(task_id="wait_for_release", model=model, timeout=timeout,
                              poke_interval=model.sensor.poke_interval_s)
@@ -129,7 +133,7 @@ def deploy_dag(model: ModelDeployment) -> DAG:
         promote = PromoteOperator(task_id="promote", model=model, retries=1,
                                      trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
         rollback = RollbackOperator(task_id="rollback", model=model,
-                                      trigger_rule=TriggerRule.ONE_FAILED)
+                                      trigger_rule=TriggerRule.ONE_FAILED, **rollback_callbacks(model))
         wait >> resolved >> build >> sync
         resolved >> sync >> load >> smoke >> promote >> announce_task()
         load >> promote

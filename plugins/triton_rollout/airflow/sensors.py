@@ -94,7 +94,9 @@ class ReleaseSensor(BaseSensorOperator):
 
     def _nothing(self, message: str) -> None:
         if self.soft_fail:
-            raise AirflowSkipException(message + ": nothing to deploy, the run is skipped")
+            message += ": nothing to deploy, the run is skipped"
+            self.log.info("%s", message)  # the Task SDK logs only "Skipping task." for a skip
+            raise AirflowSkipException(message)
         raise AirflowSensorTimeout(message)
 
     def execute(self, context: Any) -> Any:
@@ -113,7 +115,7 @@ class ReleaseSensor(BaseSensorOperator):
         if request.checks_once:
             why = ("an S3 event run" if request.kind is RunKind.EVENT else
                    "S3 events start this model's deploys; a scheduled run only catches up on a lost one")
-            self._nothing(f"{why}, and there is no {self._wanted(criteria)}")
+            self._nothing(f"{why}; looked once for {self._wanted(criteria)} and found none")
         if request.version is None and request.is_replay:
             self._nothing(f"no complete release was current at {criteria['as_of'].isoformat()}: "
                           f"looked for {self._wanted(criteria)}")
