@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from triton_rollout.build.builders import BUILDERS_ENV
+from triton_rollout.config import KubernetesConfig
 
 from .kube import KubeEmulator, default_runtime
 from .moto import MotoS3
@@ -29,6 +30,11 @@ BUCKET = "models"
 NAMESPACE = "triton"
 PVC_CLAIM = "triton-model-repository"
 S3_SECRET = "triton-rollout-s3"
+# What dags/models.yaml's pods need to exist and to write as, as on a cluster: their ServiceAccount (the
+# emulator refuses pods naming a missing one) and a PVC folder owned by their uid / fsGroup (the claim is
+# ReadWriteMany, to which kubelet does not apply fsGroup: the provisioner hands it to that user).
+SERVICE_ACCOUNT = KubernetesConfig().service_account
+PVC_OWNER = (KubernetesConfig().run_as_user, KubernetesConfig().fs_group)
 REPO = Path(__file__).resolve().parent.parent
 # The CPU demo builder (backend cpu-demo in dags/models.yaml) lives here, outside the product: every
 # process that validates or runs its specs names it. Airflow and the CLI get it from env(), the pods from
@@ -89,7 +95,8 @@ class LocalStack:
             self.started.append("triton")
             self.kube = KubeEmulator(self.root / "kube", images=[image_runtime()]).start()
             self.started.append("kube")
-            self.kube.create_pvc(NAMESPACE, PVC_CLAIM, self.pvc)
+            self.kube.create_pvc(NAMESPACE, PVC_CLAIM, self.pvc, owner=PVC_OWNER)
+            self.kube.create_service_account(NAMESPACE, SERVICE_ACCOUNT)
             try:
                 self.kube.create_secret(NAMESPACE, S3_SECRET, {"AWS_ACCESS_KEY_ID": self.s3.access_key,
                                                                "AWS_SECRET_ACCESS_KEY": self.s3.secret_key})

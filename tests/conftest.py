@@ -11,7 +11,7 @@ import pytest
 
 from devstack.receiver import Receiver
 from devstack.s3 import SeaweedS3
-from devstack.stack import DEMO_BUILDERS, image_runtime
+from devstack.stack import DEMO_BUILDERS, PVC_OWNER, SERVICE_ACCOUNT, image_runtime
 from devstack.triton import TritonServer
 from tests.helpers import (
     PROJECT_DAG_FILES,
@@ -167,7 +167,9 @@ def rollout(airflow_dags: Path, kube_emulator, s3_server: SeaweedS3, bucket: str
         if not link.exists():
             link.symlink_to(repo_dags / name)
     claim = f"repo-{uuid.uuid4().hex[:8]}"
-    kube_emulator.create_pvc(ROLLOUT_NS, claim, pvc)
+    # As devstack.stack does: the pods' ServiceAccount, and the claim's folder owned by the pods' user.
+    kube_emulator.create_pvc(ROLLOUT_NS, claim, pvc, owner=PVC_OWNER)
+    kube_emulator.create_service_account(ROLLOUT_NS, SERVICE_ACCOUNT)
     try:
         kube_emulator.create_secret(ROLLOUT_NS, ROLLOUT_SECRET, {"AWS_ACCESS_KEY_ID": s3_server.access_key,
                                                                  "AWS_SECRET_ACCESS_KEY": s3_server.secret_key})

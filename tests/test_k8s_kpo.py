@@ -48,6 +48,7 @@ with DAG(spec["dag_id"], schedule=None, start_date=pendulum.datetime(2024, 1, 1)
 def k8s(kube_emulator: KubeEmulator) -> Iterator[Any]:
     v1 = kube_emulator.core_v1()
     kube_emulator.create_namespace(NS)
+    kube_emulator.create_service_account(NS, KubernetesConfig().service_account)  # pods are refused without it
     yield v1
     v1.api_client.close()
 
@@ -93,7 +94,8 @@ def test_sync_pod_syncs_a_release_into_the_pvc(airflow_dags: Path, kube_emulator
     src = make_release_dir(tmp_path / "src", seed=4, small=3, model="llm")
     publish_release(src, f"s3://{bucket}/releases/llm/1")
     claim = f"repo-{uuid.uuid4().hex[:6]}"
-    kube_emulator.create_pvc(NS, claim, pvc)
+    kube = KubernetesConfig()
+    kube_emulator.create_pvc(NS, claim, pvc, owner=(kube.run_as_user, kube.fs_group))  # the pods run as uid 1000
     kube_emulator.create_secret(NS, "s3-creds", {"AWS_ACCESS_KEY_ID": s3_server.access_key,
                                                  "AWS_SECRET_ACCESS_KEY": s3_server.secret_key})
     model = ModelDeployment(

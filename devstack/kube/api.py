@@ -1,30 +1,99 @@
 """The emulator's API semantics over the store, independent of HTTP (transport.py carries requests here).
 
-The core/v1 subset KubernetesPodOperator and the kubernetes clients use: discovery and /version,
-routing /api/v1 paths to (resource, namespace, name, subresource), the verbs with what a real API
-server checks and defaults on create / replace / patch / delete (pod validation and defaults, secrets'
-stringData, PVC host folders, graceful pod deletion through the kubelet), and JSON merge patch / JSON
-patch.
+The core/v1 subset KubernetesPodOperator and the kubernetes clients use, plus storage.k8s.io/v1
+StorageClasses: discovery and /version, routing /api/v1 and /apis/<group>/<version> paths to (resource,
+namespace, name, subresource), the verbs with what a real API server checks and defaults on create /
+replace / patch / delete (pod validation and defaults, secrets' stringData, PVC binding against storage
+classes, graceful pod deletion through the kubelet), ``dryRun=All`` (every check, nothing stored),
+``fieldValidation`` (unknown fields against the upstream schemas), and JSON merge patch / JSON patch.
 """
 
 from __future__ import annotations
 
 import base64
 import copy
+import threading
+import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
+from . import storage
+from .admission import admit_pod, create_default_service_account
 from .events import record_pod_event
 from .kubelet import HOST_PATH_ANNOTATION, Kubelet
+from .openapi import OpenApi, unknown_fields
 from .selectors import field_matcher, label_matcher
 from .store import ApiError, Obj, Store, now_iso
 
 GIT_VERSION = "v1.31.0"  # what /version reports; the kubernetes client does not gate on it
-NAMESPACED = {"pods": "Pod", "persistentvolumeclaims": "PersistentVolumeClaim", "secrets": "Secret",
-              "configmaps": "ConfigMap", "serviceaccounts": "ServiceAccount", "events": "Event"}
-CLUSTER = {"namespaces": "Namespace", "nodes": "Node"}
-SHORT = {"pods": ["po"], "persistentvolumeclaims": ["pvc"], "configmaps": ["cm"], "serviceaccounts": ["sa"],
-         "events": ["ev"], "namespaces": ["ns"], "nodes": ["no"]}
-READ_ONLY = {"nodes"}  # nodes come from the emulator's config
+
+
+@dataclass(frozen=True)
+class Resource:
+    kind: str
+    namespaced: bool
+    group: str = ""
+    version: str = "v1"
+    short: list[str] = field(default_factory=list)
+    read_only: bool = False  # nodes come from the emulator's config
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def gv_path(self) -> str:
+        return f"apis/{self.group}/{self.version}" if self.group else f"api/{self.version}"
+
+
+RESOURCES: dict[str, Resource] = {
+    "pods": Resource("Pod", True, short=["po"]),
+    "persistentvolumeclaims": Resource("PersistentVolumeClaim", True, short=["pvc"]),
+    "secrets": Resource("Secret", True),
+    "configmaps": Resource("ConfigMap", True, short=["cm"]),
+    "serviceaccounts": Resource("ServiceAccount", True, short=["sa"]),
+    "events": Resource("Event", True, short=["ev"]),
+    "namespaces": Resource("Namespace", False, short=["ns"]),
+    "nodes": Resource("Node", False, short=["no"], read_only=True),
+    "storageclasses": Resource("StorageClass", False, group="storage.k8s.io", short=["sc"]),
+}
+NAMESPACED = {p: r.kind for p, r in RESOURCES.items() if r.namespaced}
+GROUPS = {"storage.k8s.io": "v1"}  # the API groups besides core, with their one served version
+
+
+def resources_of(gv_path: str) -> dict[str, Resource]:
+    return {p: r for p, r in RESOURCES.items() if r.gv_path == gv_path}
+
+
+def _resource_list(gv_path: str, group_version: str) -> Obj:
+    out = []
+    for plural, r in resources_of(gv_path).items():
+        verbs = ["get", "list", "watch"] if r.read_only else \
+            ["create", "delete", "get", "list", "patch", "update", "watch"]
+        entry = {"name": plural, "singularName": r.kind.lower(), "namespaced": r.namespaced, "kind": r.kind,
+                 "verbs": verbs, "shortNames": r.short}
+        if plural == "pods":
+            entry["categories"] = ["all"]  # what `kubectl get all` expands to (here: pods only)
+        out.append(entry)
+    if gv_path == "api/v1":
+        for sub in ("pods/log", "pods/status"):
+            out.append({"name": sub, "singularName": "", "namespaced": True, "kind": "Pod", "verbs": ["get"]})
+    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": out}
+
+
+def _group(name: str, version: str) -> Obj:
+    gv = {"groupVersion": f"{name}/{version}", "version": version}
+    return {"name": name, "versions": [gv], "preferredVersion": gv}
+
+
+def dry_run(q: dict[str, str]) -> bool:
+    """dryRun=All (the only value the API defines); anything else is refused, as upstream does."""
+    value = q.get("dryRun")
+    if value in (None, ""):
+        return False
+    if value != "All":
+        raise ApiError(400, "BadRequest", f'dryRun: Unsupported value: "{value}": supported values: "All"')
+    return True
 
 
 class Api:
@@ -34,6 +103,9 @@ class Api:
         self.store = store
         self.kubelet = kubelet
         self.pvc_host_paths = pvc_host_paths
+        self.openapi = OpenApi({gv: {p: (r.kind, r.namespaced, r.read_only) for p, r in resources_of(gv).items()}
+                                for gv in {r.gv_path for r in RESOURCES.values()}})
+        self._local = threading.local()  # per request thread: its fieldValidation=Warn findings
 
     # -- discovery -----------------------------------------------------------------------------------
 
@@ -47,19 +119,15 @@ class Api:
             return {"kind": "APIVersions", "versions": ["v1"],
                     "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}
         if path == "/apis":
-            return {"kind": "APIGroupList", "apiVersion": "v1", "groups": []}
+            return {"kind": "APIGroupList", "apiVersion": "v1",
+                    "groups": [_group(g, v) for g, v in GROUPS.items()]}
         if path == "/api/v1":
-            resources = []
-            for plural, kind in {**NAMESPACED, **CLUSTER}.items():
-                verbs = ["get", "list", "watch"] if plural in READ_ONLY else \
-                    ["create", "delete", "get", "list", "patch", "update", "watch"]
-                resources.append({"name": plural, "singularName": kind.lower(), "namespaced": plural in NAMESPACED,
-                                  "kind": kind, "verbs": verbs, "shortNames": SHORT.get(plural, [])})
-            resources.append({"name": "pods/log", "singularName": "", "namespaced": True, "kind": "Pod",
-                              "verbs": ["get"]})
-            resources.append({"name": "pods/status", "singularName": "", "namespaced": True, "kind": "Pod",
-                              "verbs": ["get"]})
-            return {"kind": "APIResourceList", "groupVersion": "v1", "resources": resources}
+            return _resource_list("api/v1", "v1")
+        for g, v in GROUPS.items():
+            if path == f"/apis/{g}":
+                return {"kind": "APIGroup", "apiVersion": "v1", **_group(g, v)}
+            if path == f"/apis/{g}/{v}":
+                return _resource_list(f"apis/{g}/{v}", f"{g}/{v}")
         if path in ("/healthz", "/livez", "/readyz"):
             return {"ok": True}
         return None
@@ -68,22 +136,29 @@ class Api:
 
     @staticmethod
     def route(path: str) -> tuple[str, str | None, str | None, str | None]:
-        """(resource, namespace, name, subresource) from /api/v1/... ."""
-        parts = [p for p in path.split("/") if p][2:]
+        """(resource, namespace, name, subresource) from /api/v1/... or /apis/<group>/<version>/... ."""
+        parts = [p for p in path.split("/") if p]
+        if parts[:1] == ["api"] and parts[1:2] == ["v1"]:
+            gv_path, parts = "api/v1", parts[2:]
+        elif parts[:1] == ["apis"] and len(parts) >= 3 and GROUPS.get(parts[1]) == parts[2]:
+            gv_path, parts = f"apis/{parts[1]}/{parts[2]}", parts[3:]
+        else:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        served = resources_of(gv_path)
         if not parts:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         if parts[0] == "namespaces" and len(parts) >= 3:
             ns, resource, rest = parts[1], parts[2], parts[3:]
-            if resource not in NAMESPACED:
+            if resource not in served or not served[resource].namespaced:
                 raise ApiError(404, "NotFound", f"the server could not find the requested resource ({resource})")
             name = rest[0] if rest else None
             sub = rest[1] if len(rest) > 1 else None
             return resource, ns, name, sub
         resource = parts[0]
-        if resource not in NAMESPACED and resource not in CLUSTER:
+        if resource not in served:
             raise ApiError(404, "NotFound", f"the server could not find the requested resource ({resource})")
         name = parts[1] if len(parts) > 1 else None
-        if name and resource in NAMESPACED:
+        if name and served[resource].namespaced:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         return resource, None, name, parts[2] if len(parts) > 2 else None
 
@@ -91,32 +166,72 @@ class Api:
         if ns and self.store.find("namespaces", "", ns) is None:
             raise ApiError(404, "NotFound", f'namespaces "{ns}" not found', {"name": ns, "kind": "namespaces"})
 
+    @staticmethod
+    def _read_only(resource: str) -> None:
+        if RESOURCES[resource].read_only:
+            raise ApiError(405, "MethodNotAllowed", f"{resource} are defined by the emulator's config")
+
+    def check_fields(self, resource: str, obj: Obj, q: dict[str, str]) -> None:
+        """fieldValidation: Strict rejects unknown fields, Warn (the default) reports them in a Warning
+        header, Ignore drops them silently (apiserver pkg/endpoints/handlers/rest.go fieldValidation)."""
+        mode = q.get("fieldValidation") or "Warn"
+        if mode not in ("Strict", "Warn", "Ignore"):
+            raise ApiError(400, "BadRequest", f"fieldValidation: Unsupported value: {mode!r}: supported values: "
+                           '"Ignore", "Strict", "Warn"')
+        if mode == "Ignore" or not isinstance(obj, dict):
+            return
+        r = RESOURCES[resource]
+        unknown = [f'unknown field "{f}"' for f in unknown_fields(r.group, r.version, r.kind, obj)]
+        if not unknown:
+            return
+        if mode == "Strict":
+            raise ApiError(400, "BadRequest", f'{r.kind} in version "{r.version}" cannot be handled as a '
+                           f"{r.kind}: strict decoding error: {', '.join(unknown)}")
+        self.warnings().extend(unknown)
+
+    def warnings(self) -> list[str]:
+        """The Warning header values of the request this thread is handling (the transport clears them)."""
+        if not hasattr(self._local, "warnings"):
+            self._local.warnings = []
+        return self._local.warnings
+
     # -- verbs ---------------------------------------------------------------------------------------
 
     def get(self, resource: str, ns: str | None, name: str) -> Obj:
         return self.with_kind(resource, self.store.get(resource, ns or "", name))
 
-    def list(self, resource: str, ns: str | None, q: dict[str, str]) -> Obj:
+    def list_items(self, resource: str, ns: str | None, q: dict[str, str]) -> tuple[list[Obj], int]:
         labels, fields = label_matcher(q.get("labelSelector")), field_matcher(resource, q.get("fieldSelector"))
         items, rv = self.store.list(resource, ns)
-        kind = {**NAMESPACED, **CLUSTER}[resource]
-        return {"kind": f"{kind}List", "apiVersion": "v1", "metadata": {"resourceVersion": str(rv)},
-                "items": [self.with_kind(resource, o) for o in items if labels(o) and fields(o)]}
+        return [self.with_kind(resource, o) for o in items if labels(o) and fields(o)], rv
 
-    def create(self, resource: str, ns: str | None, body: Obj) -> Obj:
-        if resource in READ_ONLY:
-            raise ApiError(405, "MethodNotAllowed", f"{resource} are defined by the emulator's config")
+    def list(self, resource: str, ns: str | None, q: dict[str, str]) -> Obj:
+        items, rv = self.list_items(resource, ns, q)
+        r = RESOURCES[resource]
+        return {"kind": f"{r.kind}List", "apiVersion": r.api_version, "metadata": {"resourceVersion": str(rv)},
+                "items": items}
+
+    def create(self, resource: str, ns: str | None, body: Obj, q: dict[str, str] | None = None) -> Obj:
+        q = q or {}
+        self._read_only(resource)
+        dry = dry_run(q)
         self.ensure_namespace(ns)
+        if not isinstance(body, dict):
+            raise ApiError(400, "BadRequest", "the body of the request must be an object")
+        self.check_fields(resource, body, q)
         body_ns = (body.get("metadata") or {}).get("namespace")
         if ns and body_ns and body_ns != ns:
             raise ApiError(400, "BadRequest", "the namespace of the provided object does not match the namespace "
                            "sent on the request")
         body = copy.deepcopy(body)
         body.pop("status", None)
-        body["apiVersion"] = "v1"
-        body["kind"] = {**NAMESPACED, **CLUSTER}[resource]
+        body["apiVersion"] = RESOURCES[resource].api_version
+        body["kind"] = RESOURCES[resource].kind
+        uid = str(uuid.uuid4())
+        claim_problem: tuple[str, str] | None = None
         if resource == "pods":
             self._default_pod(body)
+            admit_pod(self.store, ns or "", body)  # admission.py: the ServiceAccount must exist
         elif resource == "secrets":
             data = dict(body.get("data") or {})
             for k, v in (body.pop("stringData", None) or {}).items():
@@ -125,14 +240,34 @@ class Api:
             body.setdefault("type", "Opaque")
         elif resource == "namespaces":
             body["status"] = {"phase": "Active"}
+        elif resource == "storageclasses":
+            if not body.get("provisioner"):
+                raise ApiError(422, "Invalid", f'StorageClass "{(body.get("metadata") or {}).get("name", "")}" is '
+                               "invalid: provisioner: Required value")
+            body.setdefault("reclaimPolicy", "Delete")
+            body.setdefault("volumeBindingMode", "Immediate")
         elif resource == "persistentvolumeclaims":
-            body["status"] = {"phase": "Bound", "accessModes": (body.get("spec") or {}).get("accessModes", []),
-                              "capacity": ((body.get("spec") or {}).get("resources") or {}).get("requests", {})}
-            name = (body.get("metadata") or {}).get("name", "")
+            body.setdefault("metadata", {})
+            storage.default_storage_class(self.store, body)
+            body["spec"].setdefault("volumeMode", "Filesystem")
+            name = body["metadata"].get("name", "")
             host = self.pvc_host_paths.get(f"{ns}/{name}") or self.pvc_host_paths.get(name)
             if host:
                 body["metadata"].setdefault("annotations", {})[HOST_PATH_ANNOTATION] = host
-        return self.with_kind(resource, self.store.create(resource, ns or "", body))
+            ok, reason, message = storage.binding(self.store, body)
+            if ok:
+                storage.bind(body, uid)
+            else:
+                body["status"] = {"phase": "Pending"}
+                claim_problem = (reason, message)
+        created = self.store.create(resource, ns or "", body, uid=uid, dry_run=dry)
+        if not dry and claim_problem is not None:
+            storage.record_claim_event(self.store, created, "Warning", *claim_problem)
+        if not dry and resource == "storageclasses":
+            storage.retry_pending(self.store)
+        if not dry and resource == "namespaces":
+            create_default_service_account(self.store, created["metadata"]["name"])
+        return self.with_kind(resource, created)
 
     def _default_pod(self, pod: Obj) -> None:
         spec = pod.get("spec") or {}
@@ -168,34 +303,56 @@ class Api:
         pod["spec"] = spec
         pod["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
 
-    def replace(self, resource: str, ns: str | None, name: str, body: Obj) -> Obj:
-        if resource in READ_ONLY:
-            raise ApiError(405, "MethodNotAllowed", f"{resource} are defined by the emulator's config")
+    def replace(self, resource: str, ns: str | None, name: str, body: Obj, q: dict[str, str] | None = None) -> Obj:
+        q = q or {}
+        self._read_only(resource)
+        dry = dry_run(q)
         current = self.store.get(resource, ns or "", name)
+        self.check_fields(resource, body, q)
         body = copy.deepcopy(body)
         self._guard_update(resource, current, body)
-        return self.with_kind(resource, self.store.replace(resource, ns or "", name, body, check_rv=True))
+        stored = self.store.replace(resource, ns or "", name, body, check_rv=True, dry_run=dry)
+        if not dry and resource == "storageclasses":
+            storage.retry_pending(self.store)
+        return self.with_kind(resource, stored)
 
-    def patch(self, resource: str, ns: str | None, name: str, body: Any, content_type: str) -> Obj:
-        if resource in READ_ONLY:
-            raise ApiError(405, "MethodNotAllowed", f"{resource} are defined by the emulator's config")
+    def patch(self, resource: str, ns: str | None, name: str, body: Any, content_type: str,
+              q: dict[str, str] | None = None) -> Obj:
+        q = q or {}
+        self._read_only(resource)
+        dry = dry_run(q)
         current = self.store.get(resource, ns or "", name)
         if "json-patch" in content_type:
             new = json_patch(current, body)
+        elif "strategic-merge-patch" in content_type:
+            # Strategic merge is applied as a JSON merge patch (list fields are replaced, not merged by
+            # key), without the $-directives kubectl adds (apimachinery pkg/util/strategicpatch).
+            new = merge_patch(current, strip_directives(body))
         elif "merge-patch" in content_type:
-            # Strategic merge is applied as a JSON merge patch: list fields are replaced, not merged by key.
             new = merge_patch(current, body)
         else:
             raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format "
                            f"- accepted media types include: application/json-patch+json, "
                            f"application/merge-patch+json, application/strategic-merge-patch+json ({content_type})")
+        self.check_fields(resource, new, q)
         self._guard_update(resource, current, new)
-        return self.with_kind(resource, self.store.replace(resource, ns or "", name, new, check_rv=True))
+        stored = self.store.replace(resource, ns or "", name, new, check_rv=True, dry_run=dry)
+        if not dry and resource == "storageclasses":
+            storage.retry_pending(self.store)
+        return self.with_kind(resource, stored)
 
     @staticmethod
     def _guard_update(resource: str, current: Obj, new: Obj) -> None:
         if resource in ("pods", "namespaces", "persistentvolumeclaims"):
             new["status"] = current.get("status")  # status is a subresource, ignored on the main resource
+        if resource == "secrets" and "stringData" in new:
+            # Folded into data on every write, not only on create (pkg/apis/core/v1 conversion).
+            data = dict(new.get("data") or {})
+            for k, v in (new.pop("stringData") or {}).items():
+                data[k] = base64.b64encode(str(v).encode()).decode()
+            new["data"] = data
+        if resource == "persistentvolumeclaims" and (current.get("spec") or {}).get("volumeName"):
+            new.setdefault("spec", {})["volumeName"] = current["spec"]["volumeName"]
         if resource == "pods":
             def no_images(spec: Obj) -> Obj:
                 spec = copy.deepcopy(spec)
@@ -209,9 +366,12 @@ class Api:
             new["spec"] = current["spec"]
 
     def delete(self, resource: str, ns: str | None, name: str, q: dict[str, str], body: Obj | None) -> Obj:
-        if resource in READ_ONLY:
-            raise ApiError(405, "MethodNotAllowed", f"{resource} are defined by the emulator's config")
+        self._read_only(resource)
+        dry = dry_run(q) or (body or {}).get("dryRun") == ["All"]
         current = self.store.get(resource, ns or "", name)
+        if dry:
+            # Nothing goes: answer the object as the delete would leave it (a pod being stopped, or gone).
+            return self.with_kind(resource, current)
         if resource == "namespaces":
             for plural in NAMESPACED:
                 items, _ = self.store.list(plural, name)
@@ -236,9 +396,18 @@ class Api:
 
     @staticmethod
     def with_kind(resource: str, obj: Obj) -> Obj:
-        obj.setdefault("apiVersion", "v1")
-        obj.setdefault("kind", {**NAMESPACED, **CLUSTER}[resource])
+        obj.setdefault("apiVersion", RESOURCES[resource].api_version)
+        obj.setdefault("kind", RESOURCES[resource].kind)
         return obj
+
+
+def strip_directives(patch: Any) -> Any:
+    """A strategic merge patch without its $patch / $setElementOrder / $retainKeys / ... directives."""
+    if isinstance(patch, dict):
+        return {k: strip_directives(v) for k, v in patch.items() if not k.startswith("$")}
+    if isinstance(patch, list):
+        return [strip_directives(v) for v in patch]
+    return patch
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

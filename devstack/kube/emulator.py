@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..procs import LOOPBACK, free_ports, spawn, stop_group, wait_until
-from .kubelet import HOST_PATH_ANNOTATION
+from .kubelet import FS_GROUP_POLICY_ANNOTATION, HOST_PATH_ANNOTATION
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONTEXT = "devstack"
@@ -50,6 +50,9 @@ class KubeEmulator:
     optional ``entrypoint``); default: every image is the project's virtualenv.
     ``pvcs``: ``"namespace/claim"`` (or ``"claim"`` for default) -> host folder; created as Bound PVCs.
     ``secrets``: Secret objects created at start.
+    ``storage_classes``: StorageClass objects created at start (default: one default class ``standard``
+    offering ReadWriteOnce and ReadWriteMany); the emulator-only parameter ``devstack.kube/access-modes``
+    lists the modes a class offers.
     ``bwrap``: None = use bubblewrap when installed, True = require it, False = plain processes.
     """
 
@@ -59,6 +62,7 @@ class KubeEmulator:
     pvcs: dict[str, str] = field(default_factory=dict)
     namespaces: list[str] = field(default_factory=list)
     secrets: list[dict[str, Any]] = field(default_factory=list)
+    storage_classes: list[dict[str, Any]] = field(default_factory=list)
     bwrap: bool | None = None
     port: int = 0
     pid: int | None = None
@@ -84,7 +88,7 @@ class KubeEmulator:
             (self.port,) = free_ports(1)
         config = {"port": self.port, "host": LOOPBACK, "state_dir": str(self.state_dir), "nodes": self.nodes,
                   "images": self.images, "pvcs": self.pvcs, "namespaces": self.namespaces,
-                  "secrets": self.secrets, "bwrap": self.bwrap}
+                  "secrets": self.secrets, "storage_classes": self.storage_classes, "bwrap": self.bwrap}
         config_path = self.state_dir / "emulator.json"
         config_path.write_text(json.dumps(config, indent=1))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
@@ -135,13 +139,39 @@ class KubeEmulator:
             if exc.code != 409:
                 raise
 
-    def create_pvc(self, namespace: str, claim: str, host_path: str | os.PathLike[str]) -> dict[str, Any]:
-        """A Bound PVC backed by a host folder (the annotation is the emulator's own, ignored elsewhere)."""
+    def create_pvc(self, namespace: str, claim: str, host_path: str | os.PathLike[str], *,
+                   owner: tuple[int, int] | None = None, access_modes: tuple[str, ...] = ("ReadWriteMany",),
+                   fs_group_policy: str | None = None) -> dict[str, Any]:
+        """A PVC backed by a host folder (the annotations are the emulator's own, ignored elsewhere).
+
+        ``owner`` (uid, gid): the folder and what is in it are handed to that user first, as a provisioner
+        configured for the pods' user does (e.g. an EFS access point's posixUser / root directory owner).
+        Without it the folder keeps its owner: pods running as another uid cannot write to it, as on a
+        cluster. ``fs_group_policy`` stands for the storage's CSIDriver fsGroupPolicy (kubelet.py)."""
         self.create_namespace(namespace)
+        if owner is not None:
+            uid, gid = owner
+            for dirpath, _, files in os.walk(host_path):
+                for path in [dirpath, *(os.path.join(dirpath, f) for f in files)]:
+                    os.lchown(path, uid, gid)
+        annotations = {HOST_PATH_ANNOTATION: str(host_path)}
+        if fs_group_policy:
+            annotations[FS_GROUP_POLICY_ANNOTATION] = fs_group_policy
         return self.post(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims", {
-            "metadata": {"name": claim, "annotations": {HOST_PATH_ANNOTATION: str(host_path)}},
-            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "10Gi"}}},
+            "metadata": {"name": claim, "annotations": annotations},
+            "spec": {"accessModes": list(access_modes), "resources": {"requests": {"storage": "10Gi"}}},
         })
+
+    def create_service_account(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A ServiceAccount (pods naming a missing one are refused, as by the ServiceAccount admission
+        plugin); None when it already exists."""
+        self.create_namespace(namespace)
+        try:
+            return self.post(f"/api/v1/namespaces/{namespace}/serviceaccounts", {"metadata": {"name": name}})
+        except urllib.error.HTTPError as exc:
+            if exc.code != 409:
+                raise
+            return None
 
     def create_secret(self, namespace: str, name: str, string_data: dict[str, str]) -> dict[str, Any]:
         self.create_namespace(namespace)

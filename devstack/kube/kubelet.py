@@ -4,6 +4,11 @@ Init containers run one by one, then the containers together, each as ``bwrap`` 
 process when bubblewrap is missing) with the pod's volumes bind-mounted and its env resolved;
 stdout+stderr are captured line by line with RFC 3339 nano timestamps into the pod log, exit codes
 into ``containerStatuses[].state.terminated``. Deletion is SIGTERM, then SIGKILL after the grace period.
+
+As strict as a cluster's kubelet where a pod depends on it: the process runs as the securityContext's
+user and groups (runAsNonRoot checked against the image's USER), fsGroup is applied only to volumes that
+support ownership management, an image no mapping matches cannot be "pulled", a missing ConfigMap /
+Secret blocks the pod (FailedMount / CreateContainerConfigError), a subPath is created as kubelet does.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -28,6 +34,13 @@ from .store import Obj, Store, now_iso
 
 # The emulator-only PVC annotation naming the host folder behind the claim (api.py sets it on create).
 HOST_PATH_ANNOTATION = "devstack.kube/host-path"
+# The emulator-only PVC annotation standing in for the CSIDriver's spec.fsGroupPolicy of the claim's
+# storage: ReadWriteOnceWithFSType (the default: fsGroup applies to RWO claims only), File (always), None.
+FS_GROUP_POLICY_ANNOTATION = "devstack.kube/fs-group-policy"
+FS_GROUP_POLICIES = ("ReadWriteOnceWithFSType", "File", "None")
+SETPRIV = shutil.which("setpriv")
+# How often an unpullable image is retried (kubelet backs off 10 s doubling to 5 min; one step is enough here).
+IMAGE_BACKOFF_S = 2.0
 _VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 # Host entries bound read-only into every sandbox: enough for a dynamically linked runtime.
 SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
@@ -48,11 +61,25 @@ class Runtime:
     env: dict[str, str] = field(default_factory=dict)
     binds: list[str] = field(default_factory=list)
     entrypoint: list[str] = field(default_factory=list)
+    # The image's USER (uid, gid); None: root, as an image without USER runs (what runAsNonRoot checks).
+    user: int | None = None
+    group: int | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Runtime:
         return cls(data["pattern"], list(data.get("path", [])), dict(data.get("env", {})),
-                   list(data.get("binds", [])), list(data.get("entrypoint", [])))
+                   list(data.get("binds", [])), list(data.get("entrypoint", [])),
+                   data.get("user"), data.get("group"))
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a container's process is: uid, primary gid, supplementary groups (fsGroup + supplementalGroups)."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
+    no_new_privs: bool = False
 
 
 class Kubelet:
@@ -69,6 +96,8 @@ class Kubelet:
         self._procs: dict[str, list[subprocess.Popen[bytes]]] = {}  # pod uid -> live processes
         self._lock = threading.Lock()
         self._running: set[str] = set()
+        self._pulled: set[str] = set()  # "<pod uid>/<container>" whose image was looked up once
+        self._mount_failures: set[tuple[str, str]] = set()  # FailedMount events already written
 
     def shutdown(self) -> None:
         with self._lock:
@@ -128,21 +157,25 @@ class Kubelet:
         # Environment problems (missing Secret or key) keep the pod Pending and are retried, as kubelet does.
         containers = [("initContainerStatuses", c) for c in spec.get("initContainers") or []] + \
                      [("containerStatuses", c) for c in spec["containers"]]
-        launch: dict[str, tuple[list[str], dict[str, str], Runtime]] = {}
+        launch: dict[str, tuple[list[str], dict[str, str], Runtime, Identity]] = {}
+        self._warn_pull_secrets(pod)
         for status_key, c in containers:
             while True:
                 if self._deleting(pod):
                     return
                 problem, reason = None, ""
                 try:
-                    launch[c["name"]] = self._prepare_container(pod, c, volumes)
+                    launch[c["name"]] = self._prepare_container(pod, c, volumes, status_key)
+                except ImagePullError:
+                    time.sleep(IMAGE_BACKOFF_S)  # Pending in ImagePullBackOff; retried until deleted
+                    continue
                 except ContainerConfigError as exc:
                     problem, reason = exc.message, exc.reason
                 if problem is None:
                     break
                 self._set_waiting(pod, status_key, c["name"], reason, problem)
-                if reason in ("ErrImagePull", "CreateContainerError"):
-                    return  # permanent here: no image runtime, mounts impossible without bwrap
+                if reason == "CreateContainerError":
+                    return  # permanent here: no command, an unsupported volume, mounts impossible without bwrap
                 time.sleep(1.0)
 
         deadline = spec.get("activeDeadlineSeconds")
@@ -162,16 +195,60 @@ class Kubelet:
         self._complete(pod, "Succeeded" if all(v == 0 for v in codes.values()) else "Failed")
         del uid
 
-    def _set_waiting(self, pod: Obj, key: str, cname: str, reason: str, message: str) -> None:
+    def _set_waiting(self, pod: Obj, key: str, cname: str, reason: str, message: str,
+                     events: list[tuple[str, str, str]] | None = None) -> bool:
+        """Set a container's waiting state; on a change record ``events`` (type, reason, message), by
+        default the kubelet's "Failed" / "Error: <message>" (pkg/kubelet/kuberuntime/kuberuntime_container.go)."""
         def upd(p: Obj) -> None:
             for st in p["status"].get(key) or []:
                 if st["name"] == cname:
                     st["state"] = {"waiting": {"reason": reason, "message": message}}
         before = self._current(pod)
         after = self.store.mutate("pods", pod["metadata"]["namespace"], pod["metadata"]["name"], upd)
-        if before and after and before["metadata"]["resourceVersion"] != after["metadata"]["resourceVersion"]:
-            record_pod_event(self.store, pod, "Warning", "Failed", f"Error: {message}",
-                             field_path=f"spec.containers{{{cname}}}")
+        changed = bool(before and after and
+                       before["metadata"]["resourceVersion"] != after["metadata"]["resourceVersion"])
+        if changed:
+            for type_, why, text in events if events is not None else [("Warning", "Failed", f"Error: {message}")]:
+                record_pod_event(self.store, pod, type_, why, text, field_path=_field_path(key, cname))
+        return changed
+
+    def _warn_pull_secrets(self, pod: Obj) -> None:
+        # pkg/kubelet/kubelet_pods.go getPullSecretsForPod: a missing pull Secret is only a warning.
+        ns = pod["metadata"]["namespace"]
+        missing = [ref.get("name", "") for ref in pod["spec"].get("imagePullSecrets") or []
+                   if self.store.find("secrets", ns, ref.get("name", "")) is None]
+        if missing:
+            record_pod_event(self.store, pod, "Warning", "FailedToRetrieveImagePullSecret",
+                             f"Unable to retrieve some image pull secrets ({', '.join(missing)}); attempting to "
+                             "pull the image may not succeed.")
+
+    def _image_runtime(self, pod: Obj, c: Obj, key: str) -> Runtime:
+        """The local runtime an image maps to, with the events of a pull (pkg/kubelet/images/image_manager.go):
+        an unmapped image is ErrImagePull, then ImagePullBackOff, and the pod stays Pending."""
+        image = c.get("image", "")
+        runtime = next((r for r in self.runtimes if fnmatch.fnmatchcase(image, r.pattern)), None)
+        fp = _field_path(key, c["name"])
+        attempt_key = f"{pod['metadata']['uid']}/{c['name']}"
+        if runtime is not None:
+            if attempt_key not in self._pulled:
+                self._pulled.add(attempt_key)
+                record_pod_event(self.store, pod, "Normal", "Pulled",
+                                 f'Container image "{image}" already present on machine', field_path=fp)
+            return runtime
+        error = (f'failed to pull and unpack image "{image}": no image mapping of the emulator matches it '
+                 "(devstack: add a pattern to KubeEmulator images)")
+        if attempt_key not in self._pulled:
+            self._pulled.add(attempt_key)
+            self._set_waiting(pod, key, c["name"], "ErrImagePull", error, [
+                ("Normal", "Pulling", f'Pulling image "{image}"'),
+                ("Warning", "Failed", f'Failed to pull image "{image}": {error}'),
+                ("Warning", "Failed", "Error: ErrImagePull")])
+        else:
+            self._set_waiting(pod, key, c["name"], "ImagePullBackOff",
+                              f'Back-off pulling image "{image}": ErrImagePull: {error}', [
+                                  ("Normal", "BackOff", f'Back-off pulling image "{image}"'),
+                                  ("Warning", "Failed", "Error: ImagePullBackOff")])
+        raise ImagePullError(error)
 
     def _complete(self, pod: Obj, phase: str, init_failed: bool = False, reason: str | None = None,
                   message: str | None = None) -> None:
@@ -200,13 +277,35 @@ class Kubelet:
     # -- volumes, env, sandbox -----------------------------------------------------------------------
 
     def _prepare_volumes(self, pod: Obj) -> dict[str, Path] | None:
+        while True:
+            if self._deleting(pod):
+                return None
+            try:
+                return self._prepare_volumes_once(pod)
+            except VolumeMountError as exc:
+                # Pending in ContainerCreating with FailedMount events, retried, as the volume manager does.
+                self._failed_mount(pod, str(exc))
+                time.sleep(1.0)
+
+    def _failed_mount(self, pod: Obj, message: str) -> None:
+        key = (pod["metadata"]["uid"], message)
+        if key not in self._mount_failures:
+            self._mount_failures.add(key)
+            record_pod_event(self.store, pod, "Warning", "FailedMount", message)
+
+    def _prepare_volumes_once(self, pod: Obj) -> dict[str, Path] | None:
         ns, uid = pod["metadata"]["namespace"], pod["metadata"]["uid"]
+        fs_group = (pod["spec"].get("securityContext") or {}).get("fsGroup")
+        policy = (pod["spec"].get("securityContext") or {}).get("fsGroupChangePolicy") or "Always"
         out: dict[str, Path] = {}
         for vol in pod["spec"].get("volumes") or []:
             vname = vol["name"]
+            owned = False  # whether kubelet applies fsGroup to this volume type (volume ownership management)
             if "emptyDir" in vol:
                 path = self.pod_dir(uid) / "volumes" / vname
                 path.mkdir(parents=True, exist_ok=True)
+                path.chmod(0o777)  # pkg/volume/emptydir/empty_dir.go: created 0777, whatever the umask
+                owned = True
             elif "persistentVolumeClaim" in vol:
                 claim = self.store.find("persistentvolumeclaims", ns, vol["persistentVolumeClaim"]["claimName"])
                 if claim is None:
@@ -214,30 +313,40 @@ class Kubelet:
                 path = Path(claim["metadata"].get("annotations", {}).get(HOST_PATH_ANNOTATION)
                             or self.state_dir / "pvcs" / ns / claim["metadata"]["name"])
                 path.mkdir(parents=True, exist_ok=True)
+                owned = pvc_supports_fs_group(claim, self.store)
             elif "hostPath" in vol:
                 path = Path(vol["hostPath"]["path"])
             elif "secret" in vol or "configMap" in vol:
                 path = self.pod_dir(uid) / "volumes" / vname
-                path.mkdir(parents=True, exist_ok=True)
                 src = vol.get("secret") or vol.get("configMap")
                 kind = "secrets" if "secret" in vol else "configmaps"
-                obj = self.store.find(kind, ns, src.get("secretName") or src.get("name"))
+                ref = src.get("secretName") or src.get("name")
+                obj = self.store.find(kind, ns, ref)
+                if obj is None and not src.get("optional"):
+                    # pkg/kubelet/volumemanager: MountVolume.SetUp fails while the object is missing.
+                    raise VolumeMountError(f'MountVolume.SetUp failed for volume "{vname}" : '
+                                           f'{kind[:-1]} "{ref}" not found')
+                path.mkdir(parents=True, exist_ok=True)
+                mode = int(src.get("defaultMode", 0o644))
                 data = (obj or {}).get("data") or {}
                 for key, value in data.items():
                     raw = base64.b64decode(value) if kind == "secrets" else str(value).encode()
                     (path / key).write_bytes(raw)
+                    (path / key).chmod(mode)
+                owned = True
             else:
                 path = Path("/nonexistent-unsupported-volume")  # reported per container below
+            if owned and fs_group is not None:
+                set_volume_ownership(path, int(fs_group), on_root_mismatch=policy == "OnRootMismatch",
+                                     read_only="secret" in vol or "configMap" in vol)
             out[vname] = path
         return out
 
     def _prepare_container(
-        self, pod: Obj, c: Obj, volumes: dict[str, Path]
-    ) -> tuple[list[str], dict[str, str], Runtime]:
-        runtime = next((r for r in self.runtimes if fnmatch.fnmatchcase(c.get("image", ""), r.pattern)), None)
-        if runtime is None:
-            raise ContainerConfigError("ErrImagePull", f'image "{c.get("image")}" has no local runtime in the '
-                                       "emulator (add a pattern to its image mapping)")
+        self, pod: Obj, c: Obj, volumes: dict[str, Path], key: str = "containerStatuses"
+    ) -> tuple[list[str], dict[str, str], Runtime, Identity]:
+        runtime = self._image_runtime(pod, c, key)
+        identity = _identity(pod, c, runtime)
         env = self._container_env(pod, c)
         cmd = [_expand(a, env) for a in (c.get("command") or runtime.entrypoint)] + \
               [_expand(a, env) for a in c.get("args") or []]
@@ -252,7 +361,25 @@ class Kubelet:
                 raise ContainerConfigError("CreateContainerError", f"volume mount at {m['mountPath']} needs "
                                            "bubblewrap (apt-get install bubblewrap); without it only mounts "
                                            "whose host path equals mountPath work")
-        return cmd, env, runtime
+            if m.get("subPath"):
+                self._make_sub_path(pod, c, m, volumes[m["name"]])
+        return cmd, env, runtime, identity
+
+    @staticmethod
+    def _make_sub_path(pod: Obj, c: Obj, m: Obj, root: Path) -> None:
+        """pkg/kubelet/kubelet_pods.go makeMounts: a missing subPath folder is created (mode of the volume's
+        root, owned by the kubelet's user); on a volume mounted read-only that fails container creation."""
+        target = root / m["subPath"]
+        if target.exists():
+            return
+        vol = next((v for v in pod["spec"].get("volumes") or [] if v["name"] == m["name"]), {})
+        read_only_volume = bool((vol.get("persistentVolumeClaim") or {}).get("readOnly")) or \
+            "secret" in vol or "configMap" in vol
+        if read_only_volume:
+            raise ContainerConfigError("CreateContainerConfigError", f'failed to create subPath directory for '
+                                       f'volumeMount "{m["name"]}" of container "{c["name"]}"')
+        target.mkdir(parents=True, exist_ok=True)
+        target.chmod(root.stat().st_mode & 0o7777)
 
     def _container_env(self, pod: Obj, c: Obj) -> dict[str, str]:
         ns = pod["metadata"]["namespace"]
@@ -299,7 +426,7 @@ class Kubelet:
         argv: list[str] = []
         for host in runtime.binds:
             if os.path.exists(host) and any(host == p or host.startswith(p.rstrip("/") + "/") for p in mount_points):
-                argv += ["--ro-bind", host, host]
+                argv += [*_parent_dirs(host), "--ro-bind", host, host]
         return argv
 
     def _sandbox_argv(
@@ -317,19 +444,21 @@ class Kubelet:
                 argv += ["--ro-bind", entry, entry]
         for host in runtime.binds:
             if os.path.exists(host):
-                argv += ["--ro-bind", host, host]
+                argv += [*_parent_dirs(host), "--ro-bind", host, host]
         argv += ["--proc", "/proc", "--dev", "/dev"]
         mounts = sorted(c.get("volumeMounts") or [], key=lambda m: m["mountPath"].count("/"))
         if not any(m["mountPath"] == "/tmp" for m in mounts):
             # A writable root is not emulated; the nearest honest thing is a scratch /tmp, read-only if asked.
-            argv += ["--tmpfs", "/tmp", *self._rebind(runtime, ["/tmp"])]
+            # 1777 as an image's /tmp is, so a non-root uid can write there.
+            argv += ["--perms", "1777", "--tmpfs", "/tmp", *self._rebind(runtime, ["/tmp"])]
             if sc.get("readOnlyRootFilesystem"):
                 argv += ["--remount-ro", "/tmp"]
         for m in mounts:
             host = volumes[m["name"]] / m["subPath"] if m.get("subPath") else volumes[m["name"]]
             if m.get("subPath"):
                 host.mkdir(parents=True, exist_ok=True)
-            argv += ["--ro-bind" if m.get("readOnly") else "--bind", str(host), m["mountPath"]]
+            argv += [*_parent_dirs(m["mountPath"]), "--ro-bind" if m.get("readOnly") else "--bind", str(host),
+                     m["mountPath"]]
         argv += self._rebind(runtime, [m["mountPath"] for m in mounts])
         argv += ["--remount-ro", "/", "--chdir", c.get("workingDir") or "/", "--", *cmd]
         return argv
@@ -344,7 +473,7 @@ class Kubelet:
             if self._deleting(pod):
                 self._kill_pod(uid)
                 return None
-            cmd, env, runtime = launch[c["name"]]
+            cmd, env, runtime, identity = launch[c["name"]]
             full_env = {"PATH": ":".join([*runtime.path, "/usr/local/bin:/usr/bin:/bin"]),
                         "HOSTNAME": name, **runtime.env, **env}
             log = self.log_path(uid, c["name"])
@@ -352,7 +481,8 @@ class Kubelet:
             log.touch()
             try:
                 proc = subprocess.Popen(
-                    self._sandbox_argv(pod, c, cmd, runtime, volumes), env=full_env, stdin=subprocess.DEVNULL,
+                    self._sandbox_argv(pod, c, _as_identity(identity, cmd), runtime, volumes), env=full_env,
+                    stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
                     cwd=None if self.bwrap else (c.get("workingDir") or None),
                 )
@@ -457,6 +587,14 @@ class Kubelet:
                 _kill_group(p, signal.SIGKILL)
 
 
+class VolumeMountError(Exception):
+    """A volume cannot be set up yet (its ConfigMap / Secret is missing): FailedMount, retried."""
+
+
+class ImagePullError(Exception):
+    """The image maps to no local runtime: the container waits in ErrImagePull / ImagePullBackOff."""
+
+
 class ContainerConfigError(Exception):
     """A container that cannot be created yet; ``reason`` is the waiting reason its status shows."""
 
@@ -464,6 +602,100 @@ class ContainerConfigError(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+
+def pvc_supports_fs_group(claim: Obj, store: Store | None = None) -> bool:
+    """Whether kubelet applies fsGroup to a claim's volume, per the CSIDriver fsGroupPolicy the claim's storage
+    stands for (pkg/volume/csi/csi_mounter.go supportsFSGroup): File always, None never, and the default
+    ReadWriteOnceWithFSType only when the access modes include ReadWriteOnce (RWX claims are left alone)."""
+    policy = (claim["metadata"].get("annotations") or {}).get(FS_GROUP_POLICY_ANNOTATION)
+    class_name = (claim.get("spec") or {}).get("storageClassName")
+    if not policy and store is not None and class_name:
+        # Or the claim's StorageClass parameter of the same name (the emulator's stand-in for its CSIDriver).
+        sc = store.find("storageclasses", "", class_name) or {}
+        policy = (sc.get("parameters") or {}).get(FS_GROUP_POLICY_ANNOTATION)
+    policy = policy or FS_GROUP_POLICIES[0]
+    if policy == "File":
+        return True
+    if policy == "None":
+        return False
+    modes = (claim.get("status") or {}).get("accessModes") or (claim.get("spec") or {}).get("accessModes") or []
+    return "ReadWriteOnce" in modes
+
+
+def set_volume_ownership(root: Path, fs_group: int, *, on_root_mismatch: bool, read_only: bool) -> None:
+    """pkg/volume/volume_linux.go SetVolumeOwnership: every file gets group fsGroup and group rw (r only on
+    read-only volumes), folders also x and setgid so new files inherit the group. OnRootMismatch skips the
+    walk when the root already has that group and those bits."""
+    file_mask = 0o440 if read_only else 0o660
+    dir_mask = file_mask | 0o110 | stat.S_ISGID
+    st = root.stat()
+    if on_root_mismatch and st.st_gid == fs_group and (st.st_mode & dir_mask) == dir_mask:
+        return
+    for dirpath, _, filenames in os.walk(root):
+        for path, mask in [(dirpath, dir_mask), *((os.path.join(dirpath, f), file_mask) for f in filenames)]:
+            info = os.lstat(path)
+            if stat.S_ISLNK(info.st_mode):
+                continue  # symlinks are not followed, as kubelet's walk does not
+            os.chown(path, -1, fs_group)
+            os.chmod(path, stat.S_IMODE(info.st_mode) | mask)
+
+
+def _parent_dirs(target: str) -> list[str]:
+    """bwrap makes the missing parents of a mount point 0700, which a non-root uid cannot cross (say
+    /root/.pyenv for the interpreter): create them 0755 first, as an image's folders are."""
+    argv: list[str] = []
+    parts = Path(target).parts[1:-1]
+    for i in range(len(parts)):
+        parent = "/" + "/".join(parts[: i + 1])
+        if not any(parent == s or parent.startswith(s + "/") for s in SYSTEM_PATHS):
+            argv += ["--perms", "0755", "--dir", parent]
+    return argv
+
+
+def _field_path(key: str, cname: str) -> str:
+    return f"spec.{'initContainers' if key == 'initContainerStatuses' else 'containers'}{{{cname}}}"
+
+
+def _identity(pod: Obj, c: Obj, runtime: Runtime) -> Identity:
+    """The container's uid/gid/groups: the container's securityContext wins over the pod's, then the
+    image's USER (root when it has none), as pkg/kubelet/kuberuntime/security_context.go merges them; and
+    runAsNonRoot checked as security_context_others.go verifyRunAsNonRoot does."""
+    psc = pod["spec"].get("securityContext") or {}
+    csc = c.get("securityContext") or {}
+
+    def pick(key: str) -> Any:
+        return csc[key] if csc.get(key) is not None else psc.get(key)
+    explicit_uid = pick("runAsUser")
+    uid = int(explicit_uid) if explicit_uid is not None else int(runtime.user or 0)
+    gid_value = pick("runAsGroup")
+    gid = int(gid_value) if gid_value is not None else int(runtime.group or 0)
+    if pick("runAsNonRoot"):
+        who = f'(pod: "{pod["metadata"]["name"]}_{pod["metadata"]["namespace"]}({pod["metadata"]["uid"]})", ' \
+              f'container: {c["name"]})'
+        if explicit_uid is not None and uid == 0:
+            raise ContainerConfigError("CreateContainerConfigError",
+                                       f"container's runAsUser breaks non-root policy {who}")
+        if explicit_uid is None and uid == 0:
+            raise ContainerConfigError("CreateContainerConfigError",
+                                       f"container has runAsNonRoot and image will run as root {who}")
+    # fsGroup and supplementalGroups become supplementary groups of every container (and the primary gid).
+    extra = [int(g) for g in psc.get("supplementalGroups") or []]
+    if psc.get("fsGroup") is not None:
+        extra.append(int(psc["fsGroup"]))
+    groups = tuple(dict.fromkeys([gid, *extra]))
+    return Identity(uid, gid, groups, no_new_privs=csc.get("allowPrivilegeEscalation") is False)
+
+
+def _as_identity(identity: Identity, cmd: list[str]) -> list[str]:
+    """Prefix cmd with setpriv (util-linux) so the process runs as the pod's user; leaving uid 0 drops
+    every capability. Only root can switch users: an emulator run by anyone else runs pods as itself."""
+    if os.geteuid() != 0 or not SETPRIV or (identity.uid == 0 and identity.gid == 0 and not identity.no_new_privs
+                                            and identity.groups in ((), (0,))):
+        return cmd
+    groups = ["--groups", ",".join(str(g) for g in identity.groups)] if identity.groups else ["--clear-groups"]
+    return [SETPRIV, f"--reuid={identity.uid}", f"--regid={identity.gid}", *groups,
+            *(["--no-new-privs"] if identity.no_new_privs else []), "--", *cmd]
 
 
 def _kill_group(proc: subprocess.Popen[bytes], sig: int) -> None:

@@ -2,7 +2,7 @@
 
 Scheduling checks what a real scheduler checks first: nodeSelector, required node affinity, taints vs
 tolerations, resource requests (cpu, memory, extended resources such as nvidia.com/gpu) against what
-running pods already hold, and that referenced PVCs exist. A pod nothing fits stays Pending with
+running pods already hold, and that referenced PVCs exist and are Bound. A pod nothing fits stays Pending with
 ``PodScheduled=False, reason=Unschedulable`` and a FailedScheduling event, and is retried as pods end.
 A bound pod goes to the kubelet (kubelet.py), which runs it.
 """
@@ -177,8 +177,16 @@ class Scheduler:
         ns = pod["metadata"]["namespace"]
         for vol in spec.get("volumes") or []:
             claim = (vol.get("persistentVolumeClaim") or {}).get("claimName")
-            if claim and self.store.find("persistentvolumeclaims", ns, claim) is None:
+            if not claim:
+                continue
+            found = self.store.find("persistentvolumeclaims", ns, claim)
+            if found is None:
                 return None, f'0/{len(self.nodes)} nodes are available: persistentvolumeclaim "{claim}" not found.'
+            # pkg/scheduler/framework/plugins/volumebinding: an unbound claim (no WaitForFirstConsumer here)
+            # blocks scheduling. A claim without status.phase counts as Bound (older emulator objects).
+            if ((found.get("status") or {}).get("phase") or "Bound") != "Bound":
+                return None, (f"0/{len(self.nodes)} nodes are available: pod has unbound immediate "
+                              "PersistentVolumeClaims. preemption: not emulated (devstack emulator).")
         wanted = pod_requests(pod)
         used = self._usage()
         reasons: dict[str, int] = {}

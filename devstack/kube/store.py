@@ -94,7 +94,9 @@ class Store:
                      if r == resource and (namespace is None or ns == namespace)]
             return items, self._rv
 
-    def create(self, resource: str, namespace: str, obj: Obj) -> Obj:
+    def create(self, resource: str, namespace: str, obj: Obj, *, uid: str | None = None,
+               dry_run: bool = False) -> Obj:
+        """Store a new object; with dry_run, every check and default but nothing stored (dryRun=All)."""
         meta = obj.setdefault("metadata", {})
         with self.cond:
             if not meta.get("name") and meta.get("generateName"):
@@ -115,16 +117,19 @@ class Store:
                 meta["namespace"] = namespace
             else:
                 meta.pop("namespace", None)
-            meta["uid"] = str(uuid.uuid4())
+            meta["uid"] = uid or str(uuid.uuid4())
             meta["creationTimestamp"] = now_iso()
             meta.setdefault("generation", 1)
+            if dry_run:
+                return copy.deepcopy(obj)  # nothing written, so no resourceVersion to give it
             self._rv += 1
             meta["resourceVersion"] = str(self._rv)
             self._objects[key] = obj
             self._record("ADDED", key, obj, None)
             return copy.deepcopy(obj)
 
-    def replace(self, resource: str, namespace: str, name: str, obj: Obj, *, check_rv: bool = False) -> Obj:
+    def replace(self, resource: str, namespace: str, name: str, obj: Obj, *, check_rv: bool = False,
+                dry_run: bool = False) -> Obj:
         """Store a new version of an existing object (uid, creation time kept)."""
         key = (resource, namespace, name)
         with self.cond:
@@ -142,6 +147,8 @@ class Store:
                     meta[keep] = old["metadata"][keep]
             if obj == old:
                 return copy.deepcopy(old)  # a no-op write does not bump the resourceVersion
+            if dry_run:
+                return copy.deepcopy(obj)
             self._rv += 1
             meta["resourceVersion"] = str(self._rv)
             self._objects[key] = obj

@@ -1,7 +1,9 @@
 """The emulator's HTTP transport: the request handler, watch and pods/log streams, and ``serve``.
 
 HTTP/1.1 with keep-alive; watches and followed logs are chunked streams (urllib3 and aiohttp both read
-chunked bodies incrementally, which is what makes a watch a watch rather than one late list). What a
+chunked bodies incrementally, which is what makes a watch a watch rather than one late list). Every
+request body is read before the answer, so early errors keep the connection usable. Lists, gets and
+watches answer Tables (tables.py) when the client asks for them; /openapi/v3 is openapi.py's. What a
 request means is api.py's; ``serve`` wires store, kubelet, scheduler and API together from the config.
 """
 
@@ -17,11 +19,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from . import storage, tables
 from .api import Api
 from .kubelet import HOST_PATH_ANNOTATION, Kubelet, Runtime
 from .scheduler import Node, Scheduler
 from .selectors import field_matcher, label_matcher
 from .store import ApiError, Obj, Store
+from .tables import wants_table
 
 MAX_WATCH_SECONDS = 1800
 
@@ -49,9 +53,24 @@ class Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         return parts.path.rstrip("/") or "/", {k: v[-1] for k, v in parse_qs(parts.query).items()}
 
-    def _body(self) -> Any:
+    def _read_body(self) -> bytes:
+        """The whole request body, read before anything is answered: a response sent with the body still
+        unread would leave it on the keep-alive connection, to be parsed as the next request."""
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            parts = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return b"".join(parts)
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()
         length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
+        return self.rfile.read(length) if length > 0 else b""
+
+    @staticmethod
+    def _json(raw: bytes) -> Any:
         if not raw:
             return None
         try:
@@ -60,9 +79,14 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(400, "BadRequest", f"request body is not JSON: {exc}") from exc
 
     def _send(self, code: int, obj: Any) -> None:
-        data = dumps(obj)
+        self._send_bytes(code, dumps(obj))
+
+    def _send_bytes(self, code: int, data: bytes) -> None:
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
+        for text in self.api.warnings():
+            # RFC 7234 warn-code 299, as the apiserver sends fieldValidation=Warn findings.
+            self.send_header("Warning", "299 - " + json.dumps(text))
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -83,15 +107,24 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def _handle(self, method: str) -> None:
+        self.api.warnings().clear()
+        try:
+            raw = self._read_body()
+        except (OSError, ValueError):
+            self.close_connection = True  # a body that cannot be read leaves the connection unusable
+            return
         try:
             path, q = self._query()
             found = Api.discovery(path) if method == "GET" else None
             if found is not None:
                 self._send(200, found)
                 return
-            if not path.startswith("/api/v1"):
+            if method == "GET" and path.startswith("/openapi/v3"):
+                self._openapi(path)
+                return
+            if not path.startswith(("/api/v1", "/apis/")):
                 raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
-            body = self._body() if method in ("POST", "PUT", "PATCH", "DELETE") else None
+            body = self._json(raw) if method in ("POST", "PUT", "PATCH", "DELETE") else None
             resource, ns, name, sub = Api.route(path)
             api = self.api
             if method == "GET" and sub == "log" and resource == "pods" and name:
@@ -99,18 +132,24 @@ class Handler(BaseHTTPRequestHandler):
                 return
             if sub not in (None, "status"):
                 raise ApiError(404, "NotFound", f"subresource {sub!r} is not emulated")
+            table = wants_table(self.headers.get("Accept") or "")
             if method == "GET" and name:
-                self._send(200, api.get(resource, ns, name))
+                obj = api.get(resource, ns, name)
+                self._send(200, tables.table(resource, [obj], obj["metadata"].get("resourceVersion", ""),
+                                             q.get("includeObject", "")) if table else obj)
             elif method == "GET" and truthy(q.get("watch")):
-                self._watch(resource, ns, q)
+                self._watch(resource, ns, q, table)
+            elif method == "GET" and table:
+                items, rv = api.list_items(resource, ns, q)
+                self._send(200, tables.table(resource, items, str(rv), q.get("includeObject", "")))
             elif method == "GET":
                 self._send(200, api.list(resource, ns, q))
             elif method == "POST" and not name:
-                self._send(201, api.create(resource, ns, body or {}))
+                self._send(201, api.create(resource, ns, body or {}, q))
             elif method == "PUT" and name and sub is None:
-                self._send(200, api.replace(resource, ns, name, body or {}))
+                self._send(200, api.replace(resource, ns, name, body or {}, q))
             elif method == "PATCH" and name and sub is None:
-                self._send(200, api.patch(resource, ns, name, body, self.headers.get("Content-Type", "")))
+                self._send(200, api.patch(resource, ns, name, body, self.headers.get("Content-Type", ""), q))
             elif method == "DELETE" and name:
                 self._send(200, api.delete(resource, ns, name, q, body))
             else:
@@ -121,6 +160,15 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         except Exception as exc:  # an emulator bug: answer 500 with the reason rather than hang the client
             self._send(500, ApiError(500, "InternalError", f"{type(exc).__name__}: {exc}").status())
+
+    def _openapi(self, path: str) -> None:
+        if path == "/openapi/v3":
+            self._send(200, self.api.openapi.index())
+            return
+        doc = self.api.openapi.document(path)
+        if doc is None:
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
+        self._send_bytes(200, doc)
 
     def do_GET(self) -> None:
         self._handle("GET")
@@ -139,7 +187,7 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- watch ---------------------------------------------------------------------------------------
 
-    def _watch(self, resource: str, ns: str | None, q: dict[str, str]) -> None:
+    def _watch(self, resource: str, ns: str | None, q: dict[str, str], table: bool = False) -> None:
         store = self.api.store
         labels, fields = label_matcher(q.get("labelSelector")), field_matcher(resource, q.get("fieldSelector"))
         timeout = min(int(q.get("timeoutSeconds") or MAX_WATCH_SECONDS), MAX_WATCH_SECONDS)
@@ -151,7 +199,7 @@ class Handler(BaseHTTPRequestHandler):
         if rv_text in ("", "0"):
             # "Start at most recent": synthetic ADDED for what exists, then changes from here on.
             items, rv = store.list(resource, ns)
-            initial = [{"type": "ADDED", "object": Api.with_kind(resource, o)} for o in items if matches(o)]
+            initial = [("ADDED", Api.with_kind(resource, o)) for o in items if matches(o)]
         else:
             try:
                 rv = int(rv_text)
@@ -160,8 +208,19 @@ class Handler(BaseHTTPRequestHandler):
             store.events_since(rv, resource)  # 410 Gone before the stream starts when too old
             initial = []
         self._start_stream("application/json")
-        for event in initial:
-            self._chunk(dumps(event) + b"\n")
+        first = [True]
+
+        def send(type_: str, obj: Obj) -> None:
+            if table:
+                # Watch events of a Table watch carry one-row Tables; only the first has the columns
+                # (apiserver pkg/endpoints/handlers/watch.go with a Table transform).
+                obj = tables.table(resource, [obj], obj["metadata"].get("resourceVersion", ""),
+                                   q.get("includeObject", ""), with_columns=first[0])
+                first[0] = False
+            self._chunk(dumps({"type": type_, "object": obj}) + b"\n")
+
+        for type_, obj in initial:
+            send(type_, obj)
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:
@@ -184,7 +243,7 @@ class Handler(BaseHTTPRequestHandler):
                         type_ = e.type
                     else:
                         continue
-                    self._chunk(dumps({"type": type_, "object": Api.with_kind(resource, e.obj)}) + b"\n")
+                    send(type_, Api.with_kind(resource, e.obj))
                 store.wait(rv, timeout=min(1.0, max(0.0, deadline - time.monotonic())))
             self._end_stream()
         except (BrokenPipeError, ConnectionResetError):
@@ -296,6 +355,9 @@ def serve(config: Obj, *, ready_file: Path | None = None) -> None:
     api = Api(store, kubelet, dict(config.get("pvcs", {})))
     for node in nodes:
         store.create("nodes", "", node.to_object())
+    # Classes before claims: the config's claims bind against them (default: one class, RWO + RWX).
+    for sc in config.get("storage_classes") or [storage.DEFAULT_CLASS]:
+        api.create("storageclasses", None, sc)
     for ns in {"default", "kube-system", "kube-public", *config.get("namespaces", [])}:
         api.create("namespaces", None, {"metadata": {"name": ns}})
     for key, host in config.get("pvcs", {}).items():
