@@ -66,8 +66,9 @@ def up() -> int:
     for model, queue in stack.queues.items():
         print(f"  {model}: bucket notifications -> SQS {queue} (unpause deploy_{model} to start its watcher)")
     print(f"Triton {env['TRITON_URL']} serving {env['TRITON_MODEL_REPOSITORY']}")
-    print(f"Kubernetes API emulator: KUBECONFIG={env['KUBECONFIG']} (PVC triton/triton-model-repository -> "
-          f"{env['PVC_DIR']})")
+    print(f"Kubernetes API emulator: KUBECONFIG={env['KUBECONFIG']} (the admin; PVC triton/triton-model-repository "
+          f"-> {env['PVC_DIR']}); Airflow uses {stack.airflow_kube} (ServiceAccount "
+          "airflow/airflow-worker, with the RBAC of k8s/rbac.yaml)")
     print(f"Airflow UI and REST API {airflow.url} (login {USERNAME} / {env['AIRFLOW_PASSWORD']}); component logs in "
           f"{airflow.log_dir}")
     print(f"environment: . {ENV_FILE}")

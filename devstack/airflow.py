@@ -73,8 +73,12 @@ class AirflowServer:
     def for_stack(cls, stack: LocalStack, home: Path, **extra_env: str) -> AirflowServer:
         """The Airflow of ``stack`` (as `make up`, `make demo` and the tests run it): the stack's
         environment plus ``extra_env``, S3 for the Airflow side only through the ``aws_default``
-        connection (the AWS keys are left out of the components' environment; the pods keep their Secret)."""
-        return cls(home, env={**stack.env(), **extra_env}, connections=stack.airflow_connections(), unset=AWS_KEYS)
+        connection (the AWS keys are left out of the components' environment; the pods keep their Secret),
+        Kubernetes through the kubeconfig of the ServiceAccount the project's RBAC binds."""
+        # Kubernetes as the ServiceAccount k8s/rbac.yaml binds, not the emulator's admin.
+        kube = {"KUBECONFIG": str(stack.airflow_kube)} if stack.airflow_kube else {}
+        return cls(home, env={**stack.env(), **kube, **extra_env}, connections=stack.airflow_connections(),
+                   unset=AWS_KEYS)
 
     def component_env(self) -> dict[str, str]:
         inherited = {k: v for k, v in {**os.environ, **self.env}.items() if k not in self.unset}

@@ -20,6 +20,7 @@ from typing import Any
 
 from triton_rollout.build.builders import BUILDERS_ENV
 from triton_rollout.config import KubernetesConfig
+from triton_rollout.kube.manifests import RenderOptions
 
 from .kube import KubeEmulator, default_runtime
 from .moto import MotoS3
@@ -36,6 +37,10 @@ S3_SECRET = "triton-rollout-s3"
 SERVICE_ACCOUNT = KubernetesConfig().service_account
 PVC_OWNER = (KubernetesConfig().run_as_user, KubernetesConfig().fs_group)
 REPO = Path(__file__).resolve().parent.parent
+# The RBAC a platform team applies (rendered by `make manifests`), and the ServiceAccount it binds: the
+# identity of Airflow's workers and triggerer, which launch and watch the step pods.
+RBAC_MANIFEST = REPO / "k8s" / "rbac.yaml"
+AIRFLOW_IDENTITY = (RenderOptions().airflow_namespace, RenderOptions().airflow_service_account)
 # The CPU demo builder (backend cpu-demo in dags/models.yaml) lives here, outside the product: every
 # process that validates or runs its specs names it. Airflow and the CLI get it from env(), the pods from
 # their image (image_runtime()), the tests from tests/conftest.py.
@@ -49,6 +54,38 @@ S3_KINDS = ("moto", "seaweedfs")
 def events_queue_variable(model: str) -> str:
     """The environment variable dags/models.yaml reads the model's SQS queue URL from."""
     return "ROLLOUT_EVENTS_QUEUE_" + model.upper().replace("-", "_").replace(".", "_")
+
+
+def apply_manifest(kube: KubeEmulator, path: Path) -> list[str]:
+    """Create each object of a manifest file as the admin (what `kubectl apply -f` does for new objects;
+    an object that exists already is left as it is). Returns "kind/name" of each object created."""
+    import yaml
+
+    created = []
+    for doc in yaml.safe_load_all(path.read_text()):
+        if not doc:
+            continue
+        group_version, kind, meta = doc["apiVersion"], doc["kind"], doc["metadata"]
+        base = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+        namespace = meta.get("namespace")
+        if namespace:
+            kube.create_namespace(namespace)
+            base += f"/namespaces/{namespace}"
+        try:
+            kube.post(f"{base}/{kind.lower()}s", doc)  # ServiceAccount, Role, RoleBinding: regular plurals
+            created.append(f"{kind}/{meta['name']}")
+        except urllib.error.HTTPError as exc:
+            if exc.code != 409:
+                raise
+    return created
+
+
+def airflow_kubeconfig(kube: KubeEmulator) -> Path:
+    """The project's RBAC applied, and a kubeconfig for the ServiceAccount it binds (over the emulator's
+    TLS port, with a TokenRequest token): Airflow then gets exactly the verbs k8s/rbac.yaml grants, so a
+    missing one fails here as it would on a cluster."""
+    apply_manifest(kube, RBAC_MANIFEST)
+    return kube.service_account_kubeconfig(*AIRFLOW_IDENTITY)
 
 
 def image_runtime() -> dict[str, Any]:
@@ -68,6 +105,8 @@ class LocalStack:
     event_models: tuple[str, ...] = EVENT_MODELS
     s3: MotoS3 | SeaweedS3 | None = None
     queues: dict[str, str] = field(default_factory=dict)  # model -> SQS queue URL
+    # What Airflow talks to the emulator as (airflow_kubeconfig); env()'s KUBECONFIG stays the admin's.
+    airflow_kube: Path | None = None
     triton: TritonServer | None = None
     kube: KubeEmulator | None = None
     started: list[str] = field(default_factory=list)
@@ -97,6 +136,7 @@ class LocalStack:
             self.started.append("kube")
             self.kube.create_pvc(NAMESPACE, PVC_CLAIM, self.pvc, owner=PVC_OWNER)
             self.kube.create_service_account(NAMESPACE, SERVICE_ACCOUNT)
+            self.airflow_kube = airflow_kubeconfig(self.kube)
             try:
                 self.kube.create_secret(NAMESPACE, S3_SECRET, {"AWS_ACCESS_KEY_ID": self.s3.access_key,
                                                                "AWS_SECRET_ACCESS_KEY": self.s3.secret_key})

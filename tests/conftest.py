@@ -11,7 +11,7 @@ import pytest
 
 from devstack.receiver import Receiver
 from devstack.s3 import SeaweedS3
-from devstack.stack import DEMO_BUILDERS, PVC_OWNER, SERVICE_ACCOUNT, image_runtime
+from devstack.stack import DEMO_BUILDERS, PVC_OWNER, SERVICE_ACCOUNT, airflow_kubeconfig, image_runtime
 from devstack.triton import TritonServer
 from tests.helpers import (
     PROJECT_DAG_FILES,
@@ -179,7 +179,9 @@ def rollout(airflow_dags: Path, kube_emulator, s3_server: SeaweedS3, bucket: str
     from triton_rollout.pvc.layout import PvcLayout
 
     env = {"ROLLOUT_BUCKET": bucket, "TRITON_URL": triton.http_url, "ROLLOUT_PVC_CLAIM": claim,
-           "TRITON_MODEL_REPOSITORY": str(PvcLayout.at(pvc).repository), "KUBECONFIG": str(kube_emulator.kubeconfig),
+           "TRITON_MODEL_REPOSITORY": str(PvcLayout.at(pvc).repository),
+           # The DAGs' pods are launched as the ServiceAccount k8s/rbac.yaml binds, not as the admin.
+           "KUBECONFIG": str(airflow_kubeconfig(kube_emulator)),
            "TRITON_ROLLOUT_MODELS": str(airflow_dags / "models.yaml"), "ROLLOUT_SENSOR_POKE_S": "1"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)

@@ -170,3 +170,65 @@ def test_gpu_pod_without_gpu_node_stays_pending_and_fails_saying_why(
     assert "Insufficient nvidia.com/gpu" in out  # the scheduler's reason, via the pod's events/conditions
     assert "took too long to be scheduled" in out
     assert labelled_pods(k8s, run.dag_id) == []  # deleted even though it never ran
+
+
+def _role_without(namespace: str, resource: str, verb: str) -> list[dict[str, Any]]:
+    """k8s/rbac.yaml's Role and RoleBinding, moved to ``namespace``, with ``verb`` on ``resource`` taken out."""
+    import yaml
+
+    from devstack.stack import RBAC_MANIFEST
+
+    docs = [d for d in yaml.safe_load_all(RBAC_MANIFEST.read_text()) if d and d["kind"] in ("Role", "RoleBinding")]
+    for doc in docs:
+        doc["metadata"]["namespace"] = namespace
+        for rule in doc.get("rules", []):
+            if resource in rule["resources"]:
+                rule["verbs"] = [v for v in rule["verbs"] if v != verb]
+    return docs
+
+
+@pytest.mark.parametrize(("resource", "verb", "what_fails"), [
+    ("pods", None, None),  # the project's Role as rendered: the operator works
+    ("pods/log", "get", "pods/log"),  # the operator streams the log
+    # on_finish_action deletes the pod: the provider logs the 403 and the task still succeeds, so the pod
+    # leaks (cncf-kubernetes 10.25 operators/pod.py process_pod_deletion); the test shows that instead.
+    ("pods", "delete", "delete resource \\\"pods\\\""),
+])
+def test_the_project_rbac_is_what_the_operator_needs(airflow_dags: Path, kube_emulator: KubeEmulator, k8s: Any,
+                                                     resource: str, verb: str | None, what_fails: str | None,
+                                                     capfd: pytest.CaptureFixture[str],
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """KubernetesPodOperator as the ServiceAccount k8s/rbac.yaml binds (over the emulator's TLS port, with
+    RBAC enforced): it works with the rendered Role, and fails, naming the forbidden request, when one verb
+    the operator uses is missing."""
+    from devstack.stack import AIRFLOW_IDENTITY
+
+    ns = f"rbac-{uuid.uuid4().hex[:6]}"
+    kube_emulator.create_namespace(ns)
+    kube_emulator.create_service_account(ns, KubernetesConfig().service_account)
+    for doc in _role_without(ns, resource, verb or ""):
+        plural = "roles" if doc["kind"] == "Role" else "rolebindings"
+        kube_emulator.post(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/{plural}", doc)
+    kubeconfig = kube_emulator.service_account_kubeconfig(*AIRFLOW_IDENTITY)
+    model = ModelDeployment(name="llm", release_prefix="s3://placeholder/p", kubernetes=KubernetesConfig(
+        namespace=ns, aws=AwsCredentials(irsa_role_arn="arn:aws:iam::123456789012:role/rollout")))
+    pod = step_pod(model, StatusRequest(pvc="/pvc"))
+    pod.spec.volumes = pod.spec.containers[0].volume_mounts = None
+    pod.spec.containers[0].command = ["python", "-c", "print('ran as the worker', flush=True)"]
+    run = run_pod_dag(airflow_dags, kube_emulator, pod, config_file=str(kubeconfig), namespace=ns,
+                      on_finish_action="delete_pod", startup_timeout_seconds=60)
+    captured = capfd.readouterr()
+    out = captured.out + captured.err + caplog.text  # the provider logs a failed delete through logging
+    if what_fails is None:
+        assert run.state == "success", out[-3000:]
+        assert pod_said(out, "ran as the worker"), out[-3000:]
+        assert kube_emulator.core_v1().list_namespaced_pod(ns).items == []  # deleted by the operator
+    else:
+        assert "forbidden" in out.lower() and what_fails in out, out[-3000:]
+        if verb == "delete":
+            assert len(kube_emulator.core_v1().list_namespaced_pod(ns).items) == 1  # left behind
+        else:
+            assert run.state == "failed", out[-3000:]
+        # The API's own 403 message (JSON-escaped in the operator's log) names the identity and the verb.
+        assert f"User \\\"system:serviceaccount:{AIRFLOW_IDENTITY[0]}:{AIRFLOW_IDENTITY[1]}\\\" cannot" in out, \
+            out[-3000:]

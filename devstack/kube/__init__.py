@@ -32,6 +32,23 @@ What it does:
   PersistentVolumeClaims``; a claim without status.phase counts as Bound). Unschedulable pods stay
   Pending with ``PodScheduled=False/Unschedulable`` and a FailedScheduling event, and are retried
   whenever anything changes.
+- authentication and RBAC (``rbac``): the kubeconfig ``KubeEmulator`` writes is the cluster admin
+  (``devstack-admin`` in ``system:masters``: its token, or no credentials on the plain-HTTP port, as the
+  apiserver's old insecure port allowed everything); ``KubeEmulator.service_account_kubeconfig(ns, name)``
+  gets a TokenRequest token (``serviceaccounts/<name>/token``) for ``system:serviceaccount:<ns>:<name>``
+  and points at a TLS port (self-signed certificate in the kubeconfig), because kubectl sends
+  credentials only over TLS. Unknown tokens, and tokens of deleted ServiceAccounts, are 401.
+  rbac.authorization.k8s.io/v1 Roles, RoleBindings, ClusterRoles, ClusterRoleBindings are served
+  (discovery, Tables, OpenAPI, so ``kubectl apply -f k8s/rbac.yaml`` validates) and enforced for every
+  identity but ``system:masters``, as the RBAC authorizer evaluates them (apiGroups, resources with
+  subresources and ``*/sub``, resourceNames, verbs and ``*``, nonResourceURLs with trailing ``*``;
+  HTTP method to get / list / watch / create / update / patch / delete / deletecollection as
+  RequestInfo maps it); the bootstrap cluster-admin, system:discovery, system:public-info-viewer and
+  system:basic-user ClusterRoles and bindings are seeded. Denials are 403 with the apiserver's text
+  (``pods "x" is forbidden: User "..." cannot delete resource "pods" in API group "" in the namespace
+  "triton"``). Impersonation (Impersonate-User / -Group, checked with the ``impersonate`` verb) and
+  authorization.k8s.io/v1 SelfSubjectAccessReview, SelfSubjectRulesReview and SubjectAccessReview, so
+  ``kubectl auth can-i [--list] [--as=...]`` answers from the stored RBAC.
 - ServiceAccount admission (``admission``): every namespace gets ServiceAccount ``default`` on create,
   as the controller-manager makes it; a pod naming a missing one is refused with 403 Forbidden
   (``error looking up service account ns/name: serviceaccount "name" not found``).
@@ -57,17 +74,36 @@ What it does:
   stdout+stderr become the log; exit codes become ``state.terminated.exitCode`` and the phase
   (Succeeded only if every container exited 0). Deletion: SIGTERM, SIGKILL after the grace period
   (capped at 10 s), then the object goes. activeDeadlineSeconds is enforced.
+- batch/v1 Jobs and CronJobs (``jobs``; discovery, ``status`` subresource, Tables with the upstream
+  columns, OpenAPI, so ``kubectl apply -f`` of the project's Job / CronJob manifests validates). A Job
+  controller thread creates pods from spec.template (``<job>-<5 chars>``, the batch.kubernetes.io
+  job-name / controller-uid labels and generated selector, a controller ownerReference), honours
+  completions, parallelism, backoffLimit (Failed / BackoffLimitExceeded), activeDeadlineSeconds
+  (DeadlineExceeded, running pods deleted), suspend / resume, ttlSecondsAfterFinished, and writes the
+  1.31 conditions (FailureTarget / SuccessCriteriaMet first, Failed / Complete once no pod runs),
+  startTime, completionTime, counts and the job controller's events (SuccessfulCreate, Completed,
+  BackoffLimitExceeded, FailedCreate), so ``kubectl wait --for=condition=complete`` and ``kubectl logs
+  job/x`` work. Deleting a Job or CronJob cascades as the garbage collector does (Background /
+  Foreground delete the dependents, Orphan strips their ownerReference; batch/v1 Jobs default to
+  Orphan, CronJobs to Background). A CronJob controller creates ``<cronjob>-<minutes>`` Jobs on
+  schedule (croniter: 5 fields and @hourly etc., timeZone), with concurrencyPolicy Allow / Forbid /
+  Replace, startingDeadlineSeconds, suspend, the history limits, status.active / lastScheduleTime /
+  lastSuccessfulTime; ``kubectl create job --from=cronjob/x`` works. ``KubeEmulator(fake_cron_clock=
+  True)`` lets tests step the CronJob clock (``set_cron_now``).
 
 What it does not emulate (honestly):
-- authentication, authorization (RBAC is accepted by nobody: every request is allowed), admission
-  (no PodSecurity, LimitRange or quota), API groups other than core/v1 and storage.k8s.io/v1
-  StorageClasses (no Jobs, CronJobs, Deployments, PersistentVolumes, CSIDrivers: workloads are
-  validated offline by kubernetes-validate instead; ``kubectl auth can-i`` is NotFound), server-side
-  apply, strategic merge (applied as a JSON merge patch without its $-directives), pagination
-  (limit/continue are ignored), exec, attach, port-forward (so KPO's ``do_xcom_push`` sidecar cannot be
-  read: use the pod log or a file on the PVC), pods/eviction, protobuf, /openapi/v2, aggregated
-  discovery (clients fall back to the legacy documents), value validation beyond the pod checks above
-  (schemas are used for unknown fields only).
+- authentication beyond bearer tokens (no client certificates, OIDC, token expiry or audiences;
+  anonymous on the TLS port is system:anonymous), RBAC privilege-escalation checks (anyone allowed to
+  write Roles / bindings may grant anything: no escalate / bind), aggregated ClusterRoles, the default
+  admin / edit / view ClusterRoles, Impersonate-Uid / -Extra, LocalSubjectAccessReview,
+  SelfSubjectReview (``kubectl auth whoami``), admission (no PodSecurity, LimitRange or quota), API
+  groups other than core/v1, storage.k8s.io/v1 StorageClasses, batch/v1 and the RBAC / authorization
+  groups above (no Deployments, PersistentVolumes, CSIDrivers: workloads are validated offline by
+  kubernetes-validate instead), server-side apply, strategic merge (applied as a JSON merge patch
+  without its $-directives), pagination (limit/continue are ignored), exec, attach, port-forward (so
+  KPO's ``do_xcom_push`` sidecar cannot be read: use the pod log or a file on the PVC), pods/eviction,
+  protobuf, /openapi/v2, aggregated discovery (clients fall back to the legacy documents), value
+  validation beyond the pod checks above (schemas are used for unknown fields only).
 - container images: nothing is pulled; the image name only selects a local runtime (image users are
   numeric, from the mapping). Capabilities and seccomp are recorded, not enforced (leaving uid 0 drops
   all capabilities; a pod running as root keeps the emulator's); an emulator not run by root cannot
@@ -78,6 +114,10 @@ What it does not emulate (honestly):
   DNS or pod IPs (podIP is 127.0.0.1). emptyDir ``medium: Memory`` is a plain folder.
 - restartPolicy is always treated as Never (no restarts, no CrashLoopBackOff); probes are not run;
   preemption, priorities, affinity other than required node affinity, topology spread: none.
+- Jobs: no pod failure backoff delay (a failed pod is replaced at once); restartPolicy OnFailure makes
+  a new pod per failure, as Never does (no container restarts); Indexed completion mode runs as
+  NonIndexed; no podFailurePolicy, successPolicy, backoffLimitPerIndex or job-tracking finalizers;
+  Foreground deletion deletes the dependents but does not keep the owner until they are gone.
 - without bubblewrap, volume mounts only work where the host path equals mountPath, and nothing is
   isolated.
 - state lives in memory: restarting the emulator forgets every object (PVC folders stay on disk).
@@ -92,6 +132,8 @@ Modules: ``store`` (objects, resourceVersions, watch events), ``selectors`` (lab
 ``api`` (API semantics over the store), ``transport`` (HTTP, watch and log streams, ``serve``),
 ``scheduler`` (nodes, quantities, placing pods), ``kubelet`` (running a placed pod in its sandbox),
 ``pod_status`` and ``events`` (what both write about a pod), ``admission`` (ServiceAccounts at pod create),
+``rbac`` (tokens, impersonation, the RBAC authorizer, access reviews),
+``jobs`` (Job / CronJob defaults, their controllers, ownerReference garbage collection),
 ``storage`` (StorageClasses, PVC binding), ``tables`` (server-side printing), ``openapi`` (OpenAPI v3,
 field validation), ``emulator`` (the KubeEmulator process).
 """

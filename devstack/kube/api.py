@@ -1,11 +1,12 @@
 """The emulator's API semantics over the store, independent of HTTP (transport.py carries requests here).
 
 The core/v1 subset KubernetesPodOperator and the kubernetes clients use, plus storage.k8s.io/v1
-StorageClasses: discovery and /version, routing /api/v1 and /apis/<group>/<version> paths to (resource,
-namespace, name, subresource), the verbs with what a real API server checks and defaults on create /
-replace / patch / delete (pod validation and defaults, secrets' stringData, PVC binding against storage
-classes, graceful pod deletion through the kubelet), ``dryRun=All`` (every check, nothing stored),
-``fieldValidation`` (unknown fields against the upstream schemas), and JSON merge patch / JSON patch.
+StorageClasses and the RBAC objects (rbac.py enforces them; its reviews are answered by the transport):
+discovery and /version, routing /api/v1 and /apis/<group>/<version> paths to (resource, namespace, name,
+subresource), the verbs with what a real API server checks and defaults on create / replace / patch /
+delete (pod validation and defaults, secrets' stringData, PVC binding against storage classes, graceful
+pod deletion through the kubelet), ``dryRun=All`` (every check, nothing stored), ``fieldValidation``
+(unknown fields against the upstream schemas), and JSON merge patch / JSON patch.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import storage
+from . import jobs, rbac, storage
 from .admission import admit_pod, create_default_service_account
 from .events import record_pod_event
 from .kubelet import HOST_PATH_ANNOTATION, Kubelet
@@ -36,6 +37,7 @@ class Resource:
     version: str = "v1"
     short: list[str] = field(default_factory=list)
     read_only: bool = False  # nodes come from the emulator's config
+    verbs: tuple[str, ...] = ()  # discovery verbs when not the usual ones (the create-only reviews)
 
     @property
     def api_version(self) -> str:
@@ -56,9 +58,21 @@ RESOURCES: dict[str, Resource] = {
     "namespaces": Resource("Namespace", False, short=["ns"]),
     "nodes": Resource("Node", False, short=["no"], read_only=True),
     "storageclasses": Resource("StorageClass", False, group="storage.k8s.io", short=["sc"]),
+    "jobs": Resource("Job", True, group="batch"),  # jobs.py: defaults, the controllers, cascading delete
+    "cronjobs": Resource("CronJob", True, group="batch", short=["cj"]),
+    # rbac.py: stored RBAC objects, and the reviews `kubectl auth can-i` creates (answered, not stored).
+    "roles": Resource("Role", True, group=rbac.RBAC_GROUP),
+    "rolebindings": Resource("RoleBinding", True, group=rbac.RBAC_GROUP),
+    "clusterroles": Resource("ClusterRole", False, group=rbac.RBAC_GROUP),
+    "clusterrolebindings": Resource("ClusterRoleBinding", False, group=rbac.RBAC_GROUP),
+    **{plural: Resource(kind, False, group="authorization.k8s.io", verbs=("create",))
+       for plural, kind in rbac.REVIEWS.items()},
 }
 NAMESPACED = {p: r.kind for p, r in RESOURCES.items() if r.namespaced}
 GROUPS = {"storage.k8s.io": "v1"}  # the API groups besides core, with their one served version
+GROUPS.update({rbac.RBAC_GROUP: "v1", "authorization.k8s.io": "v1"})
+GROUPS["batch"] = "v1"
+STATUS_SUBRESOURCES = ("jobs", "cronjobs")  # served with get / update / patch (pods/status: get only)
 
 
 def resources_of(gv_path: str) -> dict[str, Resource]:
@@ -68,16 +82,21 @@ def resources_of(gv_path: str) -> dict[str, Resource]:
 def _resource_list(gv_path: str, group_version: str) -> Obj:
     out = []
     for plural, r in resources_of(gv_path).items():
-        verbs = ["get", "list", "watch"] if r.read_only else \
+        verbs = list(r.verbs) if r.verbs else ["get", "list", "watch"] if r.read_only else \
             ["create", "delete", "get", "list", "patch", "update", "watch"]
         entry = {"name": plural, "singularName": r.kind.lower(), "namespaced": r.namespaced, "kind": r.kind,
                  "verbs": verbs, "shortNames": r.short}
-        if plural == "pods":
-            entry["categories"] = ["all"]  # what `kubectl get all` expands to (here: pods only)
+        if plural in ("pods", "jobs", "cronjobs"):
+            entry["categories"] = ["all"]  # what `kubectl get all` expands to
         out.append(entry)
+        if plural in STATUS_SUBRESOURCES:
+            out.append({"name": f"{plural}/status", "singularName": "", "namespaced": r.namespaced, "kind": r.kind,
+                        "verbs": ["get", "patch", "update"]})
     if gv_path == "api/v1":
         for sub in ("pods/log", "pods/status"):
             out.append({"name": sub, "singularName": "", "namespaced": True, "kind": "Pod", "verbs": ["get"]})
+        out.append({"name": "serviceaccounts/token", "singularName": "", "namespaced": True, "group":
+                    "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"]})
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": out}
 
 
@@ -240,6 +259,12 @@ class Api:
             body.setdefault("type", "Opaque")
         elif resource == "namespaces":
             body["status"] = {"phase": "Active"}
+        elif resource == "jobs":
+            jobs.default_job(body, uid)
+        elif resource == "cronjobs":
+            jobs.default_cronjob(body)
+        elif resource in ("rolebindings", "clusterrolebindings"):
+            rbac.validate(resource, body)
         elif resource == "storageclasses":
             if not body.get("provisioner"):
                 raise ApiError(422, "Invalid", f'StorageClass "{(body.get("metadata") or {}).get("name", "")}" is '
@@ -343,7 +368,7 @@ class Api:
 
     @staticmethod
     def _guard_update(resource: str, current: Obj, new: Obj) -> None:
-        if resource in ("pods", "namespaces", "persistentvolumeclaims"):
+        if resource in ("pods", "namespaces", "persistentvolumeclaims", *STATUS_SUBRESOURCES):
             new["status"] = current.get("status")  # status is a subresource, ignored on the main resource
         if resource == "secrets" and "stringData" in new:
             # Folded into data on every write, not only on create (pkg/apis/core/v1 conversion).
@@ -351,6 +376,7 @@ class Api:
             for k, v in (new.pop("stringData") or {}).items():
                 data[k] = base64.b64encode(str(v).encode()).decode()
             new["data"] = data
+        rbac.validate(resource, new, current)
         if resource == "persistentvolumeclaims" and (current.get("spec") or {}).get("volumeName"):
             new.setdefault("spec", {})["volumeName"] = current["spec"]["volumeName"]
         if resource == "pods":
@@ -392,7 +418,30 @@ class Api:
                 self.kubelet.delete_pod(current, grace_s)
                 record_pod_event(self.store, current, "Normal", "Killing", "Stopping container(s)")
                 return self.with_kind(resource, marked or current)
+        if resource in jobs.DEPENDENTS:
+            jobs.cascade(self, resource, ns or "", current, q, body)  # ownerReference garbage collection
         return self.with_kind(resource, self.store.delete(resource, ns or "", name))
+
+    def write_status(self, resource: str, ns: str | None, name: str, body: Any, content_type: str | None,
+                     q: dict[str, str] | None = None) -> Obj:
+        """PUT (content_type None) or PATCH of the status subresource: only .status changes."""
+        q = q or {}
+        if resource not in STATUS_SUBRESOURCES:
+            raise ApiError(405, "MethodNotAllowed", f"{resource}/status is read-only in the emulator")
+        dry = dry_run(q)
+        current = self.store.get(resource, ns or "", name)
+        if content_type is None:
+            new = copy.deepcopy(body) if isinstance(body, dict) else {}
+        elif "json-patch" in content_type:
+            new = json_patch(current, body)
+        else:
+            new = merge_patch(current, strip_directives(body))
+        out = copy.deepcopy(current)
+        out["status"] = new.get("status") or {}
+        if content_type is None and (new.get("metadata") or {}).get("resourceVersion"):
+            out["metadata"]["resourceVersion"] = new["metadata"]["resourceVersion"]
+        stored = self.store.replace(resource, ns or "", name, out, check_rv=True, dry_run=dry)
+        return self.with_kind(resource, stored)
 
     @staticmethod
     def with_kind(resource: str, obj: Obj) -> Obj:

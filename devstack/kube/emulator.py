@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from ..procs import LOOPBACK, free_ports, spawn, stop_group, wait_until
 from .kubelet import FS_GROUP_POLICY_ANNOTATION, HOST_PATH_ANNOTATION
+from .rbac import ADMIN_TOKEN
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONTEXT = "devstack"
@@ -54,6 +57,8 @@ class KubeEmulator:
     offering ReadWriteOnce and ReadWriteMany); the emulator-only parameter ``devstack.kube/access-modes``
     lists the modes a class offers.
     ``bwrap``: None = use bubblewrap when installed, True = require it, False = plain processes.
+    ``fake_cron_clock``: the CronJob controller's "now" is what ``set_cron_now`` last wrote (the real
+    clock until then), so tests can step through schedules; Jobs always run on the real clock.
     """
 
     state_dir: Path
@@ -64,7 +69,9 @@ class KubeEmulator:
     secrets: list[dict[str, Any]] = field(default_factory=list)
     storage_classes: list[dict[str, Any]] = field(default_factory=list)
     bwrap: bool | None = None
+    fake_cron_clock: bool = False
     port: int = 0
+    tls_port: int = 0  # the same API over TLS, for ServiceAccount kubeconfigs (rbac.serving_cert)
     pid: int | None = None
 
     @property
@@ -79,6 +86,14 @@ class KubeEmulator:
     def log_path(self) -> Path:
         return self.state_dir / "apiserver.log"
 
+    @property
+    def cron_clock_file(self) -> Path:
+        return self.state_dir / "cron-now"
+
+    def set_cron_now(self, when: datetime) -> None:
+        """Move the CronJob controller's clock (only with ``fake_cron_clock``)."""
+        self.cron_clock_file.write_text(when.isoformat())
+
     def env(self) -> dict[str, str]:
         return {"KUBECONFIG": str(self.kubeconfig)}
 
@@ -86,9 +101,13 @@ class KubeEmulator:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if not self.port:
             (self.port,) = free_ports(1)
+        if not self.tls_port:
+            self.tls_port = next(p for p in free_ports(2) if p != self.port)
         config = {"port": self.port, "host": LOOPBACK, "state_dir": str(self.state_dir), "nodes": self.nodes,
                   "images": self.images, "pvcs": self.pvcs, "namespaces": self.namespaces,
-                  "secrets": self.secrets, "storage_classes": self.storage_classes, "bwrap": self.bwrap}
+                  "secrets": self.secrets, "storage_classes": self.storage_classes, "bwrap": self.bwrap,
+                  "tls_port": self.tls_port,
+                  "cron_clock_file": str(self.cron_clock_file) if self.fake_cron_clock else None}
         config_path = self.state_dir / "emulator.json"
         config_path.write_text(json.dumps(config, indent=1))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
@@ -113,22 +132,41 @@ class KubeEmulator:
         except OSError:
             return False
 
-    def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
-        # JSON is valid YAML; the token is a placeholder: the emulator does no authentication.
-        doc = {
+    def write_kubeconfig(self, path: Path, namespace: str = "default", token: str = ADMIN_TOKEN,
+                         tls: bool = False) -> Path:
+        """A kubeconfig for this emulator. The default token is the cluster admin's (rbac.py:
+        system:masters), over plain HTTP. kubectl sends a kubeconfig's credentials only over TLS, so
+        ``tls`` points at the TLS port, trusting the emulator's self-signed certificate."""
+        cluster: dict[str, Any] = {"server": self.server}
+        if tls:
+            ca = (self.state_dir / "apiserver.crt").read_bytes()
+            cluster = {"server": f"https://{LOOPBACK}:{self.tls_port}",
+                       "certificate-authority-data": base64.b64encode(ca).decode()}
+        doc = {  # JSON is valid YAML
             "apiVersion": "v1", "kind": "Config", "current-context": CONTEXT, "preferences": {},
-            "clusters": [{"name": CONTEXT, "cluster": {"server": self.server}}],
-            "users": [{"name": CONTEXT, "user": {"token": "devstack-emulator"}}],
+            "clusters": [{"name": CONTEXT, "cluster": cluster}],
+            "users": [{"name": CONTEXT, "user": {"token": token}}],
             "contexts": [{"name": CONTEXT, "context": {"cluster": CONTEXT, "user": CONTEXT,
                                                        "namespace": namespace}}],
         }
         path.write_text(json.dumps(doc, indent=1) + "\n")
         return path
 
+    def service_account_kubeconfig(self, namespace: str, name: str, path: Path | None = None) -> Path:
+        """A kubeconfig acting as ServiceAccount namespace/name (created if missing), with a token from
+        the TokenRequest API, as a pod's projected token would be: RBAC decides what it may do."""
+        self.create_service_account(namespace, name)
+        review = self.post(f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
+                           {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}})
+        path = path or self.state_dir / f"kubeconfig-sa-{namespace}-{name}"
+        return self.write_kubeconfig(path, namespace=namespace, token=review["status"]["token"], tls=True)
+
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST an object (no client library needed); raises urllib.error.HTTPError on API errors."""
+        """POST an object as the admin (no client library needed); raises urllib.error.HTTPError on API
+        errors."""
         req = urllib.request.Request(self.server + path, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json",
+                                              "Authorization": f"Bearer {ADMIN_TOKEN}"})
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.loads(resp.read())
 
@@ -209,6 +247,12 @@ class KubeEmulator:
 
         api_client = config.new_client_from_config(config_file=str(self.kubeconfig))
         return client.CoreV1Api(api_client)
+
+    def batch_v1(self):  # type: ignore[no-untyped-def]
+        """A kubernetes BatchV1Api client for this emulator (Jobs, CronJobs)."""
+        from kubernetes import client, config
+
+        return client.BatchV1Api(config.new_client_from_config(config_file=str(self.kubeconfig)))
 
     def __enter__(self) -> KubeEmulator:
         return self.start()

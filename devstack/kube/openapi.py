@@ -156,10 +156,16 @@ def group_version_doc(group: str, version: str, resources: dict[str, tuple[str, 
     for plural, (kind, namespaced, read_only) in resources.items():
         name = definition_for(group, version, kind)
         list_name = definition_for(group, version, f"{kind}List")
+        gvk = {"group": group, "version": version, "kind": kind}
+        if name is not None and list_name is None:
+            # Create-only kinds (SelfSubjectAccessReview, ...): just the POST, as upstream serves them.
+            roots.append(name)
+            paths[f"{prefix}/{plural}"] = {"post": _op("post", gvk, name, f"create{kind}", write, "object"),
+                                           "parameters": []}
+            continue
         if name is None or list_name is None:
             continue
         roots += [name, list_name]
-        gvk = {"group": group, "version": version, "kind": kind}
         base = f"{prefix}/namespaces/{{namespace}}/{plural}" if namespaced else f"{prefix}/{plural}"
         scope = [_param("namespace", "path", required=True)] if namespaced else []
         item_params = [*scope, _param("name", "path", required=True)]

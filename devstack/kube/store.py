@@ -20,6 +20,8 @@ Key = tuple[str, str, str]  # (resource plural, namespace or "", name)
 
 HISTORY = 20000  # watch events kept; older resourceVersions get 410 Gone, as on a real server
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+# RBAC objects' names are path segments (pkg/apis/rbac/validation ValidateRBACName): "system:discovery".
+PATH_SEGMENT_NAMES = {"roles", "rolebindings", "clusterroles", "clusterrolebindings"}
 
 
 def now_iso() -> str:
@@ -105,7 +107,11 @@ class Store:
             if not name:
                 raise ApiError(422, "Invalid",
                                f"{resource}: metadata.name: Required value: name or generateName is required")
-            if len(name) > 253 or not _NAME.match(name):
+            if resource in PATH_SEGMENT_NAMES:
+                if name in (".", "..") or "/" in name or "%" in name:
+                    raise ApiError(422, "Invalid", f'{resource} "{name}" is invalid: metadata.name: Invalid '
+                                   f"value: {name!r}: may not contain '/' or '%', nor be '.' or '..'")
+            elif len(name) > 253 or not _NAME.match(name):
                 raise ApiError(422, "Invalid", f'{resource} "{name}" is invalid: metadata.name: Invalid value: '
                                "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric "
                                "characters, '-' or '.'")

@@ -180,6 +180,75 @@ def _node_cells(node: Obj) -> list[Any]:
             since(node["metadata"].get("creationTimestamp")), info.get("kubeletVersion", "")]
 
 
+def _has_condition(obj: Obj, type_: str) -> bool:
+    return any(c.get("type") == type_ and c.get("status") == "True"
+               for c in (obj.get("status") or {}).get("conditions") or [])
+
+
+def _pod_template_wide(template: Obj) -> list[str]:
+    containers = ((template or {}).get("spec") or {}).get("containers") or []
+    return [",".join(c.get("name", "") for c in containers), ",".join(c.get("image", "") for c in containers)]
+
+
+def _selector_text(selector: Obj | None) -> str:
+    # metav1.FormatLabelSelector for matchLabels (matchExpressions as "key op (values)")
+    if not selector:
+        return "<none>"
+    parts = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
+    for e in selector.get("matchExpressions") or []:
+        parts.append(f"{e.get('key')} {str(e.get('operator', '')).lower()} ({','.join(e.get('values') or [])})")
+    return ",".join(parts) or "<none>"
+
+
+def _job_cells(job: Obj) -> list[Any]:
+    """printJob (1.32): STATUS Complete / Failed / Terminating / Suspended / FailureTarget / SuccessCriteriaMet
+    / Running; COMPLETIONS succeeded/completions (or "/1 of <parallelism>" without completions)."""
+    spec, status = job.get("spec") or {}, job.get("status") or {}
+    succeeded = int(status.get("succeeded") or 0)
+    if spec.get("completions") is not None:
+        completions = f"{succeeded}/{spec['completions']}"
+    elif int(spec.get("parallelism") or 0) > 1:
+        completions = f"{succeeded}/1 of {spec['parallelism']}"
+    else:
+        completions = f"{succeeded}/1"
+    start, end = status.get("startTime"), status.get("completionTime")
+    if not start:
+        duration = ""
+    elif not end:
+        duration = since(start)
+    else:
+        def parse(t: str) -> datetime:
+            return datetime.fromisoformat(t.replace("Z", "+00:00"))
+        duration = human_duration((parse(end) - parse(start)).total_seconds())
+    if _has_condition(job, "Complete"):
+        state = "Complete"
+    elif _has_condition(job, "Failed"):
+        state = "Failed"
+    elif (job.get("metadata") or {}).get("deletionTimestamp"):
+        state = "Terminating"
+    elif _has_condition(job, "Suspended"):
+        state = "Suspended"
+    elif _has_condition(job, "FailureTarget"):
+        state = "FailureTarget"
+    elif _has_condition(job, "SuccessCriteriaMet"):
+        state = "SuccessCriteriaMet"
+    else:
+        state = "Running"
+    return [job["metadata"]["name"], state, completions, duration, since(job["metadata"].get("creationTimestamp")),
+            *_pod_template_wide(spec.get("template") or {}), _selector_text(spec.get("selector"))]
+
+
+def _cronjob_cells(cj: Obj) -> list[Any]:
+    """printCronJob: TIMEZONE <none> when unset, SUSPEND True / False, LAST SCHEDULE <none> before the first."""
+    spec, status = cj.get("spec") or {}, cj.get("status") or {}
+    last = status.get("lastScheduleTime")
+    job_spec = (spec.get("jobTemplate") or {}).get("spec") or {}
+    return [cj["metadata"]["name"], spec.get("schedule", ""), spec.get("timeZone") or "<none>",
+            "True" if spec.get("suspend") else "False", len(status.get("active") or []),
+            since(last) if last else "<none>", since(cj["metadata"].get("creationTimestamp")),
+            *_pod_template_wide(job_spec.get("template") or {}), _selector_text(job_spec.get("selector"))]
+
+
 def _data_count(obj: Obj) -> int:
     return len(obj.get("data") or {}) + len(obj.get("binaryData") or {})
 
@@ -207,9 +276,35 @@ PRINTERS: dict[str, tuple[list[Obj], Callable[[Obj], list[Any]]]] = {
                    lambda o: [o["metadata"]["name"], (o.get("status") or {}).get("phase", ""),
                               since(o["metadata"].get("creationTimestamp"))]),
     "nodes": ([NAME, _col("Status"), _col("Roles"), AGE, _col("Version")], _node_cells),
+    "jobs": ([NAME, _col("Status"), _col("Completions"), _col("Duration"), AGE, _col("Containers", priority=1),
+              _col("Images", priority=1), _col("Selector", priority=1)], _job_cells),
+    "cronjobs": ([NAME, _col("Schedule"), _col("Timezone"), _col("Suspend"), _col("Active", "integer"),
+                  _col("Last Schedule"), AGE, _col("Containers", priority=1), _col("Images", priority=1),
+                  _col("Selector", priority=1)], _cronjob_cells),
     "storageclasses": ([NAME, _col("Provisioner"), _col("ReclaimPolicy"), _col("VolumeBindingMode"),
                         _col("AllowVolumeExpansion"), AGE], _storage_class_cells),
 }
+
+
+def _binding_cells(b: Obj) -> list[Any]:
+    """printRoleBinding / printClusterRoleBinding: ROLE is kind/name; users, groups, ns:name of SAs."""
+    subjects = b.get("subjects") or []
+
+    def of(kind: str) -> str:
+        return ", ".join(s.get("name", "") if kind != "ServiceAccount" else
+                         f"{s.get('namespace') or b['metadata'].get('namespace', '')}:{s.get('name', '')}"
+                         for s in subjects if s.get("kind") == kind)
+    ref = b.get("roleRef") or {}
+    return [b["metadata"]["name"], f"{ref.get('kind', '')}/{ref.get('name', '')}",
+            since(b["metadata"].get("creationTimestamp")), of("User"), of("Group"), of("ServiceAccount")]
+
+
+# printRole / printClusterRole (Name, Created At) and the bindings' columns.
+_ROLE = ([NAME, _col("Created At", "date")],
+         lambda o: [o["metadata"]["name"], o["metadata"].get("creationTimestamp", "")])
+_BINDING = ([NAME, _col("Role"), AGE, _col("Users", priority=1), _col("Groups", priority=1),
+             _col("ServiceAccounts", priority=1)], _binding_cells)
+PRINTERS.update({"roles": _ROLE, "clusterroles": _ROLE, "rolebindings": _BINDING, "clusterrolebindings": _BINDING})
 
 
 def _row_object(obj: Obj, include: str) -> Obj | None:

@@ -3,14 +3,17 @@
 HTTP/1.1 with keep-alive; watches and followed logs are chunked streams (urllib3 and aiohttp both read
 chunked bodies incrementally, which is what makes a watch a watch rather than one late list). Every
 request body is read before the answer, so early errors keep the connection usable. Lists, gets and
-watches answer Tables (tables.py) when the client asks for them; /openapi/v3 is openapi.py's. What a
-request means is api.py's; ``serve`` wires store, kubelet, scheduler and API together from the config.
+watches answer Tables (tables.py) when the client asks for them; /openapi/v3 is openapi.py's. Every
+request is authenticated, impersonated and authorized first (rbac.py), on the plain-HTTP port and on the
+TLS port that ServiceAccount kubeconfigs use. What a request means is api.py's; ``serve`` wires store,
+kubelet, scheduler and API together from the config.
 """
 
 from __future__ import annotations
 
 import json
 import signal
+import ssl
 import threading
 import time
 from datetime import UTC, datetime
@@ -19,8 +22,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from . import storage, tables
+from . import rbac, storage, tables
 from .api import Api
+from .jobs import JobController
 from .kubelet import HOST_PATH_ANNOTATION, Kubelet, Runtime
 from .scheduler import Node, Scheduler
 from .selectors import field_matcher, label_matcher
@@ -43,6 +47,8 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "devstack-kube/1"
     api: Api  # set on the subclass made by serve()
+    auth: rbac.Rbac  # likewise: tokens, impersonation, the authorizer
+    secure = False  # True on the TLS port's subclass
 
     def log_message(self, fmt: str, *args: Any) -> None:  # quiet: requests go to the access log below
         pass
@@ -115,6 +121,9 @@ class Handler(BaseHTTPRequestHandler):
             return
         try:
             path, q = self._query()
+            # The apiserver's filter order: authentication (401), impersonation, authorization (403).
+            user = self.auth.impersonate(self.auth.authenticate(self.headers, self.secure), self.headers)
+            self.auth.check(rbac.request_attributes(method, path, q, user))
             found = Api.discovery(path) if method == "GET" else None
             if found is not None:
                 self._send(200, found)
@@ -129,6 +138,14 @@ class Handler(BaseHTTPRequestHandler):
             api = self.api
             if method == "GET" and sub == "log" and resource == "pods" and name:
                 self._log(ns or "", name, q)
+                return
+            if resource == "serviceaccounts" and sub == "token" and method == "POST" and name:
+                self._send(201, self.auth.token_request(ns or "", name, body))
+                return
+            if resource in rbac.REVIEWS:
+                if method != "POST" or name:
+                    raise ApiError(405, "MethodNotAllowed", f"{method} is not supported on {path}")
+                self._send(201, self.auth.review(resource, user, body))
                 return
             if sub not in (None, "status"):
                 raise ApiError(404, "NotFound", f"subresource {sub!r} is not emulated")
@@ -146,6 +163,9 @@ class Handler(BaseHTTPRequestHandler):
                 self._send(200, api.list(resource, ns, q))
             elif method == "POST" and not name:
                 self._send(201, api.create(resource, ns, body or {}, q))
+            elif method in ("PUT", "PATCH") and name and sub == "status":
+                self._send(200, api.write_status(resource, ns, name, body, None if method == "PUT" else
+                                                 self.headers.get("Content-Type", ""), q))
             elif method == "PUT" and name and sub is None:
                 self._send(200, api.replace(resource, ns, name, body or {}, q))
             elif method == "PATCH" and name and sub is None:
@@ -371,16 +391,36 @@ def serve(config: Obj, *, ready_file: Path | None = None) -> None:
     for secret in config.get("secrets", []):
         api.create("secrets", secret.get("metadata", {}).get("namespace", "default"), secret)
 
-    handler = type("BoundHandler", (Handler,), {"api": api})
+    for resource, obj in rbac.default_objects():  # bootstrap ClusterRoles and their bindings
+        api.create(resource, None, obj)
+    auth = rbac.Rbac(store)
+    handler = type("BoundHandler", (Handler,), {"api": api, "auth": auth})
     httpd = ThreadingHTTPServer((config.get("host", "127.0.0.1"), int(config["port"])), handler)
     httpd.daemon_threads = True
+    https = None
+    if config.get("tls_port"):
+        # The same API over TLS, for kubeconfigs whose credentials must be sent (rbac.serving_cert).
+        cert, key = rbac.serving_cert(state_dir)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        tls_handler = type("TlsHandler", (Handler,), {"api": api, "auth": auth, "secure": True})
+        https = ThreadingHTTPServer((config.get("host", "127.0.0.1"), int(config["tls_port"])), tls_handler)
+        https.daemon_threads = True
+        # The handshake happens in the request's thread, not in the accept loop.
+        https.socket = context.wrap_socket(https.socket, server_side=True, do_handshake_on_connect=False)
+        threading.Thread(target=https.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
     scheduler.start()
+    clock = config.get("cron_clock_file")  # tests step the CronJob controller's "now" through this file
+    job_controller = JobController(api, clock_file=Path(clock) if clock else None)
+    job_controller.start()
     stopping = threading.Event()
 
     def stop(*_: object) -> None:
         if not stopping.is_set():
             stopping.set()
             threading.Thread(target=httpd.shutdown, daemon=True).start()
+            if https is not None:
+                threading.Thread(target=https.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -390,5 +430,8 @@ def serve(config: Obj, *, ready_file: Path | None = None) -> None:
         httpd.serve_forever(poll_interval=0.2)
     finally:
         scheduler.stop()
+        job_controller.stop()
         kubelet.shutdown()
         httpd.server_close()
+        if https is not None:
+            https.server_close()
