@@ -74,6 +74,15 @@ What it does:
   stdout+stderr become the log; exit codes become ``state.terminated.exitCode`` and the phase
   (Succeeded only if every container exited 0). Deletion: SIGTERM, SIGKILL after the grace period
   (capped at 10 s), then the object goes. activeDeadlineSeconds is enforced.
+- probes (``prober``, as pkg/kubelet/prober runs them): readiness, liveness and startup probes with
+  httpGet (host default the pod IP 127.0.0.1, port by number or name, path, HTTP / HTTPS, httpHeaders;
+  2xx / 3xx succeed), tcpSocket and exec (the container's user, env and mounts in a sandbox of its own,
+  not inside the container's namespaces), initialDelaySeconds, periodSeconds, timeoutSeconds,
+  successThreshold, failureThreshold. containerStatuses[].ready / started and the ContainersReady and
+  Ready conditions follow them (no readinessProbe: ready once running; startup gates the others);
+  Ready also needs every spec.readinessGates condition "True" (pods/status is writable: get / patch /
+  update, strategic merges of conditions by type). Failures are Unhealthy events ("Readiness probe
+  failed: ..."); a failed liveness / startup probe kills the container (Killing event).
 - batch/v1 Jobs and CronJobs (``jobs``; discovery, ``status`` subresource, Tables with the upstream
   columns, OpenAPI, so ``kubectl apply -f`` of the project's Job / CronJob manifests validates). A Job
   controller thread creates pods from spec.template (``<job>-<5 chars>``, the batch.kubernetes.io
@@ -112,7 +121,8 @@ What it does not emulate (honestly):
 - resource limits are not enforced (no cgroups); requests count only for scheduling. GPUs are a
   number on a node, no device is attached. Networking is the host's (like hostNetwork); no Services,
   DNS or pod IPs (podIP is 127.0.0.1). emptyDir ``medium: Memory`` is a plain folder.
-- restartPolicy is always treated as Never (no restarts, no CrashLoopBackOff); probes are not run;
+- restartPolicy is always treated as Never (no restarts, no CrashLoopBackOff: a container a liveness
+  probe killed stays terminated); grpc probes and probe-level terminationGracePeriodSeconds are not emulated;
   preemption, priorities, affinity other than required node affinity, topology spread: none.
 - Jobs: no pod failure backoff delay (a failed pod is replaced at once); restartPolicy OnFailure makes
   a new pod per failure, as Never does (no container restarts); Indexed completion mode runs as
@@ -131,6 +141,7 @@ What it does not emulate (honestly):
 Modules: ``store`` (objects, resourceVersions, watch events), ``selectors`` (label / field selectors),
 ``api`` (API semantics over the store), ``transport`` (HTTP, watch and log streams, ``serve``),
 ``scheduler`` (nodes, quantities, placing pods), ``kubelet`` (running a placed pod in its sandbox),
+``prober`` (its probes),
 ``pod_status`` and ``events`` (what both write about a pod), ``admission`` (ServiceAccounts at pod create),
 ``rbac`` (tokens, impersonation, the RBAC authorizer, access reviews),
 ``jobs`` (Job / CronJob defaults, their controllers, ownerReference garbage collection),

@@ -23,6 +23,7 @@ from .admission import admit_pod, create_default_service_account
 from .events import record_pod_event
 from .kubelet import HOST_PATH_ANNOTATION, Kubelet
 from .openapi import OpenApi, unknown_fields
+from .pod_status import update_ready
 from .selectors import field_matcher, label_matcher
 from .store import ApiError, Obj, Store, now_iso
 
@@ -72,7 +73,7 @@ NAMESPACED = {p: r.kind for p, r in RESOURCES.items() if r.namespaced}
 GROUPS = {"storage.k8s.io": "v1"}  # the API groups besides core, with their one served version
 GROUPS.update({rbac.RBAC_GROUP: "v1", "authorization.k8s.io": "v1"})
 GROUPS["batch"] = "v1"
-STATUS_SUBRESOURCES = ("jobs", "cronjobs")  # served with get / update / patch (pods/status: get only)
+STATUS_SUBRESOURCES = ("jobs", "cronjobs")  # served with get / update / patch (pods/status too, below)
 
 
 def resources_of(gv_path: str) -> dict[str, Resource]:
@@ -93,8 +94,9 @@ def _resource_list(gv_path: str, group_version: str) -> Obj:
             out.append({"name": f"{plural}/status", "singularName": "", "namespaced": r.namespaced, "kind": r.kind,
                         "verbs": ["get", "patch", "update"]})
     if gv_path == "api/v1":
-        for sub in ("pods/log", "pods/status"):
-            out.append({"name": sub, "singularName": "", "namespaced": True, "kind": "Pod", "verbs": ["get"]})
+        out.append({"name": "pods/log", "singularName": "", "namespaced": True, "kind": "Pod", "verbs": ["get"]})
+        out.append({"name": "pods/status", "singularName": "", "namespaced": True, "kind": "Pod",
+                    "verbs": ["get", "patch", "update"]})
         out.append({"name": "serviceaccounts/token", "singularName": "", "namespaced": True, "group":
                     "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"]})
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": out}
@@ -426,7 +428,7 @@ class Api:
                      q: dict[str, str] | None = None) -> Obj:
         """PUT (content_type None) or PATCH of the status subresource: only .status changes."""
         q = q or {}
-        if resource not in STATUS_SUBRESOURCES:
+        if resource not in (*STATUS_SUBRESOURCES, "pods"):
             raise ApiError(405, "MethodNotAllowed", f"{resource}/status is read-only in the emulator")
         dry = dry_run(q)
         current = self.store.get(resource, ns or "", name)
@@ -435,11 +437,17 @@ class Api:
         elif "json-patch" in content_type:
             new = json_patch(current, body)
         else:
-            new = merge_patch(current, strip_directives(body))
+            patch = strip_directives(body)
+            if resource == "pods" and "strategic" in (content_type or "") and isinstance(patch, dict):
+                patch = _merge_conditions(current, patch)
+            new = merge_patch(current, patch)
         out = copy.deepcopy(current)
         out["status"] = new.get("status") or {}
         if content_type is None and (new.get("metadata") or {}).get("resourceVersion"):
             out["metadata"]["resourceVersion"] = new["metadata"]["resourceVersion"]
+        if resource == "pods" and out["status"].get("phase") == "Running":
+            # A readiness gate's condition written here: the kubelet's status manager folds it into Ready.
+            update_ready(out)
         stored = self.store.replace(resource, ns or "", name, out, check_rv=True, dry_run=dry)
         return self.with_kind(resource, stored)
 
@@ -448,6 +456,22 @@ class Api:
         obj.setdefault("apiVersion", RESOURCES[resource].api_version)
         obj.setdefault("kind", RESOURCES[resource].kind)
         return obj
+
+
+def _merge_conditions(current: Obj, patch: Obj) -> Obj:
+    """status.conditions is a list merged by ``type`` under a strategic merge patch (patchMergeKey in
+    k8s.io/api/core/v1 PodStatus): fold the patch's conditions into the current ones before the merge."""
+    conds = (patch.get("status") or {}).get("conditions")
+    if not isinstance(conds, list):
+        return patch
+    merged = copy.deepcopy((current.get("status") or {}).get("conditions") or [])
+    for cond in conds:
+        at = next((i for i, c in enumerate(merged) if c.get("type") == cond.get("type")), None)
+        if at is None:
+            merged.append(cond)
+        else:
+            merged[at] = merge_patch(merged[at], cond)
+    return {**patch, "status": {**patch["status"], "conditions": merged}}
 
 
 def strip_directives(patch: Any) -> Any:

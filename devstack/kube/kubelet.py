@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from .events import record_pod_event
-from .pod_status import set_condition
+from .pod_status import set_condition, update_ready
+from .prober import ContainerProber
 from .store import Obj, Store, now_iso
 
 # The emulator-only PVC annotation naming the host folder behind the claim (api.py sets it on create).
@@ -98,8 +99,13 @@ class Kubelet:
         self._running: set[str] = set()
         self._pulled: set[str] = set()  # "<pod uid>/<container>" whose image was looked up once
         self._mount_failures: set[tuple[str, str]] = set()  # FailedMount events already written
+        self._stop = threading.Event()  # ends the probe workers at shutdown
 
     def shutdown(self) -> None:
+        self._stop.set()
+        self._kill_all()
+
+    def _kill_all(self) -> None:
         with self._lock:
             procs = [p for ps in self._procs.values() for p in ps]
         for p in procs:
@@ -500,17 +506,30 @@ class Kubelet:
             record_pod_event(self.store, pod, "Normal", "Started", f"Started container {c['name']}",
                              field_path=f"spec.containers{{{c['name']}}}")
 
+        by_name = {c["name"]: c for c in containers}
+
         def running(p: Obj) -> None:
             for st in p["status"].get(status_key) or []:
                 if st["name"] in started:
+                    c = by_name[st["name"]]
                     st["state"] = {"running": {"startedAt": started[st["name"]]}}
-                    st["started"] = True
-                    st["ready"] = status_key == "containerStatuses"
+                    # pkg/kubelet/prober/prober_manager.go UpdatePodStatus: started once the startup probe
+                    # passes, ready once the readiness probe does (without probes: at once).
+                    st["started"] = not c.get("startupProbe")
+                    st["ready"] = status_key == "containerStatuses" and not c.get("startupProbe") and \
+                        not c.get("readinessProbe")
             if status_key == "containerStatuses":
                 p["status"]["phase"] = "Running"
-                set_condition(p, "ContainersReady", "True")
-                set_condition(p, "Ready", "True")
+                update_ready(p)
         self.store.mutate("pods", ns, name, running)
+        probers: dict[str, ContainerProber] = {}
+        if status_key == "containerStatuses":
+            for c in containers:
+                if ContainerProber.wanted(c):
+                    probers[c["name"]] = ContainerProber(
+                        self.store, pod, c, self._exec_runner(pod, c, launch[c["name"]], volumes),
+                        self._killer(pod, procs[c["name"]]), self._stop)
+                    probers[c["name"]].start()
 
         codes: dict[str, int] = {}
         timed_out = False
@@ -518,6 +537,8 @@ class Kubelet:
             for cname, proc in procs.items():
                 if cname not in codes and proc.poll() is not None:
                     codes[cname] = proc.returncode
+                    if cname in probers:
+                        probers.pop(cname).stop()
                     # As a kubelet does: the log is complete before the status says terminated, and the
                     # last container's termination and the pod's phase land in one update, so a client
                     # that saw "terminated" never reads a Running phase or a short log.
@@ -531,6 +552,8 @@ class Kubelet:
                 timed_out = True
                 self._kill_pod(uid, grace=0)
             time.sleep(0.05)
+        for prober in probers.values():
+            prober.stop()
         for t in readers.values():
             t.join(timeout=5)
         if timed_out:
@@ -540,6 +563,36 @@ class Kubelet:
         if self._deleting(pod):
             return None
         return codes
+
+    def _exec_runner(self, pod: Obj, c: Obj, launch: tuple[list[str], dict[str, str], Runtime, Identity],
+                     volumes: dict[str, Path]) -> Any:
+        """An exec probe's process: the container's user, env and mounts, in a sandbox of its own (the
+        emulator cannot enter the container's namespaces, so it sees the same files but not its processes)."""
+        _, env, runtime, identity = launch
+
+        def run(cmd: list[str]) -> subprocess.Popen[bytes]:
+            full_env = {"PATH": ":".join([*runtime.path, "/usr/local/bin:/usr/bin:/bin"]),
+                        "HOSTNAME": pod["metadata"]["name"], **runtime.env, **env}
+            return subprocess.Popen(self._sandbox_argv(pod, c, _as_identity(identity, cmd), runtime, volumes),
+                                    env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    cwd=None if self.bwrap else (c.get("workingDir") or None))
+        return run
+
+    @staticmethod
+    def _killer(pod: Obj, proc: subprocess.Popen[bytes]) -> Any:
+        """Stop one container as kubelet's killContainer does: SIGTERM, SIGKILL after the grace period (capped)."""
+        grace = pod["spec"].get("terminationGracePeriodSeconds")
+        grace = min(float(30 if grace is None else grace), 10.0)
+
+        def kill() -> None:
+            _kill_group(proc, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.05)
+            if proc.poll() is None:
+                _kill_group(proc, signal.SIGKILL)
+        return kill
 
     def _terminated(self, pod: Obj, key: str, cname: str, code: int, started: str,
                     phase: str | None = None) -> None:
