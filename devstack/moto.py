@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .procs import LOOPBACK, free_ports, spawn, stop_group, wait_until
-from .s3 import ACCESS_KEY, SECRET_KEY
+from .s3 import ACCESS_KEY, SECRET_KEY, aws_env
 
 REGION = "us-east-1"
 
@@ -49,13 +49,7 @@ class MotoS3:
 
     def env(self) -> dict[str, str]:
         """The standard AWS variables a client needs to reach this server (as SeaweedS3.env)."""
-        return {
-            "AWS_ENDPOINT_URL": self.endpoint,
-            "AWS_ACCESS_KEY_ID": self.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.secret_key,
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_EC2_METADATA_DISABLED": "true",
-        }
+        return aws_env(self.endpoint, self.access_key, self.secret_key, REGION)
 
     def client(self, service: str, **overrides: Any) -> Any:
         import boto3

@@ -20,6 +20,17 @@ ACCESS_KEY = "rolloutdev"
 SECRET_KEY = "rolloutdev-secret-key"
 
 
+def aws_env(endpoint: str, access_key: str, secret_key: str, region: str = "us-east-1") -> dict[str, str]:
+    """The standard AWS variables a client (boto3, the CLI, the sync engine) needs to reach a local S3."""
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": access_key,
+        "AWS_SECRET_ACCESS_KEY": secret_key,
+        "AWS_DEFAULT_REGION": region,
+        "AWS_EC2_METADATA_DISABLED": "true",  # no instance-metadata lookups off a cloud machine
+    }
+
+
 def weed_binary() -> str:
     found = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
     if not Path(found).exists():
@@ -47,13 +58,7 @@ class SeaweedS3:
 
     def env(self) -> dict[str, str]:
         """The standard AWS variables a client needs to reach this server."""
-        return {
-            "AWS_ENDPOINT_URL": self.endpoint,
-            "AWS_ACCESS_KEY_ID": self.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.secret_key,
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_EC2_METADATA_DISABLED": "true",
-        }
+        return aws_env(self.endpoint, self.access_key, self.secret_key)
 
     def start(self, timeout: float = 30.0) -> SeaweedS3:
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -67,6 +67,18 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120)
     )
 
 
+def run_kubectl(kubeconfig: Path, namespace: str, *args: str, stdin: str | None = None, check: bool = True,
+                timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """The real kubectl against ``kubeconfig`` in ``namespace``; ``check``: a non-zero exit fails the test,
+    with kubectl's output. A cache dir beside the kubeconfig: discovery is never reused from another server."""
+    cmd = ["kubectl", "--kubeconfig", str(kubeconfig), "--cache-dir", str(kubeconfig.parent / "kcache"),
+           "-n", namespace, *args]
+    out = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout)
+    if check and out.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} -> {out.returncode}\n{out.stdout}\n{out.stderr}")
+    return out
+
+
 def result_json(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
     return json.loads(proc.stdout.strip().splitlines()[-1])

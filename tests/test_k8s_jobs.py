@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from devstack.kube import KubeEmulator
+from tests.helpers import run_kubectl
 
 NS = "jobs"
 KUBECTL = shutil.which("kubectl")
@@ -45,12 +46,7 @@ def core(emu: KubeEmulator) -> Any:
 
 def kubectl(emu: KubeEmulator, *args: str, stdin: str | None = None, check: bool = True,
             timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    cmd = [str(KUBECTL), "--kubeconfig", str(emu.kubeconfig), "--cache-dir", str(emu.state_dir / "kcache"),
-           "-n", NS, *args]
-    out = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout)
-    if check and out.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} -> {out.returncode}\n{out.stdout}\n{out.stderr}")
-    return out
+    return run_kubectl(emu.kubeconfig, NS, *args, stdin=stdin, check=check, timeout=timeout)
 
 
 def wait_for(what: str, fn: Callable[[], Any], timeout: float = 30.0) -> Any:

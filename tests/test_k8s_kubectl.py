@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from devstack.kube import KubeEmulator
+from tests.helpers import run_kubectl
 
 NS = "kc"
 KUBECTL = shutil.which("kubectl")
@@ -36,13 +37,7 @@ def emu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeEmulator]:
 
 def kubectl(emu: KubeEmulator, *args: str, stdin: str | None = None, check: bool = True,
             timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    # A fresh cache dir per emulator (its port is in the path anyway): no discovery from another run.
-    cmd = [str(KUBECTL), "--kubeconfig", str(emu.kubeconfig), "--cache-dir", str(emu.state_dir / "kcache"),
-           "-n", NS, *args]
-    out = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout)
-    if check and out.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} -> {out.returncode}\n{out.stdout}\n{out.stderr}")
-    return out
+    return run_kubectl(emu.kubeconfig, NS, *args, stdin=stdin, check=check, timeout=timeout)
 
 
 def rows(text: str) -> tuple[list[str], dict[str, dict[str, str]]]:

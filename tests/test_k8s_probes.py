@@ -16,6 +16,7 @@ from kubernetes import client
 from devstack.kube import KubeEmulator
 from devstack.kube.prober import ContainerProber
 from devstack.kube.store import Store
+from tests.helpers import run_kubectl
 
 NS = "probes"
 PY = "python"
@@ -44,9 +45,7 @@ def free_port() -> int:
 
 
 def kubectl(emu: KubeEmulator, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    cmd = [str(KUBECTL), "--kubeconfig", str(emu.kubeconfig), "--cache-dir", str(emu.state_dir / "kcache"),
-           "-n", NS, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    return run_kubectl(emu.kubeconfig, NS, *args, check=False, timeout=timeout)
 
 
 def serve(port: int, delay: float = 0.0) -> list[str]:

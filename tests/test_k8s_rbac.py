@@ -20,6 +20,7 @@ from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
 from devstack.kube import KubeEmulator
+from tests.helpers import run_kubectl
 
 ROOT = Path(__file__).resolve().parents[1]
 RBAC_YAML = ROOT / "k8s" / "rbac.yaml"
@@ -50,12 +51,7 @@ def worker(emu: KubeEmulator) -> Path:
 
 def kubectl(emu: KubeEmulator, kubeconfig: Path, *args: str, stdin: str | None = None, check: bool = True,
             ns: str = NS) -> subprocess.CompletedProcess[str]:
-    cmd = [str(KUBECTL), "--kubeconfig", str(kubeconfig), "--cache-dir", str(kubeconfig.parent / "kcache"),
-           "-n", ns, *args]
-    out = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=30)
-    if check and out.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} -> {out.returncode}\n{out.stdout}\n{out.stderr}")
-    return out
+    return run_kubectl(kubeconfig, ns, *args, stdin=stdin, check=check)
 
 
 def pod_yaml(name: str, script: str) -> str:

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import stat
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from devstack.kube import KubeEmulator, default_runtime
+from tests.helpers import run_kubectl
 
 NS = "strict"
 PY = "python"
@@ -91,8 +91,7 @@ def log(v1: client.CoreV1Api, name: str) -> str:
 def kubectl(emu: KubeEmulator, *args: str, stdin: str | None = None, ok: bool = True) -> str:
     if not shutil.which("kubectl"):
         pytest.skip("kubectl is not installed")
-    out = subprocess.run(["kubectl", "--kubeconfig", str(emu.kubeconfig), "-n", NS, *args],
-                         capture_output=True, text=True, timeout=30, input=stdin)
+    out = run_kubectl(emu.kubeconfig, NS, *args, stdin=stdin, check=False)
     assert (out.returncode == 0) == ok, out.stderr
     return out.stdout if ok else out.stderr
 

@@ -267,17 +267,17 @@ class RolloutNotifier(HttpNotifier):
 
 def failure_callbacks(model: ModelDeployment) -> dict[str, Any]:
     """``default_args`` for the deploy DAG: every task's final failure is posted (``notify.when`` failure)."""
-    settings = model.notify
-    if not settings.wants(FAILURE) or settings.http_conn_id is None:
-        return {}
-    return {"on_failure_callback": [RolloutNotifier(event=FAILURE, model=model.name,
-                                                    http_conn_id=settings.http_conn_id, endpoint=settings.endpoint)]}
+    return _callbacks(model, FAILURE, "on_failure_callback")
 
 
 def rollback_callbacks(model: ModelDeployment) -> dict[str, Any]:
     """Keyword arguments for the rollback task: its success is posted (``notify.when`` rollback)."""
+    return _callbacks(model, ROLLBACK, "on_success_callback")
+
+
+def _callbacks(model: ModelDeployment, event: str, callback: str) -> dict[str, Any]:
     settings = model.notify
-    if not settings.wants(ROLLBACK) or settings.http_conn_id is None:
+    if not settings.wants(event) or settings.http_conn_id is None:
         return {}
-    return {"on_success_callback": [RolloutNotifier(event=ROLLBACK, model=model.name,
-                                                    http_conn_id=settings.http_conn_id, endpoint=settings.endpoint)]}
+    return {callback: [RolloutNotifier(event=event, model=model.name, http_conn_id=settings.http_conn_id,
+                                       endpoint=settings.endpoint)]}
