@@ -225,16 +225,13 @@ class Story:
         the DAG file (a paused DAG's assets get none), up to min_file_process_interval (60 s) later."""
         self.client.unpause(EVENT_DAG_ID)
 
-    def event_start(self, log_dir: Path, timeout: float = 180.0) -> None:
+    def event_start(self, airflow: AirflowServer, timeout: float = 180.0) -> None:
         _say(f"6. S3 events: publish {EVENT_MODEL} v1; the bucket notifies SQS, the AssetWatcher starts the run")
         queue = self.stack.env()[events_queue_variable(EVENT_MODEL)]
-        deadline = time.monotonic() + timeout
-        # The amazon provider's SqsSensorTrigger logs this when it starts polling (triggers/sqs.py).
-        while f"Starting SQS sensor trigger for queue '{queue}'" not in (log_dir / "triggerer.log").read_text(
-                errors="replace"):
-            if time.monotonic() > deadline:
-                raise DemoFailed(f"the SQS watcher of {EVENT_DAG_ID} did not start within {timeout:.0f}s")
-            time.sleep(1)
+        try:
+            airflow.wait_for_sqs_watcher(queue, timeout)
+        except RuntimeError as exc:
+            raise DemoFailed(f"{EVENT_DAG_ID}: {exc}") from None
         self.client.wait_until_idle(EVENT_DAG_ID)  # the catch-up scheduled run of unpausing: it looked once
         print(f"  the triggerer long-polls {queue}")
         from devstack import demo_models
@@ -299,7 +296,7 @@ def run_demo(*, keep: bool = False, rollback: bool = True) -> int:
         story.backfill(hour - timedelta(hours=3), hour - timedelta(hours=2))
         if rollback:
             story.bad_release()
-        story.event_start(airflow.log_dir)
+        story.event_start(airflow)
 
         _say(f"demo result ({time.monotonic() - started:.0f}s)")
         for line in story.results:

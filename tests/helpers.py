@@ -403,17 +403,10 @@ class RunningAirflow:
 
     def wait_for_event_watcher(self, timeout: float = 180.0) -> str:
         """Until the triggerer runs the SQS watcher of the event-started model; returns its queue URL."""
-        import time
-
         from devstack.stack import events_queue_variable
 
         queue = self.env[events_queue_variable(demo_models.TENSOR_MODEL)]
-        log = self.server.log_dir / "triggerer.log"
-        deadline = time.monotonic() + timeout
-        # The amazon provider's SqsSensorTrigger logs this line when it starts polling (triggers/sqs.py).
-        while f"Starting SQS sensor trigger for queue '{queue}'" not in log.read_text(errors="replace"):
-            assert time.monotonic() < deadline, f"the SQS watcher of {DEPLOY_TENSOR} did not start: see {log}"
-            time.sleep(1)
+        self.server.wait_for_sqs_watcher(queue, timeout)
         return queue
 
     def deploy(self, conf: dict[str, Any] | None = None, dag_id: str = DEPLOY_LLM) -> tuple[str, dict[str, str]]:
