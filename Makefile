@@ -15,8 +15,11 @@ DEMO_ARGS ?=
 .PHONY: venv triton-server system-deps test test-fast lint demo up down bench clean
 
 # Debian packages the local stack uses (bubblewrap sandboxes emulated pods; chromium is the browser of
-# tests/test_airflow_ui.py, driven by Playwright). Skipped when present.
+# tests/test_airflow_ui.py, driven by Playwright; postgresql is the running Airflow's database). Skipped when present.
 system-deps:
+	@if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
+	  else echo "note: PostgreSQL missing (apt-get install postgresql); the running Airflow cannot start"; fi; fi
 	@if ! command -v bwrap >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends bubblewrap >/dev/null; \
 	  else echo "note: bubblewrap missing (apt-get install bubblewrap); emulated pods run as plain processes"; fi; fi

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -60,7 +61,10 @@ def up() -> int:
             airflow.stop()
         stack.stop()
         raise
-    STACK_FILE.write_text(json.dumps({"pids": {**airflow.pids(), **stack.pids()}, "env": env}, indent=1))
+    # Folders outside .devstack that `down` removes (the Airflow database's cluster).
+    dirs = [str(airflow.database.base)] if airflow.database and airflow.database.base else []
+    STACK_FILE.write_text(json.dumps({"pids": {**airflow.pids(), **stack.pids()}, "env": env, "dirs": dirs},
+                                     indent=1))
     _write_env(env)
     print(f"S3 ({s3_kind}) {env['AWS_ENDPOINT_URL']}, bucket '{BUCKET}': {len(uris)} demo releases")
     for model, queue in stack.queues.items():
@@ -80,13 +84,15 @@ def down() -> int:
         print("no stack is up")
         return 0
     info = json.loads(STACK_FILE.read_text())
-    # Airflow first (no new pods), then the emulator (it stops its pods), then Triton and S3.
+    # Airflow first (no new pods), its database, then the emulator (it stops its pods), then Triton and S3.
     order = {"airflow-scheduler": 0, "airflow-triggerer": 1, "airflow-dag-processor": 2, "airflow-api-server": 3,
-             "kube": 4, "triton": 5}
-    for name in sorted(info.get("pids", {}), key=lambda n: order.get(n, 6)):
+             "airflow-postgres": 4, "kube": 5, "triton": 6}
+    for name in sorted(info.get("pids", {}), key=lambda n: order.get(n, 7)):
         pid = int(info["pids"][name])
         stop_group(pid, grace=10.0)  # the scheduler waits for its executor's workers
         print(f"stopped {name} (pid {pid})")
+    for folder in info.get("dirs", []):
+        shutil.rmtree(folder, ignore_errors=True)
     STACK_FILE.unlink()
     ENV_FILE.unlink(missing_ok=True)
     return 0

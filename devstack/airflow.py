@@ -13,7 +13,8 @@ pods, the api-server serves the UI and the REST API. What makes that work, each 
   (0.0.0.0 by default) are not started; the api-server reads the task logs from the shared log folder;
 - SimpleAuthManager with one admin user whose generated password is read from the password file.
 
-The database is SQLite in AIRFLOW_HOME unless ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN`` says otherwise.
+The database is a PostgreSQL server of its own (devstack/postgres.py: on SQLite, concurrent writers made
+REST calls fail with "database is locked") unless ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN`` names one.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .postgres import PostgresServer
 from .procs import LOOPBACK, free_ports, spawn, stop_group, wait_until
 
 if TYPE_CHECKING:
@@ -60,6 +62,8 @@ class AirflowServer:
     dags_folder: Path = REPO / "dags"
     port: int = 0
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # The metadata database this server started (None while stopped, or when the environment names one).
+    database: PostgresServer | None = None
 
     @property
     def url(self) -> str:
@@ -91,6 +95,7 @@ class AirflowServer:
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            **({"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.database.url} if self.database else {}),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USERNAME}:admin",
             "AIRFLOW__API_AUTH__JWT_SECRET": self._jwt_secret(),
             "AIRFLOW__API__HOST": LOOPBACK,
@@ -132,6 +137,8 @@ class AirflowServer:
         self.port = self.port or free_ports(1)[0]
         self.home.mkdir(parents=True, exist_ok=True)
         try:
+            if not self._database_given():
+                self.database = PostgresServer().start()
             self._airflow("db", "migrate")
             self._airflow("pools", "import", str(POOLS_FILE))
             if self.connections:
@@ -147,6 +154,9 @@ class AirflowServer:
             self.stop()
             raise
         return self
+
+    def _database_given(self) -> bool:
+        return any("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" in env for env in (self.env, os.environ))
 
     def healthy(self) -> bool:
         for name, proc in self.procs.items():
@@ -178,7 +188,10 @@ class AirflowServer:
         return str(json.loads(path.read_text())[USERNAME])
 
     def pids(self) -> dict[str, int]:
-        return {f"airflow-{name}": proc.pid for name, proc in self.procs.items()}
+        pids = {f"airflow-{name}": proc.pid for name, proc in self.procs.items()}
+        if self.database is not None and self.database.pid is not None:
+            pids["airflow-postgres"] = self.database.pid
+        return pids
 
     def stop(self) -> None:
         # The scheduler first (it stops handing out tasks), the api-server last (tasks report to it).
@@ -186,6 +199,9 @@ class AirflowServer:
             proc = self.procs.pop(name, None)
             if proc is not None:
                 stop_group(proc.pid, grace=10.0)
+        if self.database is not None:
+            self.database.stop()
+            self.database = None
 
     def __enter__(self) -> AirflowServer:
         return self
