@@ -76,22 +76,30 @@ def test_tensor_release_v1_v2_swap_v3_load_failure_v4_smoke_failure(
         before = layout.deployment(demo_models.TENSOR_MODEL)
         config_before = (layout.model_dir("demo_tensor") / "config.pbtxt").read_bytes()
         with ClientLoop(lambda: tensor_request(triton)) as loop, pytest.raises(
-            TritonError, match=r"demo-tensor v3 failed to load: .*'demo_tensor'.*\[3\]"
+            TritonError, match=r"demo-tensor v3 failed to load: .*'demo_tensor__candidate'.*version 3"
         ):
             load_candidate(control, layout, prepare_release(layout, demo_models.TENSOR_MODEL, 3), deadline_s=30)
         assert loop.failed == [] and {a["model_version"] for a in loop.answers} == {"2"}
         assert control.is_version_ready("demo_tensor", 2) and not control.is_version_ready("demo_tensor", 3)
+        assert not layout.model_dir("demo_tensor__candidate").exists()  # the shadow is discarded
         assert layout.deployment(demo_models.TENSOR_MODEL) == before
         assert (layout.model_dir("demo_tensor") / "config.pbtxt").read_bytes() == config_before
 
         # v4 loads but answers wrongly: the golden case fails, and the rollback brings v2 back.
+        # Loaded as a shadow, it never answers a client: only the smoke test reaches it.
         release4 = prepare_release(layout, demo_models.TENSOR_MODEL, 4)
-        load_candidate(control, layout, release4, deadline_s=30)
-        with pytest.raises(SmokeTestFailed, match=r"model 'demo_tensor' version 4 failed: request infer "
-                                                  r"/v2/models/demo_tensor/versions/4/infer .*differs from the golden"):
-            smoke_release(control, layout, demo_models.TENSOR_MODEL, 4, release4.entries)
-        rollback(control, layout, demo_models.TENSOR_MODEL, failed_version=4, reason="smoke failed")
+        with ClientLoop(lambda: tensor_request(triton)) as loop:
+            load_candidate(control, layout, release4, deadline_s=30)
+            with pytest.raises(SmokeTestFailed, match=r"model 'demo_tensor__candidate' version 4 failed: request "
+                               r"infer /v2/models/demo_tensor__candidate/versions/4/infer .*differs from the golden"):
+                smoke_release(control, layout, demo_models.TENSOR_MODEL, 4, release4.entries)
+            rollback(control, layout, demo_models.TENSOR_MODEL, failed_version=4, reason="smoke failed")
+        print(f"v4 shadow candidate, smoke failure, rollback: {loop.ok} answered, {len(loop.failed)} failed")
+        assert loop.failed == [] and loop.ok > 20 and {a["model_version"] for a in loop.answers} == {"2"}
+        assert len({json.dumps(a["outputs"]) for a in loop.answers}) == 1  # v2's answer, every time
         assert control.ready_versions("demo_tensor") == [2]
+        assert control.ready_versions("demo_tensor__candidate") == []
+        assert not layout.model_dir("demo_tensor__candidate").exists()
         assert tensor_request(triton)["model_version"] == "2"
         state = layout.deployment(demo_models.TENSOR_MODEL)
         assert (state.promoted, state.previous) == (2, 1)
@@ -130,7 +138,11 @@ def test_llm_bundle_ensemble_swap_and_failures(
         assert loop.failed == [], loop.failed[:3]
         # Only whole-engine answers: v1's or v2's text (the vocabularies are equal, the engines differ).
         assert {a["text_output"] for a in loop.answers} <= {golden(1), golden(2)}
-        assert {a["text_output"] for a in loop.answers if a["model_version"] == "2"} == {golden(2)}
+        # Every answer's model_version is the version that produced it (in place, the v1 ensemble answered
+        # through v2's members under its own label while they swapped).
+        mislabelled = [a for a in loop.answers if a["text_output"] != golden(int(a["model_version"]))]
+        print(f"LLM swap v1->v2: {len(mislabelled)} answers labelled with another version than their text's")
+        assert mislabelled == [] and {a["model_version"] for a in loop.answers} == {"1", "2"}
         after = llm_request(triton)
         assert (after["model_version"], after["text_output"]) == ("2", golden(2))
         for name in demo_models.LLM_TRITON_MODELS:
@@ -142,7 +154,7 @@ def test_llm_bundle_ensemble_swap_and_failures(
         # v3's engine fails in initialize after preprocessing v3 loaded: everything goes back to v2.
         state_before = layout.deployment(demo_models.LLM_MODEL)
         with ClientLoop(lambda: llm_request(triton)) as loop, pytest.raises(
-            TritonError, match=r"demo-llm v3 failed to load: .*'tensorrt_llm'"
+            TritonError, match=r"demo-llm v3 failed to load: .*'tensorrt_llm__candidate'"
         ):
             load_candidate(control, layout, prepare_release(layout, demo_models.LLM_MODEL, 3), deadline_s=30)
         print(f"LLM failed v3 load and restore: {loop.ok} requests answered, {len(loop.failed)} failed")
@@ -153,15 +165,21 @@ def test_llm_bundle_ensemble_swap_and_failures(
         assert llm_request(triton)["text_output"] == golden(2)
         assert layout.deployment(demo_models.LLM_MODEL) == state_before
 
-        # v4 answers wrongly: smoke fails with the request and both texts, rollback restores v2.
+        # v4 answers wrongly: smoke fails with the request and both texts; clients only ever get v2.
         release4 = prepare_release(layout, demo_models.LLM_MODEL, 4)
-        load_candidate(control, layout, release4, deadline_s=30)
-        with pytest.raises(SmokeTestFailed) as info:
-            smoke_release(control, layout, demo_models.LLM_MODEL, 4, release4.entries)
+        with ClientLoop(lambda: llm_request(triton)) as loop:
+            load_candidate(control, layout, release4, deadline_s=30)
+            with pytest.raises(SmokeTestFailed) as info:
+                smoke_release(control, layout, demo_models.LLM_MODEL, 4, release4.entries)
+            rollback(control, layout, demo_models.LLM_MODEL, failed_version=4, reason=str(info.value))
         text = str(info.value)
-        assert "model 'ensemble' version 4" in text and "/v2/models/ensemble/versions/4/generate" in text
+        assert "model 'ensemble__candidate' version 4" in text
+        assert "/v2/models/ensemble__candidate/versions/4/generate" in text
         assert f"differs from the golden {golden(2)!r}" in text
-        rollback(control, layout, demo_models.LLM_MODEL, failed_version=4, reason=text)
+        print(f"LLM v4 shadow candidate, smoke failure, rollback: {loop.ok} answered, {len(loop.failed)} failed")
+        assert loop.failed == [] and loop.ok > 20
+        assert {(a["model_version"], a["text_output"]) for a in loop.answers} == {("2", golden(2))}
+        assert not any(layout.model_dir(f"{n}__candidate").exists() for n in demo_models.LLM_TRITON_MODELS)
         assert llm_request(triton)["text_output"] == golden(2)
         for name in demo_models.LLM_TRITON_MODELS:
             assert control.ready_versions(name) == [2]
@@ -292,7 +310,8 @@ def test_cli_steps_and_exit_codes(
     for step in ("load", "smoke", "promote"):
         assert cli.main([step, *base, "--version", "1"]) == 0, step
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert out[0]["endpoints"] == [f"{triton.http_url}/v2/models/demo_tensor/versions/1/infer"]
+    # The candidate's endpoint, where only the smoke test calls it (a shadow: clients call demo_tensor).
+    assert out[0]["endpoints"] == [f"{triton.http_url}/v2/models/demo_tensor__candidate/versions/1/infer"]
     assert out[1]["ok"] is True and {c["kind"] for c in out[1]["checks"]} == {"infer", "golden-infer"}
     assert (out[2]["promoted"], out[2]["previous"]) == (1, None)
     # Promoting a version Triton does not serve is refused.
@@ -304,7 +323,7 @@ def test_cli_steps_and_exit_codes(
     assert cli.main(["deploy", *base, "--version", "3"]) == SmokeTestFailed.exit_code
     captured = capsys.readouterr()
     assert json.loads(captured.out)["outcome"] == "rolled_back"
-    assert "smoke test of model 'demo_tensor' version 3 failed" in captured.err
+    assert "smoke test of model 'demo_tensor__candidate' version 3 failed" in captured.err
     with TritonControl(triton.url, timeout=5) as control:
         assert control.ready_versions("demo_tensor") == [2]
     # Operator rollback to the previous version.
@@ -312,10 +331,24 @@ def test_cli_steps_and_exit_codes(
     res = json.loads(capsys.readouterr().out)
     assert (res["promoted"], res["previous"], res["last"]["reason"]) == (1, 2, "bad traffic")
     assert tensor_request(triton)["model_version"] == "1"
+    # In place (for a model that does not fit twice), the candidate answers clients before its smoke test:
+    # the trade-off the README states.
+    assert cli.main(["load", *base, "--version", "2", "--candidate", "in_place"]) == 0
+    assert json.loads(capsys.readouterr().out)["endpoints"] == [
+        f"{triton.http_url}/v2/models/demo_tensor/versions/2/infer"]
+    assert tensor_request(triton)["model_version"] == "2"
+    for step in ("smoke", "promote"):
+        assert cli.main([step, *base, "--version", "2"]) == 0, step
+    assert layout.deployment("demo_tensor").promoted == 2
+    with pytest.raises(SystemExit) as usage:
+        cli.main(["load", *base, "--version", "2", "--candidate", "blue"])
+    assert usage.value.code == 2 and "invalid choice: 'blue'" in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_first_deploy_that_fails_leaves_nothing_behind(pvc: Path, tmp_path: Path, triton: TritonServer) -> None:
+@pytest.mark.parametrize("candidate", ["shadow", "in_place"])
+def test_first_deploy_that_fails_leaves_nothing_behind(pvc: Path, tmp_path: Path, triton: TritonServer,
+                                                       candidate: str) -> None:
     layout = PvcLayout.at(pvc)
     src = demo_models.write_llm_release(tmp_path / "src", 1, "init_error")
     for model_dir in src.iterdir():
@@ -326,10 +359,13 @@ def test_first_deploy_that_fails_leaves_nothing_behind(pvc: Path, tmp_path: Path
     release = prepare_release(layout, demo_models.LLM_MODEL, 1, triton_models=list(demo_models.LLM_TRITON_MODELS))
     with TritonControl(triton.url, timeout=10) as control:
         with pytest.raises(TritonError, match="nothing was serving before"):
-            load_candidate(control, layout, release, deadline_s=30)
+            load_candidate(control, layout, release, deadline_s=30, candidate=candidate)
         # preprocessing had loaded before the engine failed: it is unloaded again, its config removed.
-        assert "loading: preprocessing:1" in triton.log_path.read_text()
+        loaded_as = "preprocessing__candidate" if candidate == "shadow" else "preprocessing"
+        assert f"loading: {loaded_as}:1" in triton.log_path.read_text()
         for name in demo_models.LLM_TRITON_MODELS:
-            assert control.ready_versions(name) == [], name
+            for served in (name, f"{name}__candidate"):
+                assert control.ready_versions(served) == [], served
             assert not (layout.model_dir(name) / "config.pbtxt").exists(), name
+            assert not layout.model_dir(f"{name}__candidate").exists(), name
     assert layout.deployed_models() == []

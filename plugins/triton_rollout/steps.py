@@ -39,6 +39,8 @@ _TRITON_ENV_NOTE = "Defaults come from PVC_DIR, TRITON_URL and TRITON_MODEL_REPO
 # The smoke test's per-request latency budget when a model's config sets none (seconds).
 DEFAULT_LATENCY_BUDGET = 10.0
 DEFAULT_READY_DEADLINE = 600.0
+# How a candidate is loaded into Triton (triton/shadow.py): models[].candidate, the load step's --candidate.
+CANDIDATE_MODES = ("shadow", "in_place")
 
 
 # -- flags -----------------------------------------------------------------------------------------------
@@ -398,10 +400,14 @@ class LoadRequest(TritonStepRequest):
 
     version: int = flag("--version", "release version", parse=int)
     deadline: float = flag("--deadline", "seconds to wait for readiness", default=DEFAULT_READY_DEADLINE, parse=float)
+    candidate: str = flag("--candidate", "shadow: load under second names, smoke-tested there before any client "
+                          "sees it (needs the GPU memory twice); in_place: load where clients are served",
+                          default="shadow", choices=CANDIDATE_MODES)
 
     @classmethod
     def for_model(cls, model: ModelDeployment, version: int) -> LoadRequest:
-        return cls(**cls.target(model), version=version, deadline=model.smoke.ready_deadline_s)
+        return cls(**cls.target(model), version=version, deadline=model.smoke.ready_deadline_s,
+                   candidate=model.candidate)
 
     def read_result(self, data: Mapping[str, Any]) -> StepResult:
         entries = data.get("entries") or []
@@ -489,6 +495,16 @@ class DeployRequest(TritonStepRequest):
     latency_budget: float = flag("--latency-budget", "seconds allowed per smoke request",
                                  default=DEFAULT_LATENCY_BUDGET, parse=float)
     run_id: str = flag("--run-id", "recorded in state/", default="", env="AIRFLOW_CTX_DAG_RUN_ID")
+    candidate: str = flag("--candidate", "how the candidate is loaded: shadow or in_place (as for load)",
+                          default="shadow", choices=CANDIDATE_MODES)
+
+    @classmethod
+    def for_model(cls, model: ModelDeployment, version: int, run_id: str, *, live_deadline: float) -> DeployRequest:
+        """``live_deadline``: how long to wait for Triton to answer at all (a Job applied with Triton may
+        start before Triton's pod is scheduled and pulled)."""
+        return cls(**cls.target(model), version=version, run_id=run_id, deadline=model.smoke.ready_deadline_s,
+                   latency_budget=model.smoke.latency_budget_s, live_deadline=live_deadline,
+                   candidate=model.candidate)
 
     def read_result(self, data: Mapping[str, Any]) -> StepResult:
         return StepResult(step=self.command, model=self.model, version=self.version,

@@ -46,7 +46,7 @@ def _load(args: argparse.Namespace) -> int:
     layout, control = _open(req)
     with control:
         result = load_candidate(control, layout, _release(req, layout), deadline_s=req.deadline,
-                                live_deadline_s=req.live_deadline)
+                                live_deadline_s=req.live_deadline, candidate=req.candidate)
     emit_result(result.to_dict(), req.result_file)
     return 0
 
@@ -92,7 +92,7 @@ def _deploy(args: argparse.Namespace) -> int:
         # A rolled-back deploy re-raises the smoke-test failure, so its outcome is printed through report.
         deploy(control, layout, req.model, req.version, triton_models=list(req.triton_models) or None,
                triton_repository=req.triton_repository, run_id=req.run_id, deadline_s=req.deadline,
-               live_deadline_s=req.live_deadline, budget_s=req.latency_budget,
+               live_deadline_s=req.live_deadline, budget_s=req.latency_budget, candidate=req.candidate,
                report=lambda outcome: emit_result(outcome.to_dict(), req.result_file))
     return 0
 

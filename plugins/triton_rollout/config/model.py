@@ -30,6 +30,7 @@ from triton_rollout.errors import ConfigError
 from triton_rollout.release.compat import ServingCompat
 from triton_rollout.release.manifest import validate_name
 from triton_rollout.release.s3 import ReleaseUri, S3Uri
+from triton_rollout.steps import CANDIDATE_MODES
 
 if TYPE_CHECKING:
     from triton_rollout.build.spec import BuildSpec
@@ -247,6 +248,10 @@ class ModelDeployment:
     triton_conn_id: str | None = None
     events: EventSettings = field(default_factory=EventSettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
+    # How a candidate is loaded (triton/shadow.py): "shadow", under second names and smoke-tested before any
+    # client reaches it, where the model fits in GPU memory twice; "in_place" where it does not (the candidate
+    # then answers clients during its smoke test: the README's trade-off).
+    candidate: str = "shadow"
     _path: str = field(default="model", repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -268,6 +273,8 @@ class ModelDeployment:
             raise fail(f"{p}.release_prefix", exc.message) from exc
         object.__setattr__(self, "release_prefix", f"s3://{uri.bucket}/{uri.key}".rstrip("/"))
         object.__setattr__(self, "triton_url", url(self.triton_url, f"{p}.triton_url"))
+        if self.candidate not in CANDIDATE_MODES:
+            raise fail(f"{p}.candidate", f"must be one of {', '.join(CANDIDATE_MODES)}, got {self.candidate!r}")
         integer(self.keep, f"{p}.keep", 0, 1000)
         integer(self.tp_size, f"{p}.tp_size", 1, 64)
         integer(self.pp_size, f"{p}.pp_size", 1, 64)

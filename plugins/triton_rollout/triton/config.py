@@ -103,12 +103,14 @@ def pinned(
     *,
     engine_dir: str | None = None,
     step_versions: dict[str, int] | None = None,
+    step_names: dict[str, str] | None = None,
 ) -> mc.ModelConfig:
     """A copy of ``cfg`` that serves exactly ``versions``.
 
     ``engine_dir`` replaces gpt_model_path (TensorRT-LLM reads the engine there, not from the version
     directory). ``step_versions`` pins an ensemble's steps so ensemble version N calls version N of
-    each composing model instead of whatever is newest.
+    each composing model instead of whatever is newest; ``step_names`` points steps at other names of
+    those models (a candidate's shadow names).
     """
     out = mc.ModelConfig()
     out.CopyFrom(cfg)
@@ -118,8 +120,11 @@ def pinned(
     if engine_dir is not None and (ENGINE_PARAM in out.parameters or backend_of(out) == "tensorrtllm"):
         out.parameters[ENGINE_PARAM].string_value = engine_dir
     for step in out.ensemble_scheduling.step:
-        if step_versions and step.model_name in step_versions:
-            step.model_version = step_versions[step.model_name]
+        called = step.model_name
+        if step_versions and called in step_versions:
+            step.model_version = step_versions[called]
+        if step_names and called in step_names:
+            step.model_name = step_names[called]
     return out
 
 

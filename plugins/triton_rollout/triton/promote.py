@@ -15,6 +15,12 @@ counts as modified, so the override is thrown away and the on-disk config.pbtxt 
 - entry models: loaded with a config override; their config.pbtxt on disk changes only at promote,
   so a restarted Triton comes back on the promoted version of what clients call.
 
+A candidate is loaded one of two ways (``models[].candidate``): as a *shadow* (triton/shadow.py: under
+second names, smoke-tested there, swapped in at promote; clients never reach it before it passed), or
+*in place* (the protocol above: less GPU memory, but the candidate answers clients during its smoke test).
+Ensemble steps are pinned to the release's version either way, so every answer's model_version is the
+version that produced it.
+
 A failed load leaves state/ untouched (nothing was promoted); a failed smoke test is rolled back and
 recorded in the deployment history.
 """
@@ -32,6 +38,7 @@ from triton_rollout.pvc.layout import PvcLayout
 from triton_rollout.pvc.lock import PvcLock
 from triton_rollout.pvc.records import DeploymentState, HistoryEntry
 from triton_rollout.steps import DEFAULT_READY_DEADLINE  # one default for the CLI flag and the library
+from triton_rollout.triton import shadow
 from triton_rollout.triton.config import (
     CONFIG_NAME,
     ModelConfig,
@@ -46,6 +53,8 @@ from triton_rollout.triton.control import TritonControl
 
 log = logging.getLogger(__name__)
 
+# How a candidate is loaded (models[].candidate; the load step's --candidate).
+CANDIDATE_MODES = ("shadow", "in_place")
 
 
 @dataclass
@@ -69,9 +78,9 @@ class Release:
 
     def load_config(self, triton_model: str) -> ModelConfig:
         cfg = self.configs[triton_model]
-        # Each composing model serves exactly one version, so "-1" (the one loaded) is that version, and
-        # an ensemble keeps answering while its composing models swap one by one during a deploy.
-        steps = {dep: -1 for dep in dependencies(cfg) if dep in self.configs}
+        # Steps pinned to this version: with "-1", an ensemble version still serving while its members swap
+        # answers through the new members under its old version label (1,154 of 1,791 answers measured).
+        steps = dict.fromkeys((dep for dep in dependencies(cfg) if dep in self.configs), self.version)
         return pinned(cfg, triton_model, [self.version], engine_dir=self.engine_dir(triton_model),
                       step_versions=steps)
 
@@ -164,14 +173,27 @@ class LoadResult:
 
 
 def load_candidate(control: TritonControl, layout: PvcLayout, release: Release, *,
-                   deadline_s: float = DEFAULT_READY_DEADLINE, live_deadline_s: float = 30.0) -> LoadResult:
-    """Load ``release`` as the candidate; on failure put the promoted version back and re-raise.
+                   deadline_s: float = DEFAULT_READY_DEADLINE, live_deadline_s: float = 30.0,
+                   candidate: str = "shadow") -> LoadResult:
+    """Load ``release`` as the candidate, under shadow names or in place (``candidate``, CANDIDATE_MODES).
 
-    state/ is not written: a candidate is not a deployment until it is promoted.
+    On failure the shadow names are discarded (the promoted version was never touched), or, in place, the
+    promoted version is put back; then the error is raised. state/ is not written: a candidate is not a
+    deployment until it is promoted.
     """
+    if candidate not in CANDIDATE_MODES:
+        raise ConfigError(f"candidate mode {candidate!r} is not one of {', '.join(CANDIDATE_MODES)}")
     control.wait_live(live_deadline_s)  # a Triton that is down fails here, before anything changes
     t0 = time.monotonic()
     with _lock(layout, release.model, f"load {release.model} v{release.version}"):
+        if candidate == "shadow":
+            _load_shadow(control, layout, release, deadline_s)
+            served = shadow.served_names(layout, release)
+            return LoadResult(
+                model=release.model, version=release.version, triton_models=release.order,
+                entries=release.entries, seconds=round(time.monotonic() - t0, 3),
+                endpoints=[f"{control.base_url}/v2/models/{served[n]}/versions/{release.version}/infer"
+                           for n in release.entries])
         try:
             _apply(control, layout, release, deadline_s)
         except (TritonError, OSError) as exc:
@@ -195,6 +217,27 @@ def load_candidate(control: TritonControl, layout: PvcLayout, release: Release, 
         seconds=round(time.monotonic() - t0, 3),
         endpoints=[f"{control.base_url}/v2/models/{n}/versions/{release.version}/infer" for n in release.entries],
     )
+
+
+def _load_shadow(control: TritonControl, layout: PvcLayout, release: Release, deadline_s: float) -> None:
+    try:
+        shadow.load_shadow(control, layout, release, deadline_s)
+    except (TritonError, OSError) as exc:
+        cause = exc.message if isinstance(exc, TritonError) else f"writing a shadow config.pbtxt failed: {exc}"
+        promoted = layout.deployment(release.model).promoted
+        log.error("loading %s v%s as a shadow candidate failed; discarding it", release.model, release.version)
+        try:
+            shadow.discard_shadow(control, layout, release.order)
+        except OSError as cleanup_exc:
+            log.error("removing the shadow directories failed: %s", cleanup_exc)
+        raise TritonError(
+            f"candidate {release.model} v{release.version} failed to load: {cause}",
+            hint=f"it was loaded as shadow models (*{shadow.SHADOW_SUFFIX}), now discarded" +
+                 (f"; v{promoted} was never touched and keeps serving" if promoted else
+                  "; nothing was serving before") +
+                 ". Read the Triton log (a model that does not fit in GPU memory twice needs "
+                 "candidate: in_place in models.yaml), fix the release and publish a new version",
+        ) from exc
 
 
 def _restore(control: TritonControl, layout: PvcLayout, failed: Release, version: int | None,
@@ -247,7 +290,13 @@ def promote(layout: PvcLayout, release: Release, *, run_id: str = "", control: T
             require_ready: bool = True) -> PromoteResult:
     """Make ``release`` the promoted version: config.pbtxt for every model, then state/."""
     with _lock(layout, release.model, f"promote {release.model} v{release.version}"):
-        if control is not None and require_ready:
+        if shadow.has_shadow(layout, release):
+            if control is None:
+                raise TritonError(f"{release.model} v{release.version} is loaded as a shadow candidate: promoting "
+                                  "it swaps it into Triton, so Triton must be reachable",
+                                  hint="promote without --no-ready-check")
+            _swap_in_shadow(control, layout, release)
+        elif control is not None and require_ready:
             for name in release.order:
                 if not control.is_version_ready(name, release.version):
                     raise TritonError(
@@ -265,6 +314,26 @@ def promote(layout: PvcLayout, release: Release, *, run_id: str = "", control: T
                      triton_models=release.order)
         layout.save_deployment(state)
         return PromoteResult.of(state)
+
+
+def _swap_in_shadow(control: TritonControl, layout: PvcLayout, release: Release,
+                    deadline_s: float = DEFAULT_READY_DEADLINE) -> None:
+    for name in release.order:
+        if not control.is_version_ready(shadow.shadow_name(name), release.version):
+            raise TritonError(
+                f"refusing to promote {release.model} v{release.version}: its shadow model "
+                f"{shadow.shadow_name(name)!r} version {release.version} is not ready on {control.url}",
+                hint="load and smoke-test the candidate again (python -m triton_rollout load / smoke)")
+    try:
+        shadow.switch_entries_to_shadow(control, release, deadline_s)
+        shadow.rehome(control, layout, release, deadline_s)
+    except (TritonError, OSError) as exc:
+        cause = exc.message if isinstance(exc, TritonError) else str(exc)
+        raise TritonError(
+            f"swapping in {release.model} v{release.version} did not finish: {cause}",
+            hint="the smoke-tested candidate or the promoted version serves (python -m triton_rollout status "
+                 "says which); run promote again to finish, or rollback --failed-version to go back",
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -306,7 +375,11 @@ def rollback(control: TritonControl, layout: PvcLayout, model: str, *, failed_ve
             failed = prepare_release(layout, model, failed_version, triton_models=triton_models,
                                      triton_repository=triton_repository)
             target = state.promoted
-            _restore(control, layout, failed, target, deadline_s, triton_models=triton_models)
+            # A shadow candidate never served clients: discarding it is the rollback, unless a promote got as far
+            # as switching the real names to it.
+            if not shadow.has_shadow(layout, failed) or shadow.serves_shadow(control, failed):
+                _restore(control, layout, failed, target, deadline_s, triton_models=triton_models)
+            shadow.discard_shadow(control, layout, failed.order)
             from_version: int | None = failed_version
         else:
             target = to_version if to_version is not None else state.previous

@@ -103,7 +103,8 @@ def _check_triton(layout: PvcLayout, control: TritonControl, report: ReconcileRe
         report.triton_not_ready = [n for n in release.order if not control.is_version_ready(n, version)]
         # Repaired files must be read again by Triton (a python backend or an engine holds the old ones).
         if (report.triton_not_ready or report.repaired) and repair:
-            loaded = load_candidate(control, layout, release, deadline_s=deadline_s)
+            # The promoted version, reloaded where it serves: it passed its smoke test when it was promoted.
+            loaded = load_candidate(control, layout, release, deadline_s=deadline_s, candidate="in_place")
             report.reloaded = True
             report.endpoints = loaded.endpoints
         elif report.triton_not_ready:

@@ -64,7 +64,7 @@ class DeployOutcome:
 def deploy(control: TritonControl, layout: PvcLayout, model: str, version: int, *,
            triton_models: list[str] | None = None, triton_repository: str | None = None, run_id: str = "",
            deadline_s: float = DEFAULT_READY_DEADLINE, live_deadline_s: float = 30.0,
-           budget_s: float = DEFAULT_LATENCY_BUDGET,
+           budget_s: float = DEFAULT_LATENCY_BUDGET, candidate: str = "shadow",
            report: Callable[[DeployOutcome], None] | None = None) -> DeployOutcome:
     """Load ``version`` as the candidate, smoke-test it and promote it; roll it back if the smoke test fails.
 
@@ -72,10 +72,12 @@ def deploy(control: TritonControl, layout: PvcLayout, model: str, version: int, 
     a caller learns that outcome: it receives the outcome, promoted or rolled back, before deploy returns
     or raises. A failed load raises from ``load_candidate``, which has put the promoted version back.
     ``triton_models``: as given by the operator (None: each version's own, from its publish record).
+    ``candidate``: "shadow" or "in_place" (load_candidate).
     """
     release = prepare_release(layout, model, version, triton_models=triton_models,
                               triton_repository=triton_repository)
-    loaded = load_candidate(control, layout, release, deadline_s=deadline_s, live_deadline_s=live_deadline_s)
+    loaded = load_candidate(control, layout, release, deadline_s=deadline_s, live_deadline_s=live_deadline_s,
+                            candidate=candidate)
     try:
         smoke = smoke_release(control, layout, model, version, release.entries, budget_s=budget_s)
     except SmokeTestFailed as exc:

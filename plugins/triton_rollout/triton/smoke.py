@@ -25,6 +25,7 @@ from triton_rollout.errors import SmokeTestFailed, TritonError
 from triton_rollout.pvc.layout import PvcLayout
 from triton_rollout.steps import DEFAULT_LATENCY_BUDGET  # one default for the CLI flag and the library
 from triton_rollout.triton.control import TritonControl
+from triton_rollout.triton.shadow import shadow_name, shadow_version
 
 GOLDEN_NAME = "smoke.json"
 DEFAULT_PROMPT = "the "
@@ -182,14 +183,18 @@ def load_golden(version_dir: Path) -> dict[str, Any]:
     return data
 
 
-def smoke_model(control: TritonControl, layout: PvcLayout, model: str, version: int, *,
+def smoke_model(control: TritonControl, layout: PvcLayout, triton_model: str, version: int, *,
                 budget_s: float = DEFAULT_LATENCY_BUDGET, prompt: str = DEFAULT_PROMPT,
                 max_tokens: int = DEFAULT_MAX_TOKENS) -> list[SmokeCheck]:
-    """All checks for one Triton model version; raises SmokeTestFailed on the first failure."""
+    """All checks for one Triton model version, where it is loaded: under its shadow name when it is a shadow
+    candidate (triton/shadow.py), else its own; raises SmokeTestFailed on the first failure. The golden
+    cases are the release's, read from ``triton_model``'s version directory either way.
+    """
+    golden = load_golden(layout.version_dir(triton_model, version))
+    model = shadow_name(triton_model) if shadow_version(layout, triton_model) == version else triton_model
     if not control.is_version_ready(model, version):
         raise _fail(model, version, f"GET /v2/models/{model}/versions/{version}/ready", "version is not ready")
     metadata = control.model_metadata(model, version)
-    golden = load_golden(layout.version_dir(model, version))
     checks: list[SmokeCheck] = []
     if is_llm(metadata):
         checks.append(check_generate(control, model, version, {"text_input": prompt, "max_tokens": max_tokens},
