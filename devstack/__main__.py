@@ -1,9 +1,12 @@
 """``python -m devstack {up,down,status,demo}``: the local real stack for the demo, tests and benchmarks.
 
-``up`` starts the servers in the background (each in its own process group): S3, Triton, the Kubernetes
-emulator and a running Airflow (api-server, scheduler, dag-processor, triggerer on loopback), and writes
-``.devstack/env`` (shell exports: AWS_ENDPOINT_URL, credentials, TRITON_URL, KUBECONFIG, PVC_DIR,
-AIRFLOW_API_URL, AIRFLOW_USERNAME, AIRFLOW_PASSWORD) and ``.devstack/stack.json`` (pids). ``down`` stops
+``up`` starts the servers in the background (each in its own process group): S3, the Kubernetes emulator
+running Triton as a Deployment of ``TRITON_REPLICAS`` real tritonservers behind its Service (default 1; 0:
+a single tritonserver process instead; more than 1 waits for the per-replica rollout, see
+DEFAULT_TRITON_REPLICAS), and a running Airflow (api-server, scheduler, dag-processor,
+triggerer on loopback), and writes ``.devstack/env`` (shell exports: AWS_ENDPOINT_URL, credentials,
+TRITON_URL (the Service's address, what clients use), KUBECONFIG, PVC_DIR, AIRFLOW_API_URL,
+AIRFLOW_USERNAME, AIRFLOW_PASSWORD) and ``.devstack/stack.json`` (pids). ``down`` stops
 every process group listed there. ``demo`` runs the main job end to end on a stack of its own and stops
 everything it started, whatever happens.
 """
@@ -24,6 +27,10 @@ REPO = Path(__file__).resolve().parent.parent
 STATE_DIR = REPO / ".devstack"
 STACK_FILE = STATE_DIR / "stack.json"
 ENV_FILE = STATE_DIR / "env"
+# One replica until the rollout addresses each replica (issue 12, items 1-2): today a load, smoke test or
+# promote goes through the Service to whichever replica its connection reaches, so with two the candidate
+# would be loaded on one and checked on the other. TRITON_REPLICAS=2 runs the fleet anyway (with a warning).
+DEFAULT_TRITON_REPLICAS = 1
 
 
 def _write_env(values: dict[str, str]) -> None:
@@ -46,7 +53,16 @@ def up() -> int:
     if s3_kind not in S3_KINDS:
         print(f"ROLLOUT_LOCAL_S3 must be one of {', '.join(S3_KINDS)}, got {s3_kind!r}", file=sys.stderr)
         return 2
-    stack = LocalStack(STATE_DIR / "stack", s3_kind=s3_kind).start()
+    replicas_text = os.environ.get("TRITON_REPLICAS", str(DEFAULT_TRITON_REPLICAS))
+    if not replicas_text.isdigit():
+        print(f"TRITON_REPLICAS must be a whole number (0: one tritonserver process, no Deployment), got "
+              f"{replicas_text!r}", file=sys.stderr)
+        return 2
+    if int(replicas_text) > 1:
+        print(f"warning: {replicas_text} Triton replicas: the rollout still talks to the Service, so a candidate is "
+              "loaded and smoke-tested on whichever replica each connection reaches (per-replica rollouts: not yet)",
+              file=sys.stderr)
+    stack = LocalStack(STATE_DIR / "stack", s3_kind=s3_kind, triton_replicas=int(replicas_text)).start()
     airflow = None
     try:
         env = stack.env()
@@ -69,7 +85,12 @@ def up() -> int:
     print(f"S3 ({s3_kind}) {env['AWS_ENDPOINT_URL']}, bucket '{BUCKET}': {len(uris)} demo releases")
     for model, queue in stack.queues.items():
         print(f"  {model}: bucket notifications -> SQS {queue} (unpause deploy_{model} to start its watcher)")
-    print(f"Triton {env['TRITON_URL']} serving {env['TRITON_MODEL_REPOSITORY']}")
+    if stack.triton_replicas:
+        print(f"Triton: Deployment triton/triton, {stack.triton_replicas} replicas (pods on their own loopback IPs: "
+              f"kubectl -n triton get pods -o wide), Service {env['TRITON_URL']}, serving "
+              f"{env['TRITON_MODEL_REPOSITORY']}")
+    else:
+        print(f"Triton {env['TRITON_URL']} serving {env['TRITON_MODEL_REPOSITORY']}")
     print(f"Kubernetes API emulator: KUBECONFIG={env['KUBECONFIG']} (the admin; PVC triton/triton-model-repository "
           f"-> {env['PVC_DIR']}); Airflow uses {stack.airflow_kube} (ServiceAccount "
           "airflow/airflow-worker, with the RBAC of k8s/rbac.yaml)")

@@ -4,6 +4,13 @@ S3 holds the demo releases; Triton serves ``<pvc>/repository`` (explicit mode); 
 namespace, the PVC claim (backed by the same host folder) and the S3 Secret the models config names.
 ``env()`` is what the DAGs and the CLI need to reach all three (the variables dags/models.yaml reads).
 
+``triton_replicas`` N >= 1 runs Triton as the project's Triton Deployment + Service (manifests.py ``triton()``
+rendered for dags/models.yaml's first model, as on a cluster) inside the emulator: N real tritonservers,
+each on its own loopback pod IP, behind the Service's loopback ClusterIP proxy, which is then TRITON_URL.
+The emulator gets a node with GPUs (a number: nothing is attached) for them, since the pods ask for
+``nvidia.com/gpu``. 0 (the default here) keeps the single tritonserver process; ``make up`` asks for
+``TRITON_REPLICAS`` (default 1 until the rollout addresses each replica).
+
 S3 is moto's server by default (devstack/moto.py): the one local S3 that sends bucket notifications, so
 the models in ``event_models`` get their own SQS queue with ObjectCreated events for their manifest.json
 (``ROLLOUT_EVENTS_QUEUE_<MODEL>`` in env(), read by dags/models.yaml). ``s3_kind="seaweedfs"`` runs the
@@ -12,20 +19,29 @@ real SeaweedFS server instead (credentials checked, no notifications: every mode
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
+import time
 import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from triton_rollout.build.builders import BUILDERS_ENV
-from triton_rollout.config import KubernetesConfig
-from triton_rollout.kube.manifests import RenderOptions
+from triton_rollout.config import GPU_PRODUCT_LABEL, KubernetesConfig, ModelDeployment, read_config_file
+from triton_rollout.kube import specs
+from triton_rollout.kube.manifests import RenderOptions, triton
 
-from .kube import KubeEmulator, default_runtime
+from .kube import KubeEmulator, default_node, default_runtime
+from .kube.rbac import ADMIN_TOKEN
+from .kube.scheduler import pod_requests
 from .moto import MotoS3
 from .s3 import SeaweedS3
 from .triton import TritonServer
+from .triton import image_runtime as triton_image_runtime
 
 BUCKET = "models"
 NAMESPACE = "triton"
@@ -49,6 +65,8 @@ RELEASE_PREFIX = "releases"
 # The models whose deploys S3 events start on the local stack (dags/models.yaml: models[].events).
 EVENT_MODELS = ("demo-tensor",)
 S3_KINDS = ("moto", "seaweedfs")
+MODELS_CONFIG = REPO / "dags" / "models.yaml"
+FLEET_GPUS = 8  # the emulator's GPU node (more when the replicas need more): room to add replicas
 
 
 def events_queue_variable(model: str) -> str:
@@ -98,6 +116,64 @@ def image_runtime() -> dict[str, Any]:
     return runtime
 
 
+def fleet_model(environ: dict[str, str]) -> ModelDeployment:
+    """The model the stack renders the Triton Deployment for: dags/models.yaml's first (one Triton serves
+    every model; its Kubernetes settings come from the config's defaults)."""
+    importlib.import_module(DEMO_BUILDERS[BUILDERS_ENV])  # registers the cpu-demo backend the config names
+    return read_config_file(MODELS_CONFIG, environ={**os.environ, **environ}).models[0]
+
+
+def gpu_node(model: ModelDeployment, replicas: int) -> dict[str, Any]:
+    """A node the Triton pods fit on: their node selector's labels, and room for max(replicas, FLEET_GPUS /
+    GPUs per replica) of them (GPUs are a count in the emulator; CPU and memory are the pods' requests)."""
+    node = default_node()
+    selector = dict(model.kubernetes.build_node_selector)
+    if model.kubernetes.gpu_product:
+        selector[GPU_PRODUCT_LABEL] = model.kubernetes.gpu_product
+    slots = max(replicas, FLEET_GPUS // model.gpus)
+    pod = {"spec": specs.to_dict(triton(model, replicas)[0])["spec"]["template"]["spec"]}  # type: ignore[index]
+    requests = pod_requests(pod)
+    node["name"] = "devstack-gpu-node"
+    node["labels"] = {**node["labels"], **selector}
+    node["capacity"] = {**node["capacity"], **{k: str(v * slots) for k, v in requests.items()}}
+    return node
+
+
+def _admin_get(kube: KubeEmulator, path: str) -> dict[str, Any]:
+    req = urllib.request.Request(kube.server + path, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        result: dict[str, Any] = json.loads(resp.read())
+        return result
+
+
+def start_triton_fleet(kube: KubeEmulator, model: ModelDeployment, replicas: int, timeout: float = 120.0) -> str:
+    """Create the rendered Triton Deployment + Service, wait until every replica's server is ready, and
+    return the Service's address (``http://<ClusterIP>:<http port>``).
+
+    Waits for ContainersReady, not Ready: a pod template with readiness gates stays out of the Service
+    until whoever owns the gate (the rollout) sets its condition True; the stack does not decide that."""
+    deployment, service = (specs.to_dict(obj) for obj in triton(model, replicas))
+    ns = model.kubernetes.namespace
+    kube.post(f"/apis/apps/v1/namespaces/{ns}/deployments", deployment)
+    created = kube.post(f"/api/v1/namespaces/{ns}/services", service)
+    selector = ",".join(f"{k}={v}" for k, v in sorted(deployment["spec"]["selector"]["matchLabels"].items()))
+    deadline = time.monotonic() + timeout
+    ready = 0
+    while time.monotonic() < deadline:
+        pods = _admin_get(kube, f"/api/v1/namespaces/{ns}/pods?labelSelector={urllib.parse.quote(selector)}")
+        ready = sum(1 for p in pods["items"] if any(c["type"] == "ContainersReady" and c["status"] == "True"
+                                                     for c in p["status"].get("conditions") or []))
+        if ready >= replicas:
+            break
+        time.sleep(0.5)
+    else:
+        name = deployment["metadata"]["name"]
+        raise RuntimeError(f"the Triton Deployment {ns}/{name} has {ready} of {replicas} replicas ready after "
+                           f"{timeout:.0f} s: see `kubectl -n {ns} describe pods` and {kube.log_path}")
+    http = next(p for p in created["spec"]["ports"] if p.get("name") == "http")
+    return f"http://{created['spec']['clusterIP']}:{http['port']}"
+
+
 @dataclass
 class LocalStack:
     root: Path
@@ -108,6 +184,9 @@ class LocalStack:
     # What Airflow talks to the emulator as (airflow_kubeconfig); env()'s KUBECONFIG stays the admin's.
     airflow_kube: Path | None = None
     triton: TritonServer | None = None
+    # N >= 1: Triton as a Deployment of N in the emulator (the module docstring), else the single process.
+    triton_replicas: int = 0
+    triton_service_url: str | None = None
     kube: KubeEmulator | None = None
     started: list[str] = field(default_factory=list)
 
@@ -130,9 +209,17 @@ class LocalStack:
             else:
                 self.s3 = SeaweedS3(self.root / "s3", buckets=(BUCKET,)).start()
             self.started.append("s3")
-            self.triton = TritonServer(self.pvc / "repository", self.root / "triton").start()
-            self.started.append("triton")
-            self.kube = KubeEmulator(self.root / "kube", images=[image_runtime()]).start()
+            nodes, images = [default_node()], [image_runtime()]
+            model = fleet_model(self._base_env()) if self.triton_replicas > 0 else None
+            if model is None:
+                self.triton = TritonServer(self.pvc / "repository", self.root / "triton").start()
+                self.started.append("triton")
+            else:
+                nodes.append(gpu_node(model, self.triton_replicas))
+                # Before the catch-all mapping: the Triton image runs the real server (devstack/triton.py).
+                images.insert(0, triton_image_runtime(model.kubernetes.images.triton))
+            self.kube = KubeEmulator(self.root / "kube", nodes=nodes, images=images,
+                                     pod_network=model is not None).start()
             self.started.append("kube")
             self.kube.create_pvc(NAMESPACE, PVC_CLAIM, self.pvc, owner=PVC_OWNER)
             self.kube.create_service_account(NAMESPACE, SERVICE_ACCOUNT)
@@ -143,16 +230,30 @@ class LocalStack:
             except urllib.error.HTTPError as exc:
                 if exc.code != 409:
                     raise
+            if model is not None:
+                self.triton_service_url = start_triton_fleet(self.kube, model, self.triton_replicas)
+                self.started.append("triton")
         except BaseException:
             self.stop()
             raise
         return self
 
+    @property
+    def triton_url(self) -> str:
+        """What clients use: the Triton Service's address (fleet), or the single server's."""
+        url = self.triton_service_url or (self.triton.http_url if self.triton else None)
+        assert url, "start() the stack first"
+        return url
+
+    def _base_env(self) -> dict[str, str]:
+        """What dags/models.yaml reads before Triton and the emulator exist (the PVC claim, images)."""
+        return {**DEMO_BUILDERS, "PVC_DIR": str(self.pvc), "ROLLOUT_BUCKET": BUCKET}
+
     def env(self) -> dict[str, str]:
-        assert self.s3 and self.triton and self.kube, "start() the stack first"
+        assert self.s3 and self.kube and (self.triton or self.triton_service_url), "start() the stack first"
         return {
             **self.s3.env(), **self.kube.env(), **DEMO_BUILDERS,
-            "TRITON_URL": self.triton.http_url,
+            "TRITON_URL": self.triton_url,
             "TRITON_MODEL_REPOSITORY": str(self.pvc / "repository"),
             "PVC_DIR": str(self.pvc),
             "ROLLOUT_BUCKET": BUCKET,

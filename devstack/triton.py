@@ -137,6 +137,45 @@ def server_env(dest: Path = DEFAULT_DEST) -> dict[str, str]:
     return env
 
 
+# The Triton image's `tritonserver` on the emulator's kubelet (devstack/kube): the real server with what the
+# CPU build needs, then the pod's own arguments, then the pod network: a container binds 0.0.0.0 in its own
+# network namespace, which is the pod's IP; here every pod shares the host's, so the server binds its pod
+# IP (the kubelet's DEVSTACK_POD_IP) and keeps its ports, the containerPorts of the manifest. Later flags
+# win in tritonserver's parser, so these come last.
+_IMAGE_ENTRYPOINT = """#!/bin/sh
+exec {binary} --backend-directory={backends} --pinned-memory-pool-byte-size=0 --cuda-memory-pool-byte-size=0:0 \\
+  "$@" --http-address="${{{ip}}}" --grpc-address="${{{ip}}}" --metrics-address="${{{ip}}}"
+"""
+
+
+def image_runtime(pattern: str, dest: Path = DEFAULT_DEST) -> dict[str, object]:
+    """The emulator's image mapping for the Triton image (``pattern``: fnmatch on the image name): its
+    ``tritonserver`` is this install's server (the entrypoint above, written into ``dest``), with the
+    environment and the read-only paths the server and the python backend stub need in the sandbox."""
+    from .kube.network import POD_IP_ENV
+
+    if not server_binary(dest).is_file():
+        raise RuntimeError(f"tritonserver is not installed in {dest}: run `make triton-server` "
+                           "(python -m devstack.triton install)")
+    bin_dir = dest / "image-bin"
+    bin_dir.mkdir(exist_ok=True)
+    # Written aside and renamed: emulators starting side by side must never run a half-written file.
+    partial = bin_dir / f".tritonserver.{os.getpid()}"
+    partial.write_text(_IMAGE_ENTRYPOINT.format(binary=server_binary(dest), backends=backend_directory(dest),
+                                                ip=POD_IP_ENV))
+    partial.chmod(0o755)
+    os.replace(partial, bin_dir / "tritonserver")
+    env = server_env(dest)
+    libdir = os.path.realpath(str(sysconfig.get_config_var("LIBDIR")))
+    return {
+        "pattern": pattern,
+        "path": [str(bin_dir), str(dest / "stub-venv" / "bin")],
+        "env": {"LD_LIBRARY_PATH": env["LD_LIBRARY_PATH"]},
+        # The stub venv's python links to this interpreter: its venv, base install and libpython must be seen.
+        "binds": sorted({str(dest), sys.prefix, os.path.realpath(sys.base_prefix), libdir}),
+    }
+
+
 @dataclass
 class TritonServer:
     repository: Path

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -243,6 +244,17 @@ def golden(version: int) -> str:
 def text_of(answer: dict[str, Any]) -> str:
     (out,) = [o for o in answer["outputs"] if o["name"] == "text_output"]
     return str(out["data"][0])
+
+
+def until(what: str, check: Callable[[], Any], timeout: float = 30) -> Any:
+    """``check()``'s first truthy value, polled every 0.1 s; fails naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 class ClientLoop:

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from kubernetes import client
@@ -16,7 +16,7 @@ from kubernetes import client
 from devstack.kube import KubeEmulator
 from devstack.kube.prober import ContainerProber
 from devstack.kube.store import Store
-from tests.helpers import run_kubectl
+from tests.helpers import run_kubectl, until
 
 NS = "probes"
 PY = "python"
@@ -59,16 +59,6 @@ def make_pod(v1: client.CoreV1Api, name: str, container: dict, **spec: object) -
         "containers": [{"name": "main", "image": "example/probe:1", **container}], **spec}})
 
 
-def until(check: Callable[[], object], timeout: float = 15) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
-
-
 def cond(p: client.V1Pod, type_: str) -> client.V1PodCondition | None:
     return next((c for c in p.status.conditions or [] if c.type == type_), None)
 
@@ -84,7 +74,7 @@ def ready_column(emu: KubeEmulator, name: str) -> str:
 
 
 def running(v1: client.CoreV1Api, name: str) -> client.V1Pod:
-    return until(lambda: (p := v1.read_namespaced_pod(name, NS)).status.phase == "Running" and p)  # type: ignore[return-value]
+    return until("the pod to run", lambda: (p := v1.read_namespaced_pod(name, NS)).status.phase == "Running" and p)  # type: ignore[return-value]
 
 
 @needs_kubectl
@@ -114,7 +104,8 @@ def test_failing_readiness_probe_keeps_the_pod_unready(v1: client.CoreV1Api, emu
     make_pod(v1, "web404", {"command": serve(port), "readinessProbe": {
         "httpGet": {"port": port, "path": "/missing"}, "periodSeconds": 1, "failureThreshold": 1}})
     running(v1, "web404")
-    until(lambda: "Readiness probe failed: HTTP probe failed with statuscode: 404" in events(v1, "web404", "Unhealthy"))
+    until("the readiness probe's 404 event",
+          lambda: "Readiness probe failed: HTTP probe failed with statuscode: 404" in events(v1, "web404", "Unhealthy"))
     out = kubectl(emu, "wait", "--for=condition=Ready", "pod/web404", "--timeout=2s")
     assert out.returncode != 0
     p = v1.read_namespaced_pod("web404", NS)
@@ -150,10 +141,11 @@ def test_failing_liveness_probe_kills_the_container(v1: client.CoreV1Api, emu: K
     make_pod(v1, "dead", {"command": serve(port), "livenessProbe": {
         "tcpSocket": {"port": closed}, "periodSeconds": 1, "failureThreshold": 2}})
     running(v1, "dead")
-    p = until(lambda: (p := v1.read_namespaced_pod("dead", NS)).status.phase == "Failed" and p)
+    p = until("the pod to fail", lambda: (p := v1.read_namespaced_pod("dead", NS)).status.phase == "Failed" and p)
     term = p.status.container_statuses[0].state.terminated  # type: ignore[attr-defined]
     assert term is not None and term.exit_code in (137, 143)
-    assert events(v1, "dead", "Killing") == ["Container main failed liveness probe, will be restarted"]
+    # restartPolicy Never: kubelet's message does not promise a restart (kuberuntime_manager.go computePodActions).
+    assert events(v1, "dead", "Killing") == ["Container main failed liveness probe"]
     assert f"Liveness probe failed: dial tcp 127.0.0.1:{closed}: connect: connection refused" in \
         events(v1, "dead", "Unhealthy")
 
@@ -169,20 +161,22 @@ def test_exec_and_tcp_probes_with_a_startup_probe(v1: client.CoreV1Api, emu: Kub
         volumes=[{"name": "scratch", "emptyDir": {}}])
     p = running(v1, "mixed")
     assert p.status.container_statuses[0].started is False  # until the startup probe passes
-    p = until(lambda: (p := v1.read_namespaced_pod("mixed", NS)).status.container_statuses[0].ready and p)
+    p = until("the container to be ready",
+              lambda: (p := v1.read_namespaced_pod("mixed", NS)).status.container_statuses[0].ready and p)
     assert p.status.container_statuses[0].started is True and cond(p, "Ready").status == "True"  # type: ignore[attr-defined]
     time.sleep(1.5)  # the liveness probe keeps passing: nothing is killed
     p = v1.read_namespaced_pod("mixed", NS)
     assert p.status.phase == "Running" and not events(v1, "mixed", "Killing")
     v1.delete_namespaced_pod("mixed", NS, grace_period_seconds=0)
-    until(lambda: not [x for x in v1.list_namespaced_pod(NS).items if x.metadata.name == "mixed"])
+    until("the pod to be gone", lambda: not [x for x in v1.list_namespaced_pod(NS).items if x.metadata.name == "mixed"])
 
 
 def test_exec_probe_failure_message_is_the_command_output(v1: client.CoreV1Api, emu: KubeEmulator) -> None:
     make_pod(v1, "execfail", {"command": ["sleep", "60"], "readinessProbe": {"exec": {"command": [
         PY, "-c", "import sys; print('not ready yet'); sys.exit(1)"]}, "periodSeconds": 1}})
     running(v1, "execfail")
-    until(lambda: "Readiness probe failed: not ready yet" in events(v1, "execfail", "Unhealthy"))
+    until("the exec probe's event",
+          lambda: "Readiness probe failed: not ready yet" in events(v1, "execfail", "Unhealthy"))
     v1.delete_namespaced_pod("execfail", NS, grace_period_seconds=0)
 
 

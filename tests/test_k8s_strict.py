@@ -11,8 +11,7 @@ import json
 import os
 import shutil
 import stat
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from devstack.kube import KubeEmulator, default_runtime
-from tests.helpers import run_kubectl
+from tests.helpers import run_kubectl, until
 
 NS = "strict"
 PY = "python"
@@ -54,16 +53,6 @@ def v1(emu: KubeEmulator) -> Iterator[client.CoreV1Api]:
 def pod(name: str, script: str, image: str = "example/sync:1", **spec: object) -> dict:
     return {"metadata": {"name": name}, "spec": {"restartPolicy": "Never", "containers": [
         {"name": "main", "image": image, "command": [PY, "-c", script]}], **spec}}
-
-
-def until(what: str, check: Callable[[], object], timeout: float = 30) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def done(v1: client.CoreV1Api, name: str) -> client.V1Pod:

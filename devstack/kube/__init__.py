@@ -74,6 +74,14 @@ What it does:
   stdout+stderr become the log; exit codes become ``state.terminated.exitCode`` and the phase
   (Succeeded only if every container exited 0). Deletion: SIGTERM, SIGKILL after the grace period
   (capped at 10 s), then the object goes. activeDeadlineSeconds is enforced.
+  Containers restart in place per restartPolicy: Always on every exit, OnFailure on a non-zero one,
+  Never not at all (init containers only when they failed, not under Never). The first restart is
+  immediate, later ones wait the kubelet's back-off (10 s doubling to 5 min; ``KubeEmulator(
+  restart_backoff=(base, cap))`` shortens it for tests) in ``waiting`` CrashLoopBackOff ("back-off 10s
+  restarting failed container=c pod=name_ns(uid)") with a BackOff warning event; restartCount,
+  lastState.terminated, Pulled / Created / Started events per instance, ``kubectl logs --previous``
+  (one previous instance kept), and a log follower ends with the instance it follows. The phase stays
+  Running while a container will run again (Pending for a restarting init container).
 - probes (``prober``, as pkg/kubelet/prober runs them): readiness, liveness and startup probes with
   httpGet (host default the pod IP 127.0.0.1, port by number or name, path, HTTP / HTTPS, httpHeaders;
   2xx / 3xx succeed), tcpSocket and exec (the container's user, env and mounts in a sandbox of its own,
@@ -82,12 +90,22 @@ What it does:
   Ready conditions follow them (no readinessProbe: ready once running; startup gates the others);
   Ready also needs every spec.readinessGates condition "True" (pods/status is writable: get / patch /
   update, strategic merges of conditions by type). Failures are Unhealthy events ("Readiness probe
-  failed: ..."); a failed liveness / startup probe kills the container (Killing event).
+  failed: ..."); a failed liveness / startup probe kills the container (Killing event: "Container c
+  failed liveness probe, will be restarted", without the promise under Never), which then restarts.
+- apps/v1 Deployments (``workloads``: a controller keeps spec.replicas pods from the template, rolling
+  updates within maxSurge / maxUnavailable, a deleted or failed pod replaced, the status and conditions
+  ``kubectl rollout status`` reads, the ``scale`` subresource for ``kubectl scale``; no ReplicaSet layer:
+  pods are owned by the Deployment, told apart by ``pod-template-hash``), core/v1 Services and
+  discovery.k8s.io/v1 EndpointSlices (``services``: slices kept from the selected pods, ready from each
+  pod's Ready condition, readiness gates included; a loopback ClusterIP with a TCP proxy that balances
+  connections round-robin over the ready endpoints, as kube-proxy does). With ``KubeEmulator(
+  pod_network=True)`` each pod has its own loopback IP (``network``: 127.A.B.C) that probes aim at.
 - batch/v1 Jobs and CronJobs (``jobs``; discovery, ``status`` subresource, Tables with the upstream
   columns, OpenAPI, so ``kubectl apply -f`` of the project's Job / CronJob manifests validates). A Job
   controller thread creates pods from spec.template (``<job>-<5 chars>``, the batch.kubernetes.io
   job-name / controller-uid labels and generated selector, a controller ownerReference), honours
-  completions, parallelism, backoffLimit (Failed / BackoffLimitExceeded), activeDeadlineSeconds
+  completions, parallelism, backoffLimit (Failed / BackoffLimitExceeded; under OnFailure the
+  container restarts of running / pending pods count too, as pastBackoffLimitOnFailure), activeDeadlineSeconds
   (DeadlineExceeded, running pods deleted), suspend / resume, ttlSecondsAfterFinished, and writes the
   1.31 conditions (FailureTarget / SuccessCriteriaMet first, Failed / Complete once no pod runs),
   startTime, completionTime, counts and the job controller's events (SuccessfulCreate, Completed,
@@ -106,9 +124,9 @@ What it does not emulate (honestly):
   write Roles / bindings may grant anything: no escalate / bind), aggregated ClusterRoles, the default
   admin / edit / view ClusterRoles, Impersonate-Uid / -Extra, LocalSubjectAccessReview,
   SelfSubjectReview (``kubectl auth whoami``), admission (no PodSecurity, LimitRange or quota), API
-  groups other than core/v1, storage.k8s.io/v1 StorageClasses, batch/v1 and the RBAC / authorization
-  groups above (no Deployments, PersistentVolumes, CSIDrivers: workloads are validated offline by
-  kubernetes-validate instead), server-side apply, strategic merge (applied as a JSON merge patch
+  groups other than core/v1, storage.k8s.io/v1 StorageClasses, batch/v1, apps/v1 Deployments,
+  discovery.k8s.io/v1 and the RBAC / authorization groups above (no ReplicaSets, StatefulSets,
+  PersistentVolumes, CSIDrivers), server-side apply, strategic merge (applied as a JSON merge patch
   without its $-directives), pagination (limit/continue are ignored), exec, attach, port-forward (so
   KPO's ``do_xcom_push`` sidecar cannot be read: use the pod log or a file on the PVC), pods/eviction,
   protobuf, /openapi/v2, aggregated discovery (clients fall back to the legacy documents), value
@@ -119,13 +137,15 @@ What it does not emulate (honestly):
   switch users and runs pods as itself. A writable root filesystem is not offered (the root is always
   read-only; /tmp is a 1777 tmpfs unless readOnlyRootFilesystem, then it is read-only too).
 - resource limits are not enforced (no cgroups); requests count only for scheduling. GPUs are a
-  number on a node, no device is attached. Networking is the host's (like hostNetwork); no Services,
-  DNS or pod IPs (podIP is 127.0.0.1). emptyDir ``medium: Memory`` is a plain folder.
-- restartPolicy is always treated as Never (no restarts, no CrashLoopBackOff: a container a liveness
-  probe killed stays terminated); grpc probes and probe-level terminationGracePeriodSeconds are not emulated;
-  preemption, priorities, affinity other than required node affinity, topology spread: none.
-- Jobs: no pod failure backoff delay (a failed pod is replaced at once); restartPolicy OnFailure makes
-  a new pod per failure, as Never does (no container restarts); Indexed completion mode runs as
+  number on a node, no device is attached. Networking is the host's (like hostNetwork): pod IPs and
+  ClusterIPs are loopback addresses (every pod's is 127.0.0.1 without ``pod_network``); no DNS, no
+  NodePort / LoadBalancer, no v1 Endpoints objects, no network policies. emptyDir ``medium: Memory`` is a plain folder.
+- restarts: a held-back container starts the moment its back-off ends (a kubelet waits for its next pod
+  sync, so a cluster is a little later); restartable init containers (sidecars: restartPolicy on an
+  init container) and terminationMessagePath are not emulated; only one previous log is kept. grpc
+  probes and probe-level terminationGracePeriodSeconds are not emulated; preemption, priorities,
+  affinity other than required node affinity, topology spread: none.
+- Jobs: no pod failure backoff delay (a failed pod is replaced at once); Indexed completion mode runs as
   NonIndexed; no podFailurePolicy, successPolicy, backoffLimitPerIndex or job-tracking finalizers;
   Foreground deletion deletes the dependents but does not keep the owner until they are gone.
 - without bubblewrap, volume mounts only work where the host path equals mountPath, and nothing is
@@ -145,6 +165,7 @@ Modules: ``store`` (objects, resourceVersions, watch events), ``selectors`` (lab
 ``pod_status`` and ``events`` (what both write about a pod), ``admission`` (ServiceAccounts at pod create),
 ``rbac`` (tokens, impersonation, the RBAC authorizer, access reviews),
 ``jobs`` (Job / CronJob defaults, their controllers, ownerReference garbage collection),
+``workloads`` (Deployments), ``services`` (Services, EndpointSlices, the proxy), ``network`` (pod IPs),
 ``storage`` (StorageClasses, PVC binding), ``tables`` (server-side printing), ``openapi`` (OpenAPI v3,
 field validation), ``emulator`` (the KubeEmulator process).
 """

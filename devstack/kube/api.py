@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import jobs, rbac, storage
+from . import jobs, rbac, services, storage, workloads
 from .admission import admit_pod, create_default_service_account
 from .events import record_pod_event
 from .kubelet import HOST_PATH_ANNOTATION, Kubelet
@@ -61,6 +61,10 @@ RESOURCES: dict[str, Resource] = {
     "storageclasses": Resource("StorageClass", False, group="storage.k8s.io", short=["sc"]),
     "jobs": Resource("Job", True, group="batch"),  # jobs.py: defaults, the controllers, cascading delete
     "cronjobs": Resource("CronJob", True, group="batch", short=["cj"]),
+    # workloads.py: Deployments and their controller; services.py: Services, EndpointSlices, the proxy.
+    "deployments": Resource("Deployment", True, group="apps", short=["deploy"]),
+    "services": Resource("Service", True, short=["svc"]),
+    "endpointslices": Resource("EndpointSlice", True, group="discovery.k8s.io"),
     # rbac.py: stored RBAC objects, and the reviews `kubectl auth can-i` creates (answered, not stored).
     "roles": Resource("Role", True, group=rbac.RBAC_GROUP),
     "rolebindings": Resource("RoleBinding", True, group=rbac.RBAC_GROUP),
@@ -72,8 +76,9 @@ RESOURCES: dict[str, Resource] = {
 NAMESPACED = {p: r.kind for p, r in RESOURCES.items() if r.namespaced}
 GROUPS = {"storage.k8s.io": "v1"}  # the API groups besides core, with their one served version
 GROUPS.update({rbac.RBAC_GROUP: "v1", "authorization.k8s.io": "v1"})
-GROUPS["batch"] = "v1"
-STATUS_SUBRESOURCES = ("jobs", "cronjobs")  # served with get / update / patch (pods/status too, below)
+GROUPS.update({"batch": "v1", "apps": "v1", "discovery.k8s.io": "v1"})
+# served with get / update / patch (pods/status too, below)
+STATUS_SUBRESOURCES = ("jobs", "cronjobs", "deployments", "services")
 
 
 def resources_of(gv_path: str) -> dict[str, Resource]:
@@ -87,12 +92,15 @@ def _resource_list(gv_path: str, group_version: str) -> Obj:
             ["create", "delete", "get", "list", "patch", "update", "watch"]
         entry = {"name": plural, "singularName": r.kind.lower(), "namespaced": r.namespaced, "kind": r.kind,
                  "verbs": verbs, "shortNames": r.short}
-        if plural in ("pods", "jobs", "cronjobs"):
+        if plural in ("pods", "jobs", "cronjobs", "deployments", "services"):
             entry["categories"] = ["all"]  # what `kubectl get all` expands to
         out.append(entry)
         if plural in STATUS_SUBRESOURCES:
             out.append({"name": f"{plural}/status", "singularName": "", "namespaced": r.namespaced, "kind": r.kind,
                         "verbs": ["get", "patch", "update"]})
+        if plural == "deployments":  # what `kubectl scale` uses
+            out.append({"name": "deployments/scale", "singularName": "", "namespaced": True, "group": "autoscaling",
+                        "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]})
     if gv_path == "api/v1":
         out.append({"name": "pods/log", "singularName": "", "namespaced": True, "kind": "Pod", "verbs": ["get"]})
         out.append({"name": "pods/status", "singularName": "", "namespaced": True, "kind": "Pod",
@@ -265,6 +273,12 @@ class Api:
             jobs.default_job(body, uid)
         elif resource == "cronjobs":
             jobs.default_cronjob(body)
+        elif resource == "deployments":
+            workloads.default_deployment(body)
+        elif resource == "services":
+            services.default_service(body, self.kubelet.network, dry_run=dry)
+        elif resource == "endpointslices":
+            services.validate_slice(body)
         elif resource in ("rolebindings", "clusterrolebindings"):
             rbac.validate(resource, body)
         elif resource == "storageclasses":
@@ -372,6 +386,12 @@ class Api:
     def _guard_update(resource: str, current: Obj, new: Obj) -> None:
         if resource in ("pods", "namespaces", "persistentvolumeclaims", *STATUS_SUBRESOURCES):
             new["status"] = current.get("status")  # status is a subresource, ignored on the main resource
+        if resource == "deployments":
+            workloads.on_update(current, new)
+        elif resource == "services":
+            services.on_update(current, new)
+        elif resource == "endpointslices":
+            services.validate_slice(new)
         if resource == "secrets" and "stringData" in new:
             # Folded into data on every write, not only on create (pkg/apis/core/v1 conversion).
             data = dict(new.get("data") or {})
@@ -450,6 +470,31 @@ class Api:
             update_ready(out)
         stored = self.store.replace(resource, ns or "", name, out, check_rv=True, dry_run=dry)
         return self.with_kind(resource, stored)
+
+    def scale(self, ns: str | None, name: str, body: Any, content_type: str | None,
+              q: dict[str, str] | None = None) -> Obj:
+        """deployments/{name}/scale: GET (body None), PUT (content_type None) or PATCH of an autoscaling/v1
+        Scale; only spec.replicas is written back to the Deployment."""
+        q = q or {}
+        current = self.store.get("deployments", ns or "", name)
+        view = workloads.scale_of(current)
+        if body is None:
+            return view
+        if content_type is None:
+            new = body if isinstance(body, dict) else {}
+        elif "json-patch" in content_type:
+            new = json_patch(view, body)
+        else:
+            new = merge_patch(view, strip_directives(body))
+        replicas = (new.get("spec") or {}).get("replicas")
+        sent_rv = (new.get("metadata") or {}).get("resourceVersion") if content_type is None else None
+        deploy = copy.deepcopy(current)
+        deploy["spec"]["replicas"] = replicas
+        if sent_rv:
+            deploy["metadata"]["resourceVersion"] = sent_rv
+        self._guard_update("deployments", current, deploy)
+        stored = self.store.replace("deployments", ns or "", name, deploy, check_rv=True, dry_run=dry_run(q))
+        return workloads.scale_of(stored)
 
     @staticmethod
     def with_kind(resource: str, obj: Obj) -> Obj:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..procs import LOOPBACK, free_ports, spawn, stop_group, wait_until
-from .kubelet import FS_GROUP_POLICY_ANNOTATION, HOST_PATH_ANNOTATION
+from .kubelet import FS_GROUP_POLICY_ANNOTATION, HOST_PATH_ANNOTATION, RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_S
 from .rbac import ADMIN_TOKEN
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -59,6 +59,12 @@ class KubeEmulator:
     ``bwrap``: None = use bubblewrap when installed, True = require it, False = plain processes.
     ``fake_cron_clock``: the CronJob controller's "now" is what ``set_cron_now`` last wrote (the real
     clock until then), so tests can step through schedules; Jobs always run on the real clock.
+    ``pod_network``: each pod gets its own loopback IP (127.A.B.C, network.py) that its processes bind (the
+    downward API's status.podIP, or DEVSTACK_POD_IP in every container) and probes aim at, so pods of one
+    Deployment can listen on the same port; False (the default, as before): every pod's IP is 127.0.0.1.
+    Services get a loopback ClusterIP proxy either way (services.py).
+    ``restart_backoff``: (base, cap) seconds of the kubelet's container restart back-off; the default is the
+    kubelet's 10 s doubling to 5 min, tests may shorten it (an emulator setting, no kubelet flag upstream).
     """
 
     state_dir: Path
@@ -70,6 +76,8 @@ class KubeEmulator:
     storage_classes: list[dict[str, Any]] = field(default_factory=list)
     bwrap: bool | None = None
     fake_cron_clock: bool = False
+    restart_backoff: tuple[float, float] = (RESTART_BACKOFF_S, RESTART_BACKOFF_MAX_S)
+    pod_network: bool = False
     port: int = 0
     tls_port: int = 0  # the same API over TLS, for ServiceAccount kubeconfigs (rbac.serving_cert)
     pid: int | None = None
@@ -106,7 +114,8 @@ class KubeEmulator:
         config = {"port": self.port, "host": LOOPBACK, "state_dir": str(self.state_dir), "nodes": self.nodes,
                   "images": self.images, "pvcs": self.pvcs, "namespaces": self.namespaces,
                   "secrets": self.secrets, "storage_classes": self.storage_classes, "bwrap": self.bwrap,
-                  "tls_port": self.tls_port,
+                  "tls_port": self.tls_port, "restart_backoff": list(self.restart_backoff),
+                  "pod_network": self.pod_network,
                   "cron_clock_file": str(self.cron_clock_file) if self.fake_cron_clock else None}
         config_path = self.state_dir / "emulator.json"
         config_path.write_text(json.dumps(config, indent=1))

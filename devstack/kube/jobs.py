@@ -3,17 +3,18 @@ ownerReference garbage collection between CronJobs, Jobs and their pods.
 
 Follows upstream kubernetes v1.31: pkg/apis/batch/v1/defaults.go and pkg/registry/batch/job/strategy.go
 (defaults, generated selector and labels, the default Orphan propagation of batch/v1 Jobs),
-pkg/controller/job/job_controller.go (pods from the template, counting, backoffLimit,
-activeDeadlineSeconds, suspend, and the 1.31 terminal conditions: FailureTarget / SuccessCriteriaMet
-first, Failed / Complete once no pod is left running), pkg/controller/ttlafterfinished,
+pkg/controller/job/job_controller.go (pods from the template, counting, backoffLimit against failed pods
+and, under restartPolicy OnFailure, the container restarts of running and pending pods (the kubelet
+restarts those in place, pastBackoffLimitOnFailure), activeDeadlineSeconds, suspend, and the 1.31
+terminal conditions: FailureTarget / SuccessCriteriaMet first, Failed / Complete once no pod is left
+running), pkg/controller/ttlafterfinished,
 pkg/controller/cronjob/cronjob_controllerv2.go and utils.go (schedules, concurrencyPolicy,
 startingDeadlineSeconds, history limits, job names), pkg/controller/garbagecollector (dependents of a
 deleted owner go, or lose their ownerReference with propagationPolicy Orphan).
 
 Not emulated: the pod failure backoff delay (10 s doubling upstream: a failed pod is replaced at once),
-restartPolicy OnFailure restarting a container in place (the kubelet never restarts containers, so a
-failing OnFailure pod counts as a failed pod, as with Never), Indexed completion mode (treated as
-NonIndexed), podFailurePolicy, successPolicy, backoffLimitPerIndex, the job-tracking finalizers.
+Indexed completion mode (treated as NonIndexed), podFailurePolicy, successPolicy, backoffLimitPerIndex,
+the job-tracking finalizers.
 """
 
 from __future__ import annotations
@@ -231,6 +232,20 @@ def finished(job: Obj) -> str | None:
     return None
 
 
+def _past_backoff_limit_on_failure(spec: Obj, pods: list[Obj]) -> bool:
+    """pkg/controller/job/job_controller.go pastBackoffLimitOnFailure: under restartPolicy OnFailure the
+    kubelet restarts failed containers in place, so their restarts in Running / Pending pods count against
+    backoffLimit (reached at the limit, or at the first restart with a limit of 0)."""
+    if ((spec.get("template") or {}).get("spec") or {}).get("restartPolicy") != "OnFailure":
+        return False
+    restarts = sum(int(st.get("restartCount") or 0) for p in pods
+                   if (p.get("status") or {}).get("phase") in ("Running", "Pending")
+                   for key in ("initContainerStatuses", "containerStatuses")
+                   for st in (p.get("status") or {}).get(key) or [])
+    limit = int(spec.get("backoffLimit", 6))
+    return restarts > 0 if limit == 0 else restarts >= limit
+
+
 class JobController:
     """One thread running the Job, TTL-after-finished, CronJob and garbage-collector loops.
 
@@ -370,7 +385,7 @@ class JobController:
             start = _ts(status.get("startTime"))
             deadline = spec.get("activeDeadlineSeconds")
             completions = spec.get("completions")
-            if failed > int(spec.get("backoffLimit", 6)):
+            if failed > int(spec.get("backoffLimit", 6)) or _past_backoff_limit_on_failure(spec, pods):
                 target = _condition("FailureTarget", "BackoffLimitExceeded", "Job has reached the specified backoff "
                                     "limit")
             elif deadline is not None and start is not None and now >= start + timedelta(seconds=int(deadline)):

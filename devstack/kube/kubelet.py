@@ -5,6 +5,15 @@ process when bubblewrap is missing) with the pod's volumes bind-mounted and its 
 stdout+stderr are captured line by line with RFC 3339 nano timestamps into the pod log, exit codes
 into ``containerStatuses[].state.terminated``. Deletion is SIGTERM, then SIGKILL after the grace period.
 
+Containers restart in place as restartPolicy says (kuberuntime computePodActions / doBackOff): Always
+restarts every exit, OnFailure a non-zero one, Never none; init containers only when they failed (and
+not under Never, which fails the pod). The first restart is immediate, later ones wait the back-off (10 s
+doubling to 5 min; ``restart_backoff`` shortens it for tests) in ``waiting`` CrashLoopBackOff with the
+kubelet's message, and a BackOff warning event; each instance bumps ``restartCount``, the one it replaces
+becomes ``lastState.terminated``, its log becomes the ``previous`` one, and it gets Pulled / Created /
+Started events and probe workers of its own. The phase stays Running (Pending for init containers) while
+a container will run again, and is Succeeded / Failed once none will.
+
 As strict as a cluster's kubelet where a pod depends on it: the process runs as the securityContext's
 user and groups (runAsNonRoot checked against the image's USER), fsGroup is applied only to volumes that
 support ownership management, an image no mapping matches cannot be "pulled", a missing ConfigMap /
@@ -29,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from .events import record_pod_event
+from .network import LOOPBACK_IP, POD_IP_ENV, PodNetwork
 from .pod_status import set_condition, update_ready
 from .prober import ContainerProber
 from .store import Obj, Store, now_iso
@@ -42,6 +52,9 @@ FS_GROUP_POLICIES = ("ReadWriteOnceWithFSType", "File", "None")
 SETPRIV = shutil.which("setpriv")
 # How often an unpullable image is retried (kubelet backs off 10 s doubling to 5 min; one step is enough here).
 IMAGE_BACKOFF_S = 2.0
+# Container restart back-off: pkg/kubelet/kubelet.go backOffPeriod and MaxContainerBackOff (no jitter).
+RESTART_BACKOFF_S = 10.0
+RESTART_BACKOFF_MAX_S = 300.0
 _VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 # Host entries bound read-only into every sandbox: enough for a dynamically linked runtime.
 SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
@@ -73,6 +86,73 @@ class Runtime:
                    data.get("user"), data.get("group"))
 
 
+@dataclass
+class RestartBackoff:
+    """k8s.io/client-go/util/flowcontrol Backoff for one container, as kuberuntime's doBackOff uses it.
+
+    The first restart is immediate and arms ``base``; an instance that exits while the armed delay has not
+    passed since its finish is held back (CrashLoopBackOff) until it has, and each restart after a hold
+    doubles the delay, up to ``cap``. A container that ran more than twice the cap since the last restart
+    starts over at ``base`` (flowcontrol hasExpired)."""
+
+    base: float
+    cap: float
+    delay: float | None = None
+    last_update: float = 0.0
+
+    def _expired(self, finished: float) -> bool:
+        return self.delay is None or finished - self.last_update > 2 * self.cap
+
+    def hold(self, finished: float) -> float:
+        """Seconds after ``finished`` (monotonic) before the next instance may start; 0: at once."""
+        return 0.0 if self.delay is None or self._expired(finished) else self.delay
+
+    def next(self, finished: float, now: float) -> None:
+        """A restart happens now (flowcontrol Backoff.Next with the finish as the event time)."""
+        self.delay = self.base if self.delay is None or self._expired(finished) else min(self.delay * 2, self.cap)
+        self.last_update = now
+
+
+@dataclass
+class _Instance:
+    """One container of a pod across its restarts: its live process (None between instances) and counts."""
+
+    spec: Obj
+    backoff: RestartBackoff
+    proc: subprocess.Popen[bytes] | None = None
+    reader: threading.Thread | None = None
+    prober: ContainerProber | None = None
+    started: str = ""  # startedAt of the latest instance
+    restarts: int = 0
+    finished_at: float = 0.0  # monotonic finish of the latest instance
+    last_exit: int = 0
+    restart_at: float | None = None  # monotonic time the next instance starts
+    exit_code: int | None = None  # set once the container will not run again
+
+
+def _restarts(policy: str, exit_code: int, *, init: bool) -> bool:
+    """Whether an exited container runs again (kuberuntime computePodActions / computeInitContainerActions):
+    never under Never; a failed one under OnFailure; every exit of a regular container under Always, while
+    init containers, which run to completion once, are restarted only when they failed."""
+    if policy == "Never":
+        return False
+    if policy == "OnFailure" or init:
+        return exit_code != 0
+    return True
+
+
+def go_duration(seconds: float) -> str:
+    """Go's time.Duration String, as kubelet's back-off message prints it: 500ms, 10s, 1m20s, 5m0s."""
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(int(minutes), 60)
+    text = f"{secs:.6f}".rstrip("0").rstrip(".") + "s"
+    if hours:
+        return f"{hours}h{minutes}m{text}"
+    return f"{minutes}m{text}" if minutes else text
+
+
 @dataclass(frozen=True)
 class Identity:
     """Who a container's process is: uid, primary gid, supplementary groups (fsGroup + supplementalGroups)."""
@@ -87,8 +167,11 @@ class Kubelet:
     """A runner thread per scheduled pod, and the live processes of each, for deletion and shutdown."""
 
     def __init__(self, store: Store, *, runtimes: list[Runtime], state_dir: Path,
-                 use_bwrap: bool | None = None) -> None:
+                 use_bwrap: bool | None = None,
+                 restart_backoff: tuple[float, float] = (RESTART_BACKOFF_S, RESTART_BACKOFF_MAX_S),
+                 network: PodNetwork | None = None) -> None:
         self.store = store
+        self.restart_backoff = restart_backoff  # (base, cap) seconds; the emulator's settings may shorten it
         self.runtimes = runtimes
         self.state_dir = state_dir
         self.bwrap = shutil.which("bwrap") if use_bwrap in (None, True) else None
@@ -100,6 +183,8 @@ class Kubelet:
         self._pulled: set[str] = set()  # "<pod uid>/<container>" whose image was looked up once
         self._mount_failures: set[tuple[str, str]] = set()  # FailedMount events already written
         self._stop = threading.Event()  # ends the probe workers at shutdown
+        # Pod IPs (network.py): the scheduler assigns one at bind, the runner releases it when the pod ends.
+        self.network = network or PodNetwork(pod_ips=False)
 
     def shutdown(self) -> None:
         self._stop.set()
@@ -126,8 +211,9 @@ class Kubelet:
     def pod_dir(self, uid: str) -> Path:
         return self.state_dir / "pods" / uid
 
-    def log_path(self, uid: str, container: str) -> Path:
-        return self.pod_dir(uid) / "logs" / f"{container}.log"
+    def log_path(self, uid: str, container: str, previous: bool = False) -> Path:
+        """The log of a container's latest instance, or (``previous``) of the instance before it."""
+        return self.pod_dir(uid) / "logs" / f"{container}{'.previous' if previous else ''}.log"
 
     def _run_pod(self, pod: Obj) -> None:
         ns, name, uid = pod["metadata"]["namespace"], pod["metadata"]["name"], pod["metadata"]["uid"]
@@ -144,6 +230,7 @@ class Kubelet:
         finally:
             with self._lock:
                 self._procs.pop(uid, None)
+            self.network.release(uid)  # the sandbox is gone: its IP goes back to the pool
             self._finish_deletion(ns, name, uid)
 
     def _current(self, pod: Obj) -> Obj | None:
@@ -161,29 +248,34 @@ class Kubelet:
         if volumes is None:
             return
         # Environment problems (missing Secret or key) keep the pod Pending and are retried, as kubelet does.
-        containers = [("initContainerStatuses", c) for c in spec.get("initContainers") or []] + \
-                     [("containerStatuses", c) for c in spec["containers"]]
         launch: dict[str, tuple[list[str], dict[str, str], Runtime, Identity]] = {}
         self._warn_pull_secrets(pod)
-        for status_key, c in containers:
-            while True:
-                if self._deleting(pod):
-                    return
-                problem, reason = None, ""
-                try:
-                    launch[c["name"]] = self._prepare_container(pod, c, volumes, status_key)
-                except ImagePullError:
-                    time.sleep(IMAGE_BACKOFF_S)  # Pending in ImagePullBackOff; retried until deleted
-                    continue
-                except ContainerConfigError as exc:
-                    problem, reason = exc.message, exc.reason
-                if problem is None:
-                    break
-                self._set_waiting(pod, status_key, c["name"], reason, problem)
-                if reason == "CreateContainerError":
-                    return  # permanent here: no command, an unsupported volume, mounts impossible without bwrap
-                time.sleep(1.0)
 
+        def prepare(status_key: str, batch: list[Obj]) -> bool:
+            for c in batch:
+                while True:
+                    if self._deleting(pod):
+                        return False
+                    problem, reason = None, ""
+                    try:
+                        launch[c["name"]] = self._prepare_container(pod, c, volumes, status_key)
+                    except ImagePullError:
+                        time.sleep(IMAGE_BACKOFF_S)  # Pending in ImagePullBackOff; retried until deleted
+                        continue
+                    except ContainerConfigError as exc:
+                        problem, reason = exc.message, exc.reason
+                    if problem is None:
+                        break
+                    self._set_waiting(pod, status_key, c["name"], reason, problem)
+                    if reason == "CreateContainerError":
+                        return False  # permanent here: no command, an unsupported volume, no bwrap for mounts
+                    time.sleep(1.0)
+            return True
+
+        # The app containers are created (their subPath folders made) only once the init containers are
+        # done, as kubelet's makeMounts runs at each container's start: an init container may create them.
+        if not prepare("initContainerStatuses", spec.get("initContainers") or []):
+            return
         deadline = spec.get("activeDeadlineSeconds")
         deadline_at = time.monotonic() + deadline if deadline else None
         for c in spec.get("initContainers") or []:
@@ -195,6 +287,8 @@ class Kubelet:
                 return
         if spec.get("initContainers"):
             self.store.mutate("pods", ns, name, lambda p: set_condition(p, "Initialized", "True"))
+        if not prepare("containerStatuses", spec["containers"]):
+            return
         codes = self._run_containers(pod, spec["containers"], launch, volumes, "containerStatuses", deadline_at)
         if codes is None:
             return
@@ -471,98 +565,177 @@ class Kubelet:
 
     def _run_containers(self, pod: Obj, containers: list[Obj], launch: dict[str, Any], volumes: dict[str, Path],
                         status_key: str, deadline_at: float | None) -> dict[str, int] | None:
-        ns, name, uid = pod["metadata"]["namespace"], pod["metadata"]["name"], pod["metadata"]["uid"]
-        procs: dict[str, subprocess.Popen[bytes]] = {}
-        readers: dict[str, threading.Thread] = {}
-        started: dict[str, str] = {}
-        for c in containers:
+        """Run ``containers`` together until none will run again, restarting them as the pod's restartPolicy
+        says (pkg/kubelet/kuberuntime computePodActions / doBackOff); their final exit codes, or None when
+        the pod was deleted or ran past activeDeadlineSeconds."""
+        uid = pod["metadata"]["uid"]
+        policy = pod["spec"].get("restartPolicy") or "Always"
+        base, cap = self.restart_backoff
+        insts = {c["name"]: _Instance(c, RestartBackoff(base, cap)) for c in containers}
+        for inst in insts.values():
             if self._deleting(pod):
                 self._kill_pod(uid)
                 return None
-            cmd, env, runtime, identity = launch[c["name"]]
-            full_env = {"PATH": ":".join([*runtime.path, "/usr/local/bin:/usr/bin:/bin"]),
-                        "HOSTNAME": name, **runtime.env, **env}
-            log = self.log_path(uid, c["name"])
-            log.parent.mkdir(parents=True, exist_ok=True)
-            log.touch()
-            try:
-                proc = subprocess.Popen(
-                    self._sandbox_argv(pod, c, _as_identity(identity, cmd), runtime, volumes), env=full_env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                    cwd=None if self.bwrap else (c.get("workingDir") or None),
-                )
-            except OSError as exc:
-                self._set_waiting(pod, status_key, c["name"], "StartError", str(exc))
-                self._complete(pod, "Failed")
+            if not self._spawn(pod, inst, launch[inst.spec["name"]], volumes, status_key):
                 return None
-            with self._lock:
-                self._procs.setdefault(uid, []).append(proc)
-            procs[c["name"]] = proc
-            started[c["name"]] = now_iso()
-            t = threading.Thread(target=_pump, args=(proc, log, self.store), daemon=True)
-            t.start()
-            readers[c["name"]] = t
-            record_pod_event(self.store, pod, "Normal", "Started", f"Started container {c['name']}",
-                             field_path=f"spec.containers{{{c['name']}}}")
-
-        by_name = {c["name"]: c for c in containers}
-
-        def running(p: Obj) -> None:
-            for st in p["status"].get(status_key) or []:
-                if st["name"] in started:
-                    c = by_name[st["name"]]
-                    st["state"] = {"running": {"startedAt": started[st["name"]]}}
-                    # pkg/kubelet/prober/prober_manager.go UpdatePodStatus: started once the startup probe
-                    # passes, ready once the readiness probe does (without probes: at once).
-                    st["started"] = not c.get("startupProbe")
-                    st["ready"] = status_key == "containerStatuses" and not c.get("startupProbe") and \
-                        not c.get("readinessProbe")
-            if status_key == "containerStatuses":
-                p["status"]["phase"] = "Running"
-                update_ready(p)
-        self.store.mutate("pods", ns, name, running)
-        probers: dict[str, ContainerProber] = {}
-        if status_key == "containerStatuses":
-            for c in containers:
-                if ContainerProber.wanted(c):
-                    probers[c["name"]] = ContainerProber(
-                        self.store, pod, c, self._exec_runner(pod, c, launch[c["name"]], volumes),
-                        self._killer(pod, procs[c["name"]]), self._stop)
-                    probers[c["name"]].start()
-
-        codes: dict[str, int] = {}
+        self._mark_running(pod, list(insts.values()), launch, volumes, status_key)
         timed_out = False
-        while len(codes) < len(procs):
-            for cname, proc in procs.items():
-                if cname not in codes and proc.poll() is not None:
-                    codes[cname] = proc.returncode
-                    if cname in probers:
-                        probers.pop(cname).stop()
-                    # As a kubelet does: the log is complete before the status says terminated, and the
-                    # last container's termination and the pod's phase land in one update, so a client
-                    # that saw "terminated" never reads a Running phase or a short log.
-                    readers[cname].join(timeout=5)
-                    last = len(codes) == len(procs) and status_key == "containerStatuses"
-                    phase = ("Succeeded" if all(v == 0 for v in codes.values()) else "Failed") if last else None
-                    self._terminated(pod, status_key, cname, proc.returncode, started[cname], phase=phase)
+        while any(i.exit_code is None for i in insts.values()):
+            stopping = timed_out or self._stop.is_set() or self._deleting(pod)
+            for inst in insts.values():
+                if inst.proc is not None and inst.proc.poll() is not None:
+                    self._exited(pod, inst, insts, status_key, policy, restart_allowed=not stopping)
+                elif inst.proc is None and inst.exit_code is None and inst.restart_at is not None:
+                    if stopping:  # held back in CrashLoopBackOff: nothing to stop, it just will not start
+                        inst.exit_code = inst.last_exit
+                    elif time.monotonic() >= inst.restart_at:
+                        inst.backoff.next(inst.finished_at, time.monotonic())
+                        if not self._spawn(pod, inst, launch[inst.spec["name"]], volumes, status_key):
+                            return None
+                        self._mark_running(pod, [inst], launch, volumes, status_key)
             if self._deleting(pod):
                 self._kill_pod(uid)
             if deadline_at is not None and time.monotonic() > deadline_at and not timed_out:
                 timed_out = True
                 self._kill_pod(uid, grace=0)
             time.sleep(0.05)
-        for prober in probers.values():
-            prober.stop()
-        for t in readers.values():
-            t.join(timeout=5)
         if timed_out:
             self._complete(pod, "Failed", reason="DeadlineExceeded",
                            message="Pod was active on the node longer than the specified deadline")
             return None
         if self._deleting(pod):
             return None
-        return codes
+        return {name: int(inst.exit_code or 0) for name, inst in insts.items()}
+
+    def _spawn(self, pod: Obj, inst: _Instance, launch: tuple[list[str], dict[str, str], Runtime, Identity],
+               volumes: dict[str, Path], status_key: str) -> bool:
+        """Start a new instance of a container, with the events kubelet's startContainer records; False (and
+        the pod Failed) when the process cannot start at all."""
+        uid, c = pod["metadata"]["uid"], inst.spec
+        cmd, env, runtime, identity = launch
+        full_env = {"PATH": ":".join([*runtime.path, "/usr/local/bin:/usr/bin:/bin"]),
+                    "HOSTNAME": pod["metadata"]["name"], **runtime.env, **env}
+        # Emulator-only: the pod's IP, for image mappings that must bind it where a container would bind
+        # 0.0.0.0 in its own network namespace (devstack/triton.py's tritonserver entrypoint).
+        full_env[POD_IP_ENV] = (pod.get("status") or {}).get("podIP") or LOOPBACK_IP
+        fp = _field_path(status_key, c["name"])
+        log = self.log_path(uid, c["name"])
+        log.parent.mkdir(parents=True, exist_ok=True)
+        restart = inst.proc is None and bool(inst.started)
+        if restart:
+            # Each instance has a log of its own; the one before is what `kubectl logs --previous` reads.
+            with contextlib.suppress(FileNotFoundError):
+                log.replace(self.log_path(uid, c["name"], previous=True))
+            # EnsureImageExists runs before every start (pkg/kubelet/images/image_manager.go).
+            record_pod_event(self.store, pod, "Normal", "Pulled",
+                             f'Container image "{c.get("image", "")}" already present on machine', field_path=fp)
+        log.touch()
+        try:
+            proc = subprocess.Popen(
+                self._sandbox_argv(pod, c, _as_identity(identity, cmd), runtime, volumes), env=full_env,
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=None if self.bwrap else (c.get("workingDir") or None),
+            )
+        except OSError as exc:
+            self._set_waiting(pod, status_key, c["name"], "StartError", str(exc))
+            self._complete(pod, "Failed")
+            return False
+        with self._lock:
+            self._procs.setdefault(uid, []).append(proc)
+        if self._stop.is_set():  # the emulator is stopping: _kill_all may have listed the processes before this one
+            _kill_group(proc, signal.SIGKILL)
+        inst.proc, inst.started, inst.restart_at = proc, now_iso(), None
+        inst.restarts += int(restart)
+        inst.reader = threading.Thread(target=_pump, args=(proc, log, self.store), daemon=True)
+        inst.reader.start()
+        # pkg/kubelet/kuberuntime/kuberuntime_container.go startContainer: Created, then Started.
+        record_pod_event(self.store, pod, "Normal", "Created", f"Created container {c['name']}", field_path=fp)
+        record_pod_event(self.store, pod, "Normal", "Started", f"Started container {c['name']}", field_path=fp)
+        return True
+
+    def _mark_running(self, pod: Obj, started: list[_Instance], launch: dict[str, Any], volumes: dict[str, Path],
+                      status_key: str) -> None:
+        """Report freshly started instances as running (the one they replace becomes lastState) and start their
+        probe workers."""
+        by_name = {i.spec["name"]: i for i in started}
+
+        def running(p: Obj) -> None:
+            for st in p["status"].get(status_key) or []:
+                inst = by_name.get(st["name"])
+                if inst is None:
+                    continue
+                c = inst.spec
+                if "terminated" in (st.get("state") or {}):  # restarted at once, without a back-off wait
+                    st["lastState"] = {"terminated": st["state"]["terminated"]}
+                st["state"] = {"running": {"startedAt": inst.started}}
+                st["restartCount"] = inst.restarts
+                # pkg/kubelet/prober/prober_manager.go UpdatePodStatus: started once the startup probe
+                # passes, ready once the readiness probe does (without probes: at once).
+                st["started"] = not c.get("startupProbe")
+                st["ready"] = status_key == "containerStatuses" and not c.get("startupProbe") and \
+                    not c.get("readinessProbe")
+            if status_key == "containerStatuses":
+                p["status"]["phase"] = "Running"
+                update_ready(p)
+        self.store.mutate("pods", pod["metadata"]["namespace"], pod["metadata"]["name"], running)
+        if status_key != "containerStatuses":
+            return
+        for inst in started:
+            if ContainerProber.wanted(inst.spec) and inst.proc is not None:
+                inst.prober = ContainerProber(self.store, pod, inst.spec,
+                                              self._exec_runner(pod, inst.spec, launch[inst.spec["name"]], volumes),
+                                              self._killer(pod, inst.proc), self._stop)
+                inst.prober.start()
+
+    def _exited(self, pod: Obj, inst: _Instance, insts: dict[str, _Instance], status_key: str, policy: str, *,
+                restart_allowed: bool) -> None:
+        """An instance ended: report it, and either hold the container for good or schedule its restart, at
+        once or after the back-off (CrashLoopBackOff) as kubelet's doBackOff decides."""
+        proc, cname = inst.proc, inst.spec["name"]
+        assert proc is not None
+        if inst.prober is not None:
+            inst.prober.stop()
+            inst.prober = None
+        if self.bwrap and proc.returncode < 0:
+            # bwrap killed by a signal can leave its pid-namespace init behind (seen here once, after a liveness
+            # kill): that is still in the group, so the group id cannot have been reused; end it for good.
+            _kill_group(proc, signal.SIGKILL)
+        # As a kubelet does: the log is complete before the status says terminated.
+        if inst.reader is not None:
+            inst.reader.join(timeout=5)
+        with self._lock:
+            live = self._procs.get(pod["metadata"]["uid"], [])
+            if proc in live:
+                live.remove(proc)  # later kills of the pod must not signal a reaped (reusable) pid
+        inst.proc = None
+        inst.finished_at = time.monotonic()
+        # A signal death shows as 128+N, as container runtimes report it.
+        inst.last_exit = 128 - proc.returncode if proc.returncode < 0 else proc.returncode
+        term = {"exitCode": inst.last_exit, "reason": "Completed" if inst.last_exit == 0 else "Error",
+                "startedAt": inst.started, "finishedAt": now_iso(),
+                "containerID": f"bwrap://{pod['metadata']['uid']}/{cname}/{inst.restarts}"}
+        waiting: Obj | None = None
+        if restart_allowed and _restarts(policy, inst.last_exit, init=status_key == "initContainerStatuses"):
+            hold = inst.backoff.hold(inst.finished_at)
+            inst.restart_at = inst.finished_at + hold
+            if hold:
+                meta = pod["metadata"]
+                waiting = {"reason": "CrashLoopBackOff",
+                           "message": f"back-off {go_duration(hold)} restarting failed container={cname} "
+                                      f"pod={meta['name']}_{meta['namespace']}({meta['uid']})"}
+        else:
+            inst.exit_code = inst.last_exit
+        # The last container's termination and the pod's phase land in one update, so a client that saw
+        # "terminated" never reads a Running phase.
+        last = status_key == "containerStatuses" and all(i.exit_code is not None for i in insts.values())
+        phase = ("Succeeded" if all(i.exit_code == 0 for i in insts.values()) else "Failed") if last else None
+        self._terminated(pod, status_key, cname, term, waiting, phase)
+        if waiting is not None:
+            meta = pod["metadata"]
+            record_pod_event(self.store, pod, "Warning", "BackOff",
+                             f"Back-off restarting failed container {cname} in pod "
+                             f"{meta['name']}_{meta['namespace']}({meta['uid']})",
+                             field_path=_field_path(status_key, cname))
 
     def _exec_runner(self, pod: Obj, c: Obj, launch: tuple[list[str], dict[str, str], Runtime, Identity],
                      volumes: dict[str, Path]) -> Any:
@@ -594,24 +767,26 @@ class Kubelet:
                 _kill_group(proc, signal.SIGKILL)
         return kill
 
-    def _terminated(self, pod: Obj, key: str, cname: str, code: int, started: str,
-                    phase: str | None = None) -> None:
-        # A signal death shows as 128+N, as container runtimes report it.
-        exit_code = 128 - code if code < 0 else code
-
+    def _terminated(self, pod: Obj, key: str, cname: str, term: Obj, waiting: Obj | None,
+                    phase: str | None) -> None:
+        """A container instance ended: its state is ``term``, or, held back before a restart, ``waiting``
+        (CrashLoopBackOff) with ``term`` as lastState."""
         def upd(p: Obj) -> None:
             for st in p["status"].get(key) or []:
                 if st["name"] == cname:
                     st["ready"] = False
-                    st["state"] = {"terminated": {
-                        "exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
-                        "startedAt": started, "finishedAt": now_iso(),
-                        "containerID": f"bwrap://{p['metadata']['uid']}/{cname}"}}
-            if key == "containerStatuses":
-                set_condition(p, "ContainersReady", "False", "ContainersNotReady")
-                set_condition(p, "Ready", "False", "ContainersNotReady")
+                    st["started"] = False
+                    if waiting is not None:
+                        st["lastState"] = {"terminated": term}
+                        st["state"] = {"waiting": waiting}
+                    else:
+                        st["state"] = {"terminated": term}
             if phase is not None:
                 p["status"]["phase"] = phase
+                set_condition(p, "ContainersReady", "False", "ContainersNotReady")
+                set_condition(p, "Ready", "False", "ContainersNotReady")
+            elif key == "containerStatuses":
+                update_ready(p)
         self.store.mutate("pods", pod["metadata"]["namespace"], pod["metadata"]["name"], upd)
 
     def delete_pod(self, pod: Obj, grace: int) -> None:
@@ -786,7 +961,7 @@ def _field_ref(pod: Obj, path: str) -> str:
     simple = {"metadata.name": pod["metadata"]["name"], "metadata.namespace": pod["metadata"]["namespace"],
               "metadata.uid": pod["metadata"]["uid"], "spec.nodeName": pod["spec"].get("nodeName", ""),
               "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default"),
-              "status.podIP": "127.0.0.1", "status.hostIP": "127.0.0.1"}
+              "status.podIP": (pod.get("status") or {}).get("podIP") or LOOPBACK_IP, "status.hostIP": LOOPBACK_IP}
     if path not in simple:
         raise ContainerConfigError("CreateContainerConfigError", f"fieldRef {path} not supported by the emulator")
     return simple[path]

@@ -4,8 +4,10 @@ One worker thread per probe of a container, as pkg/kubelet/prober/worker.go runs
 initialDelaySeconds, then probe every periodSeconds with timeoutSeconds; a result only counts after
 successThreshold successes / failureThreshold failures in a row. Startup gates the other two until it
 succeeds. Readiness sets containerStatuses[].ready (and the pod's ContainersReady / Ready through
-``pod_status.update_ready``); a liveness or startup failure kills the container (restarts are not
-emulated: it stays terminated). Workers stop when the container exits, the pod goes, or the kubelet stops.
+``pod_status.update_ready``); a liveness or startup failure kills the container, which the kubelet then
+restarts unless the pod's restartPolicy is Never (``kubelet``: restartCount, lastState, back-off). Workers
+belong to one container instance: they stop when it exits (a restarted instance gets new ones, as upstream
+workers reset on a new container ID), the pod goes, or the kubelet stops.
 """
 
 from __future__ import annotations
@@ -151,11 +153,13 @@ class ContainerProber:
 
     def _probe(self, spec: Obj) -> tuple[bool, str]:
         timeout = float(spec.get("timeoutSeconds") or 1)
+        # The host defaults to the pod's IP (network.py gives each pod its own), as the kubelet's does.
+        host = {"host": (self.pod.get("status") or {}).get("podIP") or POD_IP}
         try:
             if "httpGet" in spec:
-                return http_probe(self.c, spec["httpGet"], timeout)
+                return http_probe(self.c, {**host, **spec["httpGet"]}, timeout)
             if "tcpSocket" in spec:
-                return tcp_probe(self.c, spec["tcpSocket"], timeout)
+                return tcp_probe(self.c, {**host, **spec["tcpSocket"]}, timeout)
             if "exec" in spec:
                 return exec_probe(self.exec_runner, spec["exec"], timeout)
         except (OSError, ValueError) as exc:
@@ -205,9 +209,11 @@ class ContainerProber:
         if ok:
             return False
         # pkg/kubelet/kuberuntime/kuberuntime_manager.go computePodActions: a failed liveness / startup
-        # probe kills the container to restart it; the emulator does not restart, it stays terminated.
-        record_pod_event(self.store, self.pod, "Normal", "Killing",
-                         f"Container {self.c['name']} failed {NAMES[kind].lower()} probe, will be restarted",
+        # probe kills the container; the message says it will be restarted unless restartPolicy is Never.
+        message = f"Container {self.c['name']} failed {NAMES[kind].lower()} probe"
+        if (self.pod["spec"].get("restartPolicy") or "Always") != "Never":
+            message += ", will be restarted"
+        record_pod_event(self.store, self.pod, "Normal", "Killing", message,
                          field_path=f"spec.containers{{{self.c['name']}}}")
         self.kill()
         return True

@@ -106,7 +106,8 @@ def _affinity_ok(pod: Obj, labels: dict[str, str]) -> bool:
 
 def _waiting_status(c: Obj, reason: str) -> Obj:
     return {"name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": False, "restartCount": 0,
-            "started": False, "state": {"waiting": {"reason": reason}}}
+            "started": False, "state": {"waiting": {"reason": reason}},
+            "lastState": {}}  # always present on a cluster: Go's omitempty does not drop an empty struct
 
 
 class Scheduler:
@@ -154,8 +155,9 @@ class Scheduler:
 
         def bind(p: Obj) -> None:
             p["spec"]["nodeName"] = node.name
-            p["status"].update({"hostIP": "127.0.0.1", "podIP": "127.0.0.1", "startTime": now_iso(),
-                                "podIPs": [{"ip": "127.0.0.1"}], "hostIPs": [{"ip": "127.0.0.1"}]})
+            ip = self.kubelet.network.assign(p["metadata"]["uid"])  # the pod's own loopback IP (network.py)
+            p["status"].update({"hostIP": "127.0.0.1", "podIP": ip, "startTime": now_iso(),
+                                "podIPs": [{"ip": ip}], "hostIPs": [{"ip": "127.0.0.1"}]})
             set_condition(p, "PodScheduled", "True")
             set_condition(p, "Initialized", "False" if p["spec"].get("initContainers") else "True",
                           "ContainersNotInitialized" if p["spec"].get("initContainers") else None)

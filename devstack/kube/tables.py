@@ -4,7 +4,8 @@
 columns and cell values follow upstream kubernetes pkg/printers/internalversion/printers.go (printPod,
 printEvent, printPersistentVolumeClaim, printSecret, printStorageClass, ...); the server fills every
 column, kubectl hides those with priority 1 unless ``-o wide`` (staging/.../apiserver/pkg/registry/rest
-/table.go and the printers' GenerateOptions{Wide: true}).
+/table.go and the printers' GenerateOptions{Wide: true}). A pod's RESTARTS reads "N (AGE ago)" from the
+latest lastState.terminated.finishedAt once a container restarted, as printPod does.
 """
 
 from __future__ import annotations
@@ -76,11 +77,13 @@ def _pod_cells(pod: Obj) -> list[Any]:
     spec, status = pod.get("spec") or {}, pod.get("status") or {}
     reason = status.get("reason") or status.get("phase") or ""
     restarts = 0
+    last_restart = ""  # the latest lastState.terminated.finishedAt: RESTARTS prints "N (AGE ago)" from it
     initializing = False
     init_specs = spec.get("initContainers") or []
     for i, st in enumerate(status.get("initContainerStatuses") or []):
         state = st.get("state") or {}
         restarts += int(st.get("restartCount") or 0)
+        last_restart = max(last_restart, _last_finished(st))
         term, wait = state.get("terminated"), state.get("waiting")
         if term is not None and term.get("exitCode") == 0:
             continue
@@ -97,10 +100,11 @@ def _pod_cells(pod: Obj) -> list[Any]:
     initialized = any(c.get("type") == "Initialized" and c.get("status") == "True"
                       for c in status.get("conditions") or [])
     if not initializing or initialized:
-        restarts, has_running = 0, False
+        restarts, has_running, last_restart = 0, False, ""
         for st in reversed(status.get("containerStatuses") or []):
             state = st.get("state") or {}
             restarts += int(st.get("restartCount") or 0)
+            last_restart = max(last_restart, _last_finished(st))
             term, wait = state.get("terminated"), state.get("waiting")
             if wait is not None and wait.get("reason"):
                 reason = wait["reason"]
@@ -124,10 +128,16 @@ def _pod_cells(pod: Obj) -> list[Any]:
         gate_text = f"{sum(1 for g in gates if g.get('conditionType') in true)}/{len(gates)}"
     else:
         gate_text = "<none>"
-    return [pod["metadata"]["name"], f"{ready}/{len(spec.get('containers') or [])}", reason, str(restarts),
+    restarts_text = f"{restarts} ({since(last_restart)} ago)" if restarts and last_restart else str(restarts)
+    return [pod["metadata"]["name"], f"{ready}/{len(spec.get('containers') or [])}", reason, restarts_text,
             since(pod["metadata"].get("creationTimestamp")),
             (ips[0].get("ip") if ips else "") or "<none>", spec.get("nodeName") or "<none>",
             status.get("nominatedNodeName") or "<none>", gate_text]
+
+
+def _last_finished(st: Obj) -> str:
+    # RFC 3339 UTC stamps of one format compare as text.
+    return str((((st.get("lastState") or {}).get("terminated") or {}).get("finishedAt")) or "")
 
 
 def _event_cells(ev: Obj) -> list[Any]:

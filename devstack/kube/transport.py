@@ -12,6 +12,7 @@ kubelet, scheduler and API together from the config.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import ssl
 import threading
@@ -25,11 +26,14 @@ from urllib.parse import parse_qs, urlsplit
 from . import rbac, storage, tables
 from .api import Api
 from .jobs import JobController
-from .kubelet import HOST_PATH_ANNOTATION, Kubelet, Runtime
+from .kubelet import HOST_PATH_ANNOTATION, RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_S, Kubelet, Runtime
+from .network import PodNetwork
 from .scheduler import Node, Scheduler
 from .selectors import field_matcher, label_matcher
+from .services import ServiceController
 from .store import ApiError, Obj, Store
 from .tables import wants_table
+from .workloads import DeploymentController
 
 MAX_WATCH_SECONDS = 1800
 
@@ -146,6 +150,10 @@ class Handler(BaseHTTPRequestHandler):
                 if method != "POST" or name:
                     raise ApiError(405, "MethodNotAllowed", f"{method} is not supported on {path}")
                 self._send(201, self.auth.review(resource, user, body))
+                return
+            if resource == "deployments" and sub == "scale" and name and method in ("GET", "PUT", "PATCH"):
+                self._send(200, api.scale(ns, name, body if method != "GET" else None,
+                                          self.headers.get("Content-Type", "") if method == "PATCH" else None, q))
                 return
             if sub not in (None, "status"):
                 raise ApiError(404, "NotFound", f"subresource {sub!r} is not emulated")
@@ -283,10 +291,11 @@ class Handler(BaseHTTPRequestHandler):
             cname = pod["spec"]["containers"][0]["name"]
         if cname not in containers:
             raise ApiError(400, "BadRequest", f"container {cname} is not valid for pod {name}")
-        if truthy(q.get("previous")):
-            raise ApiError(400, "BadRequest", f'previous terminated container "{cname}" in pod "{name}" not found')
         uid = pod["metadata"]["uid"]
-        path = api.kubelet.log_path(uid, cname)
+        previous = truthy(q.get("previous"))  # the instance before the latest one (kubelet.py keeps one)
+        path = api.kubelet.log_path(uid, cname, previous=previous)
+        if previous and not path.exists():
+            raise ApiError(400, "BadRequest", f'previous terminated container "{cname}" in pod "{name}" not found')
         if not path.exists():
             state = _container_state(pod, cname)
             reason = (state.get("waiting") or {}).get("reason", "ContainerCreating")
@@ -298,7 +307,7 @@ class Handler(BaseHTTPRequestHandler):
         elif q.get("sinceTime"):
             since = datetime.fromisoformat(q["sinceTime"].replace("Z", "+00:00")).timestamp()
         tail = int(q["tailLines"]) if q.get("tailLines") not in (None, "") else None
-        follow = truthy(q.get("follow"))
+        follow = truthy(q.get("follow")) and not previous
 
         def render(line: bytes) -> bytes | None:
             stamp, _, text = line.partition(b" ")
@@ -311,6 +320,8 @@ class Handler(BaseHTTPRequestHandler):
             if tail is not None:
                 lines = lines[-tail:] if tail > 0 else []
             pos = fh.tell()
+            # A follower reads on in this very file: a restart renames it away (kubelet.log_path previous).
+            held = os.fdopen(os.dup(fh.fileno()), "rb") if follow else None
         if not follow:
             data = b"".join(lines)
             self.send_response(200)
@@ -319,27 +330,29 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(data)
             return
-        self._start_stream("text/plain")
-        try:
-            self._chunk(b"".join(lines))
-            while True:
-                done = _container_done(api, ns, name, uid, cname)
-                with open(path, "rb") as fh:
-                    fh.seek(pos)
+        assert held is not None
+        with held as fh:  # the stream ends with the container instance it follows, as on a cluster
+            self._start_stream("text/plain")
+            restarts = _restart_count(pod, cname)
+            try:
+                self._chunk(b"".join(lines))
+                fh.seek(pos)
+                while True:
+                    done = _container_done(api, ns, name, uid, cname, restarts)
                     chunk = fh.read()
-                # Only whole lines: the pump writes one line per write, a partial read waits for the rest.
-                whole = chunk[: chunk.rfind(b"\n") + 1]
-                pos += len(whole)
-                out = b"".join(r for r in (render(x) for x in whole.splitlines(keepends=True)) if r is not None)
-                self._chunk(out)
-                if done and not whole:
-                    break
-                if not whole:
-                    with api.store.cond:
-                        api.store.cond.wait(0.2)
-            self._end_stream()
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
+                    # Only whole lines: the pump writes one line per write, a partial read waits for the rest.
+                    whole = chunk[: chunk.rfind(b"\n") + 1]
+                    fh.seek(pos := pos + len(whole))
+                    out = b"".join(r for r in (render(x) for x in whole.splitlines(keepends=True)) if r is not None)
+                    self._chunk(out)
+                    if done and not whole:
+                        break
+                    if not whole:
+                        with api.store.cond:
+                            api.store.cond.wait(0.2)
+                self._end_stream()
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
 
 
 def _container_state(pod: Obj, cname: str) -> Obj:
@@ -350,11 +363,22 @@ def _container_state(pod: Obj, cname: str) -> Obj:
     return {}
 
 
-def _container_done(api: Api, ns: str, name: str, uid: str, cname: str) -> bool:
+def _restart_count(pod: Obj, cname: str) -> int:
+    for key in ("initContainerStatuses", "containerStatuses"):
+        for st in pod["status"].get(key) or []:
+            if st["name"] == cname:
+                return int(st.get("restartCount") or 0)
+    return 0
+
+
+def _container_done(api: Api, ns: str, name: str, uid: str, cname: str, restarts: int) -> bool:
+    """Whether the container instance a log follower started on (its restartCount then) has ended."""
     pod = api.store.find("pods", ns, name)
     if pod is None or pod["metadata"]["uid"] != uid:
         return True
-    return "terminated" in _container_state(pod, cname) or pod["status"].get("phase") in ("Succeeded", "Failed")
+    state = _container_state(pod, cname)
+    return "terminated" in state or (state.get("waiting") or {}).get("reason") == "CrashLoopBackOff" or \
+        _restart_count(pod, cname) != restarts or pod["status"].get("phase") in ("Succeeded", "Failed")
 
 
 def _stamp_seconds(stamp: bytes) -> float:
@@ -370,7 +394,10 @@ def serve(config: Obj, *, ready_file: Path | None = None) -> None:
     nodes = [Node(n["name"], dict(n.get("labels", {})), dict(n.get("capacity", {})), list(n.get("taints", [])))
              for n in config["nodes"]]
     runtimes = [Runtime.from_dict(r) for r in config["images"]]
-    kubelet = Kubelet(store, runtimes=runtimes, state_dir=state_dir, use_bwrap=config.get("bwrap"))
+    base, cap = config.get("restart_backoff") or (RESTART_BACKOFF_S, RESTART_BACKOFF_MAX_S)
+    kubelet = Kubelet(store, runtimes=runtimes, state_dir=state_dir, use_bwrap=config.get("bwrap"),
+                      restart_backoff=(float(base), float(cap)),
+                      network=PodNetwork(pod_ips=bool(config.get("pod_network"))))
     scheduler = Scheduler(store, kubelet, nodes=nodes)
     api = Api(store, kubelet, dict(config.get("pvcs", {})))
     for node in nodes:
@@ -413,6 +440,9 @@ def serve(config: Obj, *, ready_file: Path | None = None) -> None:
     clock = config.get("cron_clock_file")  # tests step the CronJob controller's "now" through this file
     job_controller = JobController(api, clock_file=Path(clock) if clock else None)
     job_controller.start()
+    deployment_controller, service_controller = DeploymentController(api), ServiceController(api, kubelet.network)
+    deployment_controller.start()
+    service_controller.start()
     stopping = threading.Event()
 
     def stop(*_: object) -> None:
@@ -431,6 +461,8 @@ def serve(config: Obj, *, ready_file: Path | None = None) -> None:
     finally:
         scheduler.stop()
         job_controller.stop()
+        deployment_controller.stop()
+        service_controller.stop()
         kubelet.shutdown()
         httpd.server_close()
         if https is not None:
