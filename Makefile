@@ -44,7 +44,16 @@ $(TRITON_STAMP): devstack/triton.py | $(STAMP)
 
 triton-server: $(TRITON_STAMP)
 
-venv: $(STAMP) system-deps triton-server
+# The Kubeflow Pipelines SDK lives in its own venv: kfp 2.17 needs kubernetes<31, .venv pins kubernetes 36.
+# PYTHONPATH= : pip must not see this checkout's package (exported above), whose dependencies are .venv's.
+KFP_VENV := .venv-kfp
+$(KFP_VENV)/.installed: requirements-kfp.txt
+	@test -x $(KFP_VENV)/bin/python || $(PY) -m venv $(KFP_VENV)
+	$(KFP_VENV)/bin/pip install -q --upgrade pip
+	PYTHONPATH= $(KFP_VENV)/bin/pip install -q -r requirements-kfp.txt
+	@touch $@
+
+venv: $(STAMP) system-deps triton-server $(KFP_VENV)/.installed
 
 lint: venv
 	$(BIN)/ruff check --no-cache .
@@ -86,3 +95,14 @@ clean: down
 .PHONY: manifests
 manifests: venv
 	$(BIN)/python -m triton_rollout render-manifests --out k8s/
+
+# Re-compile the committed Kubeflow pipeline (tests fail when it drifts from the code); for your own model:
+# make kfp-pipeline KFP_CONFIG=dags/models.yaml KFP_MODEL=NAME KFP_OUT=FILE KFP_FLAGS= (FLAGS: --no-env ignores $VARs).
+KFP_CONFIG ?= kubeflow/example-models.yaml
+KFP_MODEL ?= llama3-8b
+KFP_OUT ?= kubeflow/triton_rollout_pipeline.yaml
+KFP_FLAGS ?= --no-env
+.PHONY: kfp-pipeline
+kfp-pipeline: venv
+	set -o pipefail; $(BIN)/python -m triton_rollout.kube.kfp_steps --config $(KFP_CONFIG) --model $(KFP_MODEL) $(KFP_FLAGS) \
+	  | $(KFP_VENV)/bin/python -m kubeflow.pipeline --steps - --out $(KFP_OUT)

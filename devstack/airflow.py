@@ -232,6 +232,12 @@ class AirflowClient:
             text = resp.read()
             return json.loads(text) if text else None
 
+    def get_text(self, path: str) -> str:
+        """A page outside /api/v2 (e.g. a plugin's), as the UI fetches it with the same Bearer token."""
+        req = urllib.request.Request(f"{self.url}{path}", headers={"Authorization": f"Bearer {self._token}"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return str(resp.read().decode(errors="replace"))
+
     def wait_for_dag(self, dag_id: str, timeout: float = 120.0) -> None:
         """Until the dag-processor has parsed ``dag_id`` (a fresh install parses after start)."""
         deadline = time.monotonic() + timeout

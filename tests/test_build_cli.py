@@ -19,6 +19,7 @@ from triton_rollout.release.sync import sync_release
 
 from devstack import demo_models
 from tests.helpers import cli_env, make_release_dir, result_json, run_cli
+from tests.test_build_templates import write_image_models
 
 # -- a fake TensorRT-LLM toolchain ----------------------------------------------------------------------
 # MOCK: no GPU and no TensorRT-LLM here. These stand-ins have the real tools' names and command-line
@@ -60,9 +61,9 @@ print("Total time of building all engines: 00:00:01")
 def fake_toolchain(tmp_path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     root = tmp_path / "fake-image"
     bin_dir, site, examples, models = root / "bin", root / "site", root / "examples", root / "all_models"
-    for d in (bin_dir, site / "tensorrt_llm", examples / "llama", models / "preprocessing" / "1",
-              models / "postprocessing" / "1"):
+    for d in (bin_dir, site / "tensorrt_llm", examples / "llama"):
         d.mkdir(parents=True)
+    write_image_models(models)  # the image's tensorrtllm_backend templates and model.py files
     # The real package prints a banner on import; the probe must take the last line.
     (site / "tensorrt_llm" / "__init__.py").write_text(
         'print("[TensorRT-LLM] TensorRT-LLM version: 0.14.0")\n__version__ = "0.14.0"\n')
@@ -72,8 +73,6 @@ def fake_toolchain(tmp_path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     for path, text in scripts.items():
         path.write_text(text)
         path.chmod(0o755)
-    for m in ("preprocessing", "postprocessing"):
-        (models / m / "1" / "model.py").write_text(f"# {m} model.py of the (fake) serving image\n")
     spec = {"family": "llama", "dtype": "float16", "tp_size": 2, "max_batch_size": 8, "max_input_len": 128,
             "max_output_len": 64, "python": sys.executable, "examples_dir": str(examples),
             "backend_models_dir": str(models)}
@@ -101,11 +100,14 @@ def test_dry_run_prints_the_plan_and_touches_nothing(tmp_path: Path) -> None:
     proc = run_cli("build", "--spec-json", json.dumps(spec), "--checkpoint", "s3://models/ckpt/llama/3",
                    "--output", "s3://models/ckpt/engines/llama/3", "--workdir", str(workdir), "--dry-run", env=env)
     assert proc.returncode == 0, proc.stderr
-    assert (f"run [convert]: python3 /app/tensorrt_llm/examples/llama/convert_checkpoint.py --model_dir "
+    assert (f"run [convert]: python3 /app/examples/llama/convert_checkpoint.py --model_dir "
             f"{workdir}/checkpoint --output_dir {workdir}/trtllm_checkpoint --dtype float16 --tp_size 2 "
             "--pp_size 1") in proc.stdout
     assert f"run [trtllm-build]: trtllm-build --checkpoint_dir {workdir}/trtllm_checkpoint" in proc.stdout
-    assert 'parameters { key: "gpt_model_path" value: { string_value: "/models/tensorrt_llm/3" } }' in proc.stdout
+    # Off the build image the plan names what the pod fills into the image's templates.
+    assert "probe: examples: the first of /app/examples, /app/tensorrt_llm/examples holding" in proc.stdout
+    assert ("config.pbtxt: the image's <models>/tensorrt_llm/config.pbtxt (not on this machine) filled with "
+            in proc.stdout) and "engine_dir='/models/tensorrt_llm/3'" in proc.stdout
     assert not workdir.exists()
     bad = run_cli("build", "--spec-json", json.dumps(spec), "--checkpoint", "s3://models/ckpt/llama/3",
                   "--output", "s3://models/ckpt/engines/llama/4", "--dry-run", env=env)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 from triton_rollout.build.builders import BUILDERS_ENV, BuildPaths
-from triton_rollout.build.spec import TRITON_MODELS, BuildSpec, fill_template
+from triton_rollout.build.spec import TRITON_MODELS, BuildSpec
+from triton_rollout.build.templates import fill_template
 from triton_rollout.config import ModelDeployment
 from triton_rollout.errors import BuildError, ConfigError, IncompatibleEngine
 from triton_rollout.kube.specs import build_pod, to_dict
@@ -17,6 +18,8 @@ from triton_rollout.release.s3 import ReleaseUri
 from triton_rollout.steps import BuildRequest
 from triton_rollout.triton.config import dependencies, parse_config, unfilled_placeholders
 
+from tests.test_build_templates import write_image_models
+
 PATHS = BuildPaths(Path("/scratch/llama"))
 LLAMA_7B_TP2 = {
     "family": "llama", "dtype": "float16", "quantization": "int8_weight_only", "tp_size": 2,
@@ -24,11 +27,13 @@ LLAMA_7B_TP2 = {
 }
 
 
+# Off the build image the examples probe finds neither known location and the commands name the first,
+# /app/examples (tensorrtllm_backend v0.17.0's image layout); tests/test_build_templates.py covers the probe.
 def test_llama_7b_tp2_int8_weight_only_commands_are_exact() -> None:
     spec = BuildSpec.from_dict(LLAMA_7B_TP2)
     convert, build = spec.commands(PATHS)
     assert convert.shell() == (
-        "python3 /app/tensorrt_llm/examples/llama/convert_checkpoint.py --model_dir /scratch/llama/checkpoint "
+        "python3 /app/examples/llama/convert_checkpoint.py --model_dir /scratch/llama/checkpoint "
         "--output_dir /scratch/llama/trtllm_checkpoint --dtype float16 --tp_size 2 --pp_size 1 "
         "--use_weight_only --weight_only_precision int8"
     )
@@ -47,7 +52,7 @@ def test_fp8_goes_through_quantize_py_and_int8_kv_through_convert() -> None:
                                "gemm_plugin": "disable", "workers": 4})
     convert, build = fp8.commands(PATHS)
     assert convert.shell() == (
-        "python3 /app/tensorrt_llm/examples/quantization/quantize.py --model_dir /scratch/llama/checkpoint "
+        "python3 /app/examples/quantization/quantize.py --model_dir /scratch/llama/checkpoint "
         "--output_dir /scratch/llama/trtllm_checkpoint --dtype bfloat16 --tp_size 4 --pp_size 2 --qformat fp8 "
         "--calib_size 512 --calib_dataset /data/calib --kv_cache_dtype fp8"
     )
@@ -57,15 +62,18 @@ def test_fp8_goes_through_quantize_py_and_int8_kv_through_convert() -> None:
     assert build.argv[-2:] == ("--workers", "4") and fp8.gpus == 8
     qwen = BuildSpec.from_dict({"family": "qwen", "kv_cache_dtype": "int8"})
     assert qwen.commands(PATHS)[0].shell() == (
-        "python3 /app/tensorrt_llm/examples/qwen/convert_checkpoint.py --model_dir /scratch/llama/checkpoint "
+        "python3 /app/examples/qwen/convert_checkpoint.py --model_dir /scratch/llama/checkpoint "
         "--output_dir /scratch/llama/trtllm_checkpoint --dtype float16 --tp_size 1 --pp_size 1 --int8_kv_cache"
     )
 
 
-def test_rendered_ensemble_configs_are_complete_and_parse() -> None:
+def test_rendered_ensemble_configs_are_complete_and_parse(tmp_path: Path) -> None:
+    # The image's templates (a stand-in written from tests/data/tensorrtllm_backend_facts.json).
+    models = write_image_models(tmp_path / "all_models" / "inflight_batcher_llm")
     spec = BuildSpec.from_dict({**LLAMA_7B_TP2, "kv_cache_free_gpu_mem_fraction": 0.85,
-                                "preprocessing_instance_count": 4, "triton_repository": "/models"})
-    configs = spec.render_configs(7)
+                                "preprocessing_instance_count": 4, "triton_repository": "/models",
+                                "backend_models_dir": str(models)})
+    configs = spec.render_configs(7, spec.builder.model_files(spec, PATHS))
     assert sorted(configs) == sorted(TRITON_MODELS)
     parsed = {}
     for name, text in configs.items():
@@ -77,6 +85,8 @@ def test_rendered_ensemble_configs_are_complete_and_parse() -> None:
     trt = parsed["tensorrt_llm"]
     assert trt.backend == "tensorrtllm" and trt.model_transaction_policy.decoupled is False
     assert {k: v.string_value for k, v in trt.parameters.items()} == {
+        "FORCE_CPU_ONLY_INPUT_TENSORS": "no",  # the image's own values stay
+        "executor_worker_path": "/opt/tritonserver/backends/tensorrtllm/trtllmExecutorWorker",
         "gpt_model_type": "inflight_fused_batching",
         "gpt_model_path": "/models/tensorrt_llm/7",
         "max_beam_width": "1",

@@ -510,3 +510,85 @@ def test_read_config_file_missing_file_says_which_variable_points_at_it(tmp_path
         read_config_file(missing)
     assert info.value.message.startswith(f"cannot read the models config file {missing}: ")
     assert "TRITON_ROLLOUT_MODELS" in info.value.hint
+
+
+# -- the Kubernetes API, images and start-up waits ------------------------------------------------------------
+
+
+def test_the_api_defaults_to_in_cluster_and_takes_one_other_way() -> None:
+    from triton_rollout.config.kubernetes import KubernetesApi
+
+    assert KubernetesConfig().api == KubernetesApi(in_cluster=True)
+    kube = ModelDeployment.from_dict({**MODEL, "kubernetes": {"api": {"config_file": "/etc/kube/config",
+                                                                      "context": "prod"}}}).kubernetes
+    assert (kube.api.in_cluster, kube.api.config_file, kube.api.context) == (False, "/etc/kube/config", "prod")
+    api = ModelDeployment.from_dict({**MODEL, "kubernetes": {"api": {"conn_id": "k8s"}}}).kubernetes.api
+    assert (api.in_cluster, api.conn_id) == (False, "k8s")
+
+
+@pytest.mark.parametrize(
+    ("api", "field", "message"),
+    [
+        ({"in_cluster": True, "config_file": "/k"}, "model.kubernetes.api", "exactly one of"),
+        ({"config_file": "/k", "conn_id": "k8s"}, "model.kubernetes.api", "exactly one of"),
+        ({"in_cluster": False}, "model.kubernetes.api.in_cluster", "name a kubeconfig"),
+        ({"in_cluster": "yes"}, "model.kubernetes.api.in_cluster", "true or false"),
+        ({"config_file": "kube/config"}, "model.kubernetes.api.config_file", "one absolute kubeconfig path"),
+        ({"config_file": "/a/config:/b/config"}, "model.kubernetes.api.config_file", "not a KUBECONFIG list"),
+        ({"context": "prod"}, "model.kubernetes.api.context", "no meaning in-cluster"),
+        ({"kubeconfig": "/k"}, "model.kubernetes.api", "unknown key"),
+    ],
+)
+def test_api_errors_name_the_field(api: dict, field: str, message: str) -> None:
+    with raises_at(field, message):
+        ModelDeployment.from_dict({**MODEL, "kubernetes": {"api": api}})
+
+
+def test_the_local_stack_kubeconfig_becomes_the_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """dags/models.yaml: $KUBECONFIG when set (make up, the tests), else in-cluster (Airflow on the cluster)."""
+    monkeypatch.setenv("TRITON_URL", "http://127.0.0.1:8000")
+    models = Path(__file__).resolve().parents[1] / "dags" / "models.yaml"
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+    assert {m.kubernetes.api.config_file for m in read_config_file(models).models} == {str(tmp_path / "kubeconfig")}
+    monkeypatch.delenv("KUBECONFIG")
+    assert all(m.kubernetes.api.in_cluster and m.kubernetes.api.config_file is None
+               for m in read_config_file(models).models)
+
+
+def test_image_pull_secrets_are_secret_names() -> None:
+    kube = ModelDeployment.from_dict({**MODEL, "kubernetes": {"image_pull_secrets": ["ngc", "ecr-pull"]}}).kubernetes
+    assert kube.image_pull_secrets == ("ngc", "ecr-pull")
+    assert KubernetesConfig().image_pull_secrets == ()
+    with raises_at("model.kubernetes.image_pull_secrets[1]", "not a valid Secret name"):
+        ModelDeployment.from_dict({**MODEL, "kubernetes": {"image_pull_secrets": ["ngc", "Not_A_Name"]}})
+    with raises_at("model.kubernetes.image_pull_secrets", "must be a list"):
+        ModelDeployment.from_dict({**MODEL, "kubernetes": {"image_pull_secrets": "ngc"}})
+
+
+def test_placeholder_images_are_refused_naming_the_field() -> None:
+    from triton_rollout.config.kubernetes import PLACEHOLDER_REGISTRY
+
+    images = KubernetesConfig().images
+    assert images.sync.startswith(PLACEHOLDER_REGISTRY)  # the code's default stays a placeholder
+    with raises_at("models[0].kubernetes.images.sync", "is the placeholder"):
+        images.require_published("models[0].kubernetes.images")
+    named = {"sync": "registry.example.com/ml/sync:1.2", "build": "registry.example.com/ml/build:1.2"}
+    kube = ModelDeployment.from_dict({**MODEL, "kubernetes": {"images": {"sync": named["sync"]}}}).kubernetes
+    with raises_at("m.images.build", "docker/Dockerfile.build"):
+        kube.images.require_published("m.images")
+    kube = ModelDeployment.from_dict({**MODEL, "kubernetes": {"images": named}}).kubernetes
+    kube.images.require_published("m.images")  # real names pass (Triton's default is NGC's real image)
+
+
+def test_start_timeouts_per_pod_kind() -> None:
+    kube = KubernetesConfig()
+    # A GPU node scale-up and a ~30 GB pull: the build pod waits longer than the small sync pods.
+    assert kube.build_start_timeouts.schedule_s > kube.sync_start_timeouts.schedule_s
+    assert kube.build_start_timeouts.startup_s > kube.sync_start_timeouts.startup_s
+    kube = ModelDeployment.from_dict({**MODEL, "kubernetes": {
+        "build_start_timeouts": {"schedule_s": 2400, "startup_s": 5400}}}).kubernetes
+    assert (kube.build_start_timeouts.schedule_s, kube.build_start_timeouts.startup_s) == (2400, 5400)
+    with raises_at("model.kubernetes.sync_start_timeouts.startup_s", "between 1 and 86400"):
+        ModelDeployment.from_dict({**MODEL, "kubernetes": {"sync_start_timeouts": {"startup_s": 0}}})
+    with raises_at("model.kubernetes.build_start_timeouts", "unknown key"):
+        ModelDeployment.from_dict({**MODEL, "kubernetes": {"build_start_timeouts": {"pull_s": 60}}})

@@ -85,3 +85,96 @@ def test_sensor_skips_when_nothing_new_and_bad_releases_roll_back(
     state = PvcLayout.at(rollout.pvc, create=False).deployment(LLM)
     assert state.promoted == 1
     assert [h.details["from_version"] for h in state.history if h.event == "rollback"] == [2, 3]
+
+
+# -- what the step operators are given (no stack needed) ---------------------------------------------------
+
+
+def _deploy_dag(monkeypatch: pytest.MonkeyPatch, **env: str) -> Any:
+    from pathlib import Path
+
+    from triton_rollout.airflow.factory import deploy_dags, load_config
+
+    monkeypatch.setenv("TRITON_URL", "http://127.0.0.1:8000")
+    monkeypatch.setenv("TRITON_ROLLOUT_MODELS", str(Path(__file__).resolve().parents[1] / "dags" / "models.yaml"))
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    config = load_config()
+    return config.model(LLM), deploy_dags(config)[DEPLOY_LLM.replace("-", "_")]
+
+
+def test_step_operators_get_the_start_timeouts_of_their_pod_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, dag = _deploy_dag(monkeypatch)
+    kube = model.kubernetes
+    build = dag.get_task("build_engine")
+    assert (build.schedule_timeout_seconds, build.startup_timeout_seconds) == (
+        kube.build_start_timeouts.schedule_s, kube.build_start_timeouts.startup_s)
+    for task_id in ("sync", "load", "smoke", "promote", "rollback"):
+        op = dag.get_task(task_id)
+        assert (op.schedule_timeout_seconds, op.startup_timeout_seconds) == (
+            kube.sync_start_timeouts.schedule_s, kube.sync_start_timeouts.startup_s), task_id
+    # A node scale-up plus a ~30 GB pull: the build waits longer than the provider's 120 s and the sync pods.
+    assert build.schedule_timeout_seconds > dag.get_task("sync").schedule_timeout_seconds > 120
+
+
+def test_step_operators_reach_the_api_the_config_names(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    from airflow.providers.common.compat.sdk import TaskDeferred
+    from kubernetes.client import models as k8s
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text('{"apiVersion": "v1", "kind": "Config", "current-context": "c", "contexts": []}')
+    # On the cluster (no KUBECONFIG at parse): in-cluster, and a KUBECONFIG the worker happens to have set
+    # does not travel to the triggerer besides it (the async hook would refuse two configurations).
+    _, dag = _deploy_dag(monkeypatch)
+    build = dag.get_task("build_engine")
+    assert (build.in_cluster, build.config_file, build.kubernetes_conn_id) == (True, None, None)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    build.pod = k8s.V1Pod(metadata=k8s.V1ObjectMeta(name="p", namespace="triton"))
+    with pytest.raises(TaskDeferred) as deferred:
+        build.invoke_defer_method()
+    kwargs = deferred.value.trigger.serialize()[1]
+    assert (kwargs["in_cluster"], kwargs["config_dict"]) == (True, None)
+    # The local stack (KUBECONFIG at parse): that file, read into the trigger.
+    _, dag = _deploy_dag(monkeypatch, KUBECONFIG=str(kubeconfig))
+    build = dag.get_task("build_engine")
+    assert (build.in_cluster, build.config_file) == (False, str(kubeconfig))
+    build.pod = k8s.V1Pod(metadata=k8s.V1ObjectMeta(name="p", namespace="triton"))
+    with pytest.raises(TaskDeferred) as deferred:
+        build.invoke_defer_method()
+    kwargs = deferred.value.trigger.serialize()[1]
+    assert kwargs["in_cluster"] is False and kwargs["config_dict"]["current-context"] == "c"
+
+
+def test_the_operators_pod_pulls_with_the_configured_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from triton_rollout.airflow.operators import SyncOperator
+    from triton_rollout.kube.specs import step_pod
+    from triton_rollout.steps import SyncRequest
+
+    model, _ = _deploy_dag(monkeypatch)
+    model = dataclasses.replace(model, kubernetes=dataclasses.replace(model.kubernetes,
+                                                                      image_pull_secrets=("ngc-pull",)))
+    op = SyncOperator(task_id="sync", model=model)
+    op.full_pod_spec = step_pod(model, SyncRequest.for_model(model, model.release(1)))
+    pod = op.build_pod_request_obj(dry_run=True)  # the provider's merge of the step pod with its own settings
+    assert [s.name for s in pod.spec.image_pull_secrets] == ["ngc-pull"]
+
+
+def test_placeholder_images_fail_the_dag_files_naming_the_field(monkeypatch: pytest.MonkeyPatch,
+                                                                tmp_path: Any) -> None:
+    from pathlib import Path
+
+    from triton_rollout.airflow.factory import load_config
+    from triton_rollout.errors import ConfigError
+
+    text = (Path(__file__).resolve().parents[1] / "dags" / "models.yaml").read_text()
+    models = tmp_path / "models.yaml"
+    models.write_text(text.replace('build: "${ROLLOUT_BUILD_IMAGE:-localhost/triton-rollout-build:dev}"',
+                                   'build: "ghcr.io/example/triton-rollout-build:0.1.0"'))
+    monkeypatch.setenv("TRITON_ROLLOUT_MODELS", str(models))
+    monkeypatch.setenv("TRITON_URL", "http://127.0.0.1:8000")
+    with pytest.raises(ConfigError, match=r"models\.yaml: config field 'models\[0\]\.kubernetes\.images\.build': "
+                                          r"is the placeholder"):
+        load_config()

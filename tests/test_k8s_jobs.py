@@ -173,10 +173,10 @@ def test_delete_propagation(emu: KubeEmulator, batch: Any, core: Any) -> None:
 @needs_kubectl
 def test_project_manifests_validate(emu: KubeEmulator) -> None:
     emu.create_namespace("triton")
-    for manifest in ("sync-job.yaml", "reconcile-cronjob.yaml", "argocd-presync-job.yaml"):
+    for manifest in ("deploy-job.yaml", "reconcile-cronjob.yaml", "rollout-target.yaml"):
         out = kubectl(emu, "apply", "--dry-run=server", "-n", "triton", "-f", str(ROOT / "k8s" / manifest))
         assert "created (server dry run)" in out.stdout, out.stdout
-    bad = (ROOT / "k8s" / "sync-job.yaml").read_text().replace("backoffLimit:", "backofLimit:")
+    bad = (ROOT / "k8s" / "deploy-job.yaml").read_text().replace("backoffLimit:", "backofLimit:")
     out = kubectl(emu, "apply", "--dry-run=server", "-n", "triton", "-f", "-", stdin=bad, check=False)
     assert out.returncode != 0 and 'unknown field "spec.backofLimit"' in out.stderr, out.stderr
 

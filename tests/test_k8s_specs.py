@@ -119,3 +119,24 @@ def test_build_pod_shm_tolerations_and_scratch() -> None:
     # Build pods never touch the serving PVC.
     assert not any("persistentVolumeClaim" in v for v in volumes.values())
 
+
+
+@pytest.mark.parametrize("builder", [
+    lambda m: sync_pod(m, 3), lambda m: promote_pod(m, 3), lambda m: build_pod(m, BUILD),
+])
+def test_every_pod_pulls_with_the_configured_secrets(builder) -> None:  # type: ignore[no-untyped-def]
+    pod = to_dict(builder(model(image_pull_secrets=("ngc-pull", "ecr-pull"))))
+    assert pod["spec"]["imagePullSecrets"] == [{"name": "ngc-pull"}, {"name": "ecr-pull"}]
+    assert "imagePullSecrets" not in to_dict(builder(model()))["spec"]  # none configured: none rendered
+
+
+def test_the_job_manifests_inherit_the_pull_secrets() -> None:
+    """The Jobs and the CronJob wrap the step pods (kube/manifests.py), and Triton (NGC's image) pulls with
+    the same Secrets."""
+    from triton_rollout.kube.manifests import render
+
+    docs = [d for ds in render(model(image_pull_secrets=("ngc-pull",))).values() for d in ds]
+    templates = [d["spec"]["template"]["spec"] for d in docs if d["kind"] in ("Job", "Deployment")]
+    templates += [d["spec"]["jobTemplate"]["spec"]["template"]["spec"] for d in docs if d["kind"] == "CronJob"]
+    assert {d["kind"] for d in docs} >= {"Job", "CronJob", "Deployment"}
+    assert all(t["imagePullSecrets"] == [{"name": "ngc-pull"}] for t in templates), templates

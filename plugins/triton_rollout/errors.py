@@ -151,3 +151,13 @@ class DriftNotRepaired(RolloutError):
         "(python -m triton_rollout rollback)"
     )
 
+
+class SignatureError(RolloutError):
+    """A release whose manifest is unsigned, mis-signed or signed by a key the model does not trust
+    (release/signing.py). Refused before a byte reaches the PVC; a retry cannot change it."""
+
+    exit_code = 17
+    default_hint = (
+        "deploy only releases signed by a key in the model's signing.trusted_keys; re-publish the release "
+        "with `python -m triton_rollout publish --signing-key FILE`; nothing was written to the PVC"
+    )

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from triton_rollout.errors import ConfigError
 from triton_rollout.release.s3 import ReleaseUri
+from triton_rollout.release.signing import PublicKey
 
 if TYPE_CHECKING:
     from triton_rollout.config import ModelDeployment
@@ -44,6 +45,29 @@ CANDIDATE_MODES = ("shadow", "in_place")
 
 
 # -- flags -----------------------------------------------------------------------------------------------
+
+def _trusted_keys_flag() -> Any:
+    """The trusted-keys flag of every step that reads a release from S3 (sync, and reconcile's re-sync)."""
+    return flag("--trusted-keys", "comma-separated Ed25519 public keys (ed25519:<base64>, as keygen prints them): "
+                "refuse a release whose manifest.json is not signed by one of them, before any download (default: "
+                "unsigned releases are accepted)", default=(), parse=_csv)
+
+
+def _public_keys(texts: Iterable[str]) -> tuple[PublicKey, ...]:
+    return tuple(PublicKey.parse(text, f"--trusted-keys[{i}]") for i, text in enumerate(texts))
+
+
+def _model_keys(model: ModelDeployment) -> tuple[str, ...]:
+    return tuple(k.text for k in model.signing.trusted_keys)
+
+
+def finite_float(text: str) -> float:
+    """A float flag's value: nan would make every deadline comparison false (a wait that never ends)."""
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"not a finite number: {text!r}")
+    return value
+
 
 def _csv(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
@@ -118,7 +142,7 @@ class StepRequest:
             if meta["env"]:
                 default = os.environ.get(meta["env"]) or default
             # Numbers are converted by argparse (a usage error names the flag); richer types in from_args.
-            kind = meta["parse"] if meta["parse"] in (int, float) else None
+            kind = {int: int, float: finite_float}.get(meta["parse"])
             required = f.default is dataclasses.MISSING and not meta["env"]
             target.add_argument(meta["flag"], dest=f.name, default=default, type=kind, choices=meta["choices"],
                                 required=required, metavar=meta["metavar"], help=help_text)
@@ -259,7 +283,8 @@ class SyncRequest(StepRequest):
         "Download s3://BUCKET/PREFIX/MODEL/VERSION into PVC/staging, verify every file's size and sha256 "
         "against manifest.json, fsync, and rename each Triton model directory into "
         "PVC/repository/<triton_model>/<VERSION>/ in one step. Re-running resumes; re-syncing an intact "
-        "version transfers nothing. " + S3_ENV_NOTE
+        "version transfers nothing. With --trusted-keys, manifest.json must be signed by one of them (exit code "
+        "17 otherwise, before any download). " + S3_ENV_NOTE
     )
 
     release: ReleaseUri = flag("--release", "s3://BUCKET/[PREFIX/]MODEL/VERSION", parse=ReleaseUri.parse)
@@ -290,10 +315,16 @@ class SyncRequest(StepRequest):
     expect_compute_capability: str | None = flag(
         "--expect-compute-capability", "refuse an engine release built for another GPU compute capability, e.g. 9.0",
         default=None)
+    trusted_keys: tuple[str, ...] = _trusted_keys_flag()
 
     def validate(self) -> None:
         if min(self.concurrency, self.large_streams, self.request_mib) < 1 or self.keep < 0:
             raise ConfigError("--concurrency, --large-streams and --request-mib must be >= 1 and --keep >= 0")
+        _ = self.public_keys  # parses each key: a bad one is a ConfigError naming --trusted-keys
+
+    @property
+    def public_keys(self) -> tuple[PublicKey, ...]:
+        return _public_keys(self.trusted_keys)
 
     @property
     def pod_version(self) -> int | None:
@@ -306,7 +337,8 @@ class SyncRequest(StepRequest):
         whichever way the sync is started (Airflow, Job, CronJob)."""
         return cls(release=release, pvc=model.kubernetes.pvc_mount_path, keep=model.keep,
                    expect_trtllm_version=model.serving.trtllm_version,
-                   expect_compute_capability=model.serving.compute_capability, **overrides)
+                   expect_compute_capability=model.serving.compute_capability,
+                   trusted_keys=_model_keys(model), **overrides)
 
     def read_result(self, data: Mapping[str, Any]) -> StepResult:
         return StepResult(
@@ -526,11 +558,21 @@ class ReconcileRequest(TritonStepRequest):
     full: bool = flag("--full", "re-hash every file instead of comparing stat records", default=False, parse=bool)
     no_repair: bool = flag("--no-repair", "only report; exit non-zero on drift", default=False, parse=bool)
     deadline: float = flag("--deadline", "seconds to wait for readiness", default=DEFAULT_READY_DEADLINE, parse=float)
+    # A repair re-syncs the promoted version from S3: through the same signature gate as its first sync.
+    trusted_keys: tuple[str, ...] = _trusted_keys_flag()
+
+    def validate(self) -> None:
+        _ = self.public_keys
+
+    @property
+    def public_keys(self) -> tuple[PublicKey, ...]:
+        return _public_keys(self.trusted_keys)
 
     @classmethod
     def for_model(cls, model: ModelDeployment, *, full: bool = False, repair: bool = True) -> ReconcileRequest:
         return cls(**cls.target(model), release_prefix=model.release_prefix, engine_prefix=model.build.engine_prefix,
-                   full=full, no_repair=not repair, deadline=model.smoke.ready_deadline_s)
+                   full=full, no_repair=not repair, deadline=model.smoke.ready_deadline_s,
+                   trusted_keys=_model_keys(model))
 
     def read_result(self, data: Mapping[str, Any]) -> StepResult:
         return StepResult(step=self.command, model=self.model, version=_int_or(data.get("promoted"), None),

@@ -17,6 +17,7 @@ import pendulum
 from airflow.sdk import DAG, Asset, Param, TriggerRule, task
 
 from triton_rollout.config import ModelDeployment, ProjectConfig, read_config_file
+from triton_rollout.errors import ConfigError
 
 from .notify import failure_callbacks, rollback_callbacks
 from .operators import (
@@ -46,7 +47,16 @@ def config_path(dags_folder: str | os.PathLike[str] | None = None) -> Path:
 
 
 def load_config(dags_folder: str | os.PathLike[str] | None = None) -> ProjectConfig:
-    return read_config_file(config_path(dags_folder))
+    """The models file the DAG files are made from. Its pods really run, so the placeholder images are
+    refused here (the code's defaults stay usable for rendering examples and for tests)."""
+    path = config_path(dags_folder)
+    config = read_config_file(path)
+    try:
+        for i, model in enumerate(config.models):
+            model.kubernetes.images.require_published(f"models[{i}].kubernetes.images")
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc.message}", hint=exc.hint) from exc
+    return config
 
 
 def model_asset(model: ModelDeployment) -> Asset:

@@ -10,12 +10,15 @@ ones included) and pushed as XCom ``result``; KPO's xcom sidecar is not used bec
 which not every API server offers. ``build_pod_request_obj`` is overridden only to set ``full_pod_spec``:
 the provider's own method then adds the labels (dag_id, task_id, run_id, try_number) it finds and
 re-attaches pods by.
+
+How the operator reaches the API (``kubernetes.api``) and how long its pod may take to be scheduled and to
+start (``kubernetes.build_start_timeouts`` for the build pod, ``sync_start_timeouts`` for the others) come
+from the model's config; the provider hands both to its deferrable trigger, so the triggerer uses the same.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import time
 from collections.abc import Iterator
@@ -27,11 +30,11 @@ from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperato
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
 from triton_rollout.config import ModelDeployment
-from triton_rollout.errors import ConfigError, CorruptVersion, IncompatibleEngine, ManifestError
+from triton_rollout.errors import ConfigError, CorruptVersion, IncompatibleEngine, ManifestError, SignatureError
 
 # CLI exit codes (errors.py) that a retry cannot change: the task fails at once instead of retrying.
 PERMANENT_EXIT_CODES = {e.exit_code: e.__name__ for e in (ConfigError, ManifestError, CorruptVersion,
-                                                          IncompatibleEngine)}
+                                                          IncompatibleEngine, SignatureError)}
 LOG_TAIL_LINES = 60
 
 
@@ -63,7 +66,15 @@ class RolloutStepOperator(KubernetesPodOperator):
     ui_color = "#d9ead3"
 
     def __init__(self, *, model: ModelDeployment, resolve_task_id: str = "resolve", **kwargs: Any) -> None:
-        kwargs.setdefault("startup_timeout_seconds", 600)
+        kube = model.kubernetes
+        waits = kube.build_start_timeouts if self.step == "build" else kube.sync_start_timeouts
+        kwargs.setdefault("schedule_timeout_seconds", waits.schedule_s)
+        kwargs.setdefault("startup_timeout_seconds", waits.startup_s)
+        # Exactly one way, named for the worker and (passed on by the provider) the triggerer alike.
+        kwargs.setdefault("in_cluster", kube.api.in_cluster)
+        kwargs.setdefault("config_file", kube.api.config_file)
+        kwargs.setdefault("cluster_context", kube.api.context)
+        kwargs.setdefault("kubernetes_conn_id", kube.api.conn_id)
         kwargs.setdefault("on_finish_action", "delete_succeeded_pod")  # failed pods stay for inspection
         # The provider appends the whole pod object (~200 lines) to a failure; the task log should end
         # with the step's error and what to do instead (cncf-kubernetes 10.25 operators/pod.py cleanup()).
@@ -102,16 +113,17 @@ class RolloutStepOperator(KubernetesPodOperator):
 
     # -- running it --------------------------------------------------------------------------------------
 
-    def _use_kubeconfig_from_env(self) -> None:
-        # A kubeconfig in the environment (make up, tests) wins; else in-cluster / the connection.
-        # Set before the hook is first built: a deferred task resumes in a fresh operator that never
-        # ran execute(), and its hook would otherwise look for in-cluster config.
-        self.config_file = self.config_file or os.environ.get("KUBECONFIG") or None
+    def convert_config_file_to_dict(self) -> None:
+        # The provider falls back to $KUBECONFIG here (cncf-kubernetes 10.25 operators/pod.py), so a worker
+        # with KUBECONFIG set would hand the trigger a kubeconfig besides in_cluster / the connection, and
+        # the async hook refuses two as mutually exclusive: only the configured file goes to the triggerer.
+        self._config_dict = None
+        if self.config_file:
+            super().convert_config_file_to_dict()
 
     def execute(self, context: Any) -> Any:
         from .connections import runtime_model
 
-        self._use_kubeconfig_from_env()
         self._started = time.monotonic()
         self.model = runtime_model(self.model)  # the Triton URL from triton_conn_id, read at run time
         self._sweep_failed_pods()
@@ -130,7 +142,6 @@ class RolloutStepOperator(KubernetesPodOperator):
         # Deferrable pods (the build) resume here in a fresh operator: the callback still reads the result.
         from .connections import runtime_model
 
-        self._use_kubeconfig_from_env()
         self.model = runtime_model(self.model)
         with self._fail_fast_on_permanent_errors():
             return super().trigger_reentry(context, event)

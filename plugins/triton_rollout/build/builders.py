@@ -28,6 +28,7 @@ from triton_rollout.errors import ConfigError
 
 if TYPE_CHECKING:
     from triton_rollout.build.spec import BuildSpec
+    from triton_rollout.triton.config import ModelConfig
 
 BUILDERS_ENV = "TRITON_ROLLOUT_BUILDERS"
 # Imported like the modules named in $TRITON_ROLLOUT_BUILDERS: each registers its builders on import.
@@ -82,6 +83,15 @@ class ModelFiles:
 
     templates: Mapping[str, str]  # config.pbtxt templates, filled by BuildSpec.render_configs
     code: Mapping[str, Path]  # python-backend model.py files, copied as they are
+    # Where the templates were read (named in errors and in the rendered configs' first line).
+    template_sources: Mapping[str, str] | None = None
+    # None: the builder's own templates, every placeholder required (build/templates.fill_template).
+    # Otherwise the serving image's templates: per Triton model, the parameters its code cannot do without;
+    # any other parameter left unfilled is left out.
+    required_parameters: Mapping[str, frozenset[str]] | None = None
+
+    def source(self, name: str) -> str:
+        return (self.template_sources or {}).get(name, f"{name}/config.pbtxt")
 
 
 class Builder(Protocol):
@@ -111,6 +121,10 @@ class Builder(Protocol):
 
     def model_files(self, spec: BuildSpec, paths: BuildPaths) -> ModelFiles:
         """Config templates and model code for the release (after the steps ran)."""
+        ...
+
+    def check_configs(self, spec: BuildSpec, configs: Mapping[str, ModelConfig], version: int) -> None:
+        """The builder's checks on the rendered configs of release ``version`` (BuildError naming the problem)."""
         ...
 
     def write_extras(self, spec: BuildSpec, paths: BuildPaths) -> None:

@@ -1,11 +1,14 @@
 """Build an engine release from a checkpoint release: what the GPU build pod runs.
 
     checkpoint release (kind checkpoint, verified download)
-      -> probe the runtime (TensorRT-LLM version, GPU compute capability) - fail fast, before the download
+      -> probe the runtime (TensorRT-LLM version, GPU compute capability, the image's layout) - fail fast,
+         before the download
       -> the builder's steps, e.g. conversion then trtllm-build (subprocesses, output streamed to the log)
       -> lay out <triton_model>/... (tensorrt_llm/ = config.pbtxt + engine files; preprocessing,
-         postprocessing with tokenizer files; ensemble), every config rendered and checked
-      -> publish_release(kind="engine", compat=...) - files first, manifest.json last
+         postprocessing with tokenizer files; ensemble), every config rendered from the builder's templates
+         (TensorRT-LLM: the image's own) and checked
+      -> publish_release(kind="engine", compat=...) - files first, manifest.json last; signed with the build
+         pod's key when it has one ($TRITON_ROLLOUT_SIGNING_KEY_FILE, release/signing.py)
 
 The backend-specific parts (probe, steps, model files, extra files, the dry-run's descriptions) come
 from the spec's builder (build/builders.py); this module is the same for every backend.
@@ -32,10 +35,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from triton_rollout.build.builders import BuildPaths, Step
-from triton_rollout.build.spec import BuildSpec, check_no_placeholders
+from triton_rollout.build.spec import BuildSpec
+from triton_rollout.build.templates import check_no_placeholders
 from triton_rollout.errors import BuildError, ConfigError
 from triton_rollout.release.manifest import Compat
 from triton_rollout.release.s3 import ReleaseUri, complete_release, fetch_manifest
+from triton_rollout.release.signing import signing_key_from_env
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +57,7 @@ class BuildResult:
     bytes: int = 0
     steps: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    signed_by: str | None = None  # the key id manifest.json was signed with (release/signing.py); None: unsigned
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,7 +142,7 @@ def assemble_release(spec: BuildSpec, paths: BuildPaths, version: int) -> dict[s
         shutil.rmtree(paths.release)
     builder = spec.builder
     files = builder.model_files(spec, paths)
-    configs = spec.render_configs(version, files.templates)
+    configs = spec.render_configs(version, files)
     for name, text in configs.items():
         check_no_placeholders(text, source=f"{name}/config.pbtxt")
         dest = paths.release / name / "config.pbtxt"
@@ -215,6 +221,10 @@ def run_build(spec: BuildSpec, checkpoint: ReleaseUri, output: ReleaseUri, *, wo
         return BuildResult(str(output), str(checkpoint), "exists",
                            existing.compat.to_dict() if existing.compat else {}, len(existing.files),
                            existing.total_size, seconds=round(time.monotonic() - started, 3))
+    # The build pod's key (mounted from models[].signing.build_key_secret): loaded before any work, so a bad
+    # key fails the build at once instead of after it. Without one the engine is published unsigned, and a
+    # model that requires signatures refuses it at the sync.
+    signing_key = signing_key_from_env()
     runtime = spec.builder.probe(spec)
     log.info("build runtime: TensorRT-LLM %s, compute capability %s", runtime.trtllm_version,
              runtime.compute_capability)
@@ -233,7 +243,8 @@ def run_build(spec: BuildSpec, checkpoint: ReleaseUri, output: ReleaseUri, *, wo
     manifest = publish_release(
         paths.release, output, kind="engine", compat=compat,
         source=f"triton_rollout build from {checkpoint} ({spec.backend}, {spec.family})",
-        extra={"build": {"checkpoint": str(checkpoint), "spec": spec.to_dict()}},
+        extra={"build": {"checkpoint": str(checkpoint), "spec": spec.to_dict()}}, signing_key=signing_key,
     )
     return BuildResult(str(output), str(checkpoint), "published", compat.to_dict(), len(manifest.files),
-                       manifest.total_size, steps, round(time.monotonic() - started, 3))
+                       manifest.total_size, steps, round(time.monotonic() - started, 3),
+                       signing_key.public_key.key_id if signing_key else None)

@@ -5,10 +5,10 @@ that name the field. From it come:
 
 - the build steps of its ``backend``'s builder (build/builders.py; TensorRT-LLM's in build/trtllm.py:
   the family's checkpoint conversion or ``quantization/quantize.py``, then ``trtllm-build``);
-- the four config.pbtxt files of the tensorrtllm_backend ensemble (ensemble, preprocessing,
-  tensorrt_llm, postprocessing), filled from templates shipped in this package. The backend's own
-  templates keep an unfilled ``${var}`` silently (FACTS: TensorRT-LLM); here any placeholder left over
-  after filling is an error, so a release never ships a config that only fails at load time.
+- the config.pbtxt files of its builder's Triton models (TensorRT-LLM: the tensorrtllm_backend ensemble
+  ensemble, preprocessing, tensorrt_llm, postprocessing, from the build image's own templates), filled
+  as upstream's fill step does but refusing what would only fail at load time (build/templates.py), then
+  checked: the generic checks here, the builder's own (``Builder.check_configs``) on top.
 """
 
 from __future__ import annotations
@@ -18,15 +18,18 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from triton_rollout.build.builders import Builder, BuildPaths, Step, get_builder, registered
+from triton_rollout.build.builders import Builder, BuildPaths, ModelFiles, Step, get_builder, registered
+from triton_rollout.build.templates import fill_template
 
 # The config's validators: a spec error reads like any other config error (field path first).
 from triton_rollout.config.validators import boolean, check_keys, fail, field_names, integer, mapping
 from triton_rollout.errors import BuildError, ConfigError
+
+if TYPE_CHECKING:
+    from triton_rollout.triton.config import ModelConfig
 
 BACKEND_TRTLLM = "tensorrt-llm"
 DTYPES = ("float16", "bfloat16", "float32")
@@ -42,9 +45,6 @@ DEFAULT_TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
     "vocab.json", "merges.txt", "*.tiktoken",
 )
-TEMPLATE_PACKAGE = "inflight_batcher_llm"
-_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_ANY_PLACEHOLDER = re.compile(r"\$\{[^}]*\}?")
 # Paths land inside quoted pbtxt strings and on command lines: keep them to a safe alphabet.
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/-]*$")
 _SAFE_WORD = re.compile(r"^[A-Za-z0-9._/+-]+$")
@@ -113,11 +113,12 @@ class BuildSpec:
     tokenizer_files: tuple[str, ...] = DEFAULT_TOKENIZER_FILES
     # Where Triton mounts the PVC's repository/ (KubernetesConfig.triton_repository_path).
     triton_repository: str = "/models"
-    # Tools inside the build image (nvcr.io/nvidia/tritonserver:<tag>-trtllm-python-py3 layout).
+    # Tools inside the build image (nvcr.io/nvidia/tritonserver:<tag>-trtllm-python-py3). None: the builder
+    # probes the image's known locations at build time (build/trtllm.py) and fails naming them.
     python: str | None = None
-    examples_dir: str = "/app/tensorrt_llm/examples"
+    examples_dir: str | None = None
     trtllm_build: str = "trtllm-build"
-    backend_models_dir: str = "/app/all_models/inflight_batcher_llm"
+    backend_models_dir: str | None = None
     _path: str = field(default="build", repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -171,7 +172,8 @@ class BuildSpec:
         if self.python is not None:
             _word(self.python, f"{p}.python")
         for name in ("examples_dir", "backend_models_dir"):
-            object.__setattr__(self, name, _abs_path(getattr(self, name), f"{p}.{name}"))
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, _abs_path(getattr(self, name), f"{p}.{name}"))
         _word(self.trtllm_build, f"{p}.trtllm_build")
         builder.validate(self, p)
 
@@ -243,7 +245,11 @@ class BuildSpec:
         return f"{self.triton_repository.rstrip('/')}/tensorrt_llm/{version}"
 
     def template_values(self, triton_model: str, version: int) -> dict[str, str]:
-        """Every template variable, as text, for one Triton model of release ``version``."""
+        """Every template variable the project sets, as text, for one Triton model of release ``version``.
+
+        Placeholders of the image's templates not named here stay unset (build/templates.py), as with
+        upstream's fill step: the image's code then uses its own defaults.
+        """
         repo = self.triton_repository.rstrip("/")
         return {
             "triton_backend": "tensorrtllm",
@@ -265,48 +271,52 @@ class BuildSpec:
             "skip_special_tokens": _pb_bool(self.skip_special_tokens),
             "preprocessing_instance_count": str(self.preprocessing_instance_count),
             "postprocessing_instance_count": str(self.postprocessing_instance_count),
+            # Text-only families: preprocessing reads visual_model_path unconditionally, "" as none (facts file).
+            "visual_model_path": "",
+            # The data_type of the logits outputs: float32 unless an engine is built to gather them otherwise.
+            "logits_datatype": "TYPE_FP32",
+            # Encoder-decoder engines only; the decoder-only tensorrt_llm config still needs a valid type.
+            "encoder_input_features_data_type": "TYPE_FP16",
         }
 
-    def render_configs(self, version: int, templates: Mapping[str, str] | None = None) -> dict[str, str]:
-        """config.pbtxt text per Triton model, every placeholder filled and the result parsed by protobuf.
+    def render_configs(self, version: int, files: ModelFiles) -> dict[str, str]:
+        """config.pbtxt text per Triton model of ``files``, filled (build/templates.py), parsed and checked.
 
-        ``templates`` defaults to this package's TensorRT-LLM ensemble templates; the release layout
-        passes its builder's (``ModelFiles.templates``).
+        Generic checks: each config names its own model and an ensemble's steps wire tensors that exist
+        (and every required input of each step's model); then the builder's ``check_configs``.
         """
         from triton_rollout.triton.config import parse_config
 
-        templates = templates if templates is not None else package_templates()
         out: dict[str, str] = {}
-        for name, text in templates.items():
-            source = f"{name}/config.pbtxt"
-            rendered = fill_template(text, self.template_values(name, version), source=source)
+        parsed: dict[str, ModelConfig] = {}
+        for name, text in files.templates.items():
+            source = files.source(name)
+            required = None if files.required_parameters is None else files.required_parameters.get(name, frozenset())
+            rendered = fill_template(text, self.template_values(name, version), source=source,
+                                     required_parameters=required)
             cfg = parse_config(rendered, source=f"rendered {source}")
             if cfg.name and cfg.name != name:
                 raise BuildError(f"rendered {source} names model {cfg.name!r}, not {name!r}",
                                  hint="the template's name must match its Triton model directory")
-            out[name] = rendered
+            out[name], parsed[name] = rendered, cfg
+        check_ensemble_wiring(parsed)
+        self.builder.check_configs(self, parsed, version)
         return out
 
 
-def package_templates() -> dict[str, str]:
-    """This package's config.pbtxt templates for the TensorRT-LLM ensemble, by Triton model."""
-    root = resources.files("triton_rollout.build") / "templates" / TEMPLATE_PACKAGE
-    return {name: (root / name / "config.pbtxt").read_text() for name in TRITON_MODELS}
-
-
-def fill_template(text: str, values: Mapping[str, str], *, source: str) -> str:
-    """Replace every ``${name}``; a name without a value, or any ``${`` left afterwards, is an error."""
-    missing = sorted({m.group(1) for m in _PLACEHOLDER.finditer(text) if m.group(1) not in values})
-    if missing:
-        raise BuildError(f"{source}: template variable(s) {', '.join(missing)} have no value",
-                         hint="add them to the build spec / template values; an unfilled ${...} is never shipped")
-    rendered = _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
-    check_no_placeholders(rendered, source=source)
-    return rendered
-
-
-def check_no_placeholders(text: str, *, source: str) -> None:
-    left = sorted(set(_ANY_PLACEHOLDER.findall(text)))
-    if left:
-        raise BuildError(f"{source}: unfilled placeholder(s) {', '.join(left)} after rendering",
-                         hint="fix the template or the value that contains '${'; Triton would keep it as text")
+def check_ensemble_wiring(configs: Mapping[str, ModelConfig]) -> None:
+    """Every ensemble step calls a shipped model, maps only tensors it has and feeds all its required inputs."""
+    for name, cfg in configs.items():
+        for step in cfg.ensemble_scheduling.step:
+            model = configs.get(step.model_name)
+            where = f"rendered {name}/config.pbtxt step {step.model_name!r}"
+            if model is None:
+                raise BuildError(f"{where}: the release ships no model {step.model_name!r}",
+                                 hint=f"ship it, or fix the ensemble's steps (models: {', '.join(sorted(configs))})")
+            inputs, outputs = {t.name for t in model.input}, {t.name for t in model.output}
+            unknown = sorted(set(step.input_map) - inputs) + sorted(set(step.output_map) - outputs)
+            unfed = sorted(t.name for t in model.input if not t.optional and t.name not in step.input_map)
+            if unknown or unfed:
+                raise BuildError(f"{where}: maps tensor(s) the model lacks {unknown} and leaves required input(s) "
+                                 f"unfed {unfed}", hint="the ensemble and its models come from different "
+                                                        "templates: take them from the same image")

@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "sync": "triton_rollout.cli.sync",
     "publish": "triton_rollout.cli.sync",
     "prune": "triton_rollout.cli.sync",
+    "keygen": "triton_rollout.cli.sync",
     "load": "triton_rollout.cli.triton",
     "smoke": "triton_rollout.cli.triton",
     "promote": "triton_rollout.cli.triton",

@@ -106,7 +106,8 @@ def _reconcile(args: argparse.Namespace) -> int:
         control.wait_live(req.live_deadline)
         report = reconcile_model(layout, control, req.model, release_prefix=req.release_prefix,
                                  engine_prefix=req.engine_prefix, full=req.full, repair=not req.no_repair,
-                                 triton_repository=req.triton_repository, deadline_s=req.deadline)
+                                 triton_repository=req.triton_repository, deadline_s=req.deadline,
+                                 trusted_keys=req.public_keys)
     emit_result(report.to_dict(), req.result_file)
     require_in_sync(report)
     return 0

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from triton_rollout.config.storage import StorageConfig
 from triton_rollout.config.validators import (
     DNS_LABEL,
     DNS_SUBDOMAIN,
@@ -24,6 +25,7 @@ from triton_rollout.config.validators import (
     field_names,
     integer,
     labels,
+    load_section,
     mapping,
     string,
     url,
@@ -35,6 +37,8 @@ GPU_RESOURCE = "nvidia.com/gpu"
 # The label NVIDIA's GPU feature discovery puts on nodes (e.g. NVIDIA-H100-80GB-HBM3).
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 _AWS_REGION = re.compile(r"^[a-z0-9-]+$")
+# The registry of the default sync / build images: a placeholder, refused where pods really run.
+PLACEHOLDER_REGISTRY = "ghcr.io/example/"
 
 
 @dataclass(frozen=True)
@@ -137,10 +141,13 @@ class AwsCredentials:
 
 @dataclass(frozen=True)
 class Images:
-    """The container images of the sync / promote pods, the build pod and Triton."""
+    """The container images of the sync / promote pods, the build pod and Triton.
 
-    sync: str = "ghcr.io/example/triton-rollout-sync:0.1.0"
-    build: str = "ghcr.io/example/triton-rollout-build:0.1.0"
+    sync and build default to placeholders (PLACEHOLDER_REGISTRY) that no cluster can pull: the DAGs refuse
+    them at parse (:meth:`require_published`); name the images built from docker/ and pushed instead."""
+
+    sync: str = PLACEHOLDER_REGISTRY + "triton-rollout-sync:0.1.0"
+    build: str = PLACEHOLDER_REGISTRY + "triton-rollout-build:0.1.0"
     # The same NGC release as docker/Dockerfile.build: an engine only loads under the runtime it was built by.
     triton: str = "nvcr.io/nvidia/tritonserver:25.01-trtllm-python-py3"
     _path: str = field(default="images", repr=False, compare=False)
@@ -154,6 +161,79 @@ class Images:
         data = mapping(data, path)
         check_keys(data, {"sync", "build", "triton"}, path)
         return cls(**dict(data), _path=path)
+
+    def require_published(self, path: str) -> None:
+        """Refuse a placeholder default (``path``: where these images are configured, which a default does
+        not know): where pods really run, a placeholder would only be an ErrImagePull after the start-up wait."""
+        for name in ("sync", "build", "triton"):
+            image = getattr(self, name)
+            if image.startswith(PLACEHOLDER_REGISTRY):
+                raise fail(f"{path}.{name}", f"is the placeholder {image!r}; build docker/Dockerfile.{name}, "
+                                             "push it to a registry the cluster can pull from and name it here")
+
+
+@dataclass(frozen=True)
+class KubernetesApi:
+    """How Airflow (its workers, and its triggerer for deferred pods) reaches the Kubernetes API: one way.
+
+    ``in_cluster`` (what is used when nothing is set): the pod's service account, as Airflow on the
+    cluster runs. ``config_file``: a kubeconfig (``context``: one of its contexts; the local stack's
+    dags/models.yaml passes $KUBECONFIG here). ``conn_id``: an Airflow Kubernetes connection
+    (``context`` overrides its cluster_context). Made explicit because the triggerer's async hook,
+    unlike the worker's, does not fall back to in-cluster config when none is named (apache/airflow#44325;
+    cncf-kubernetes 10.25 hooks/kubernetes.py AsyncKubernetesHook._load_config).
+    """
+
+    in_cluster: bool | None = None
+    config_file: str | None = None
+    context: str | None = None
+    conn_id: str | None = None
+    _path: str = field(default="api", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        p = self._path
+        if self.in_cluster is not None and not isinstance(self.in_cluster, bool):
+            raise fail(f"{p}.in_cluster", f"must be true or false, got {self.in_cluster!r}")
+        chosen = [name for name in ("in_cluster", "config_file", "conn_id") if getattr(self, name)]
+        if len(chosen) > 1:
+            raise fail(p, f"set exactly one of in_cluster, config_file or conn_id, got {chosen}")
+        if not chosen and self.in_cluster is False:
+            raise fail(f"{p}.in_cluster", "is false, so name a kubeconfig (config_file) or a connection (conn_id)")
+        object.__setattr__(self, "in_cluster", not chosen or chosen == ["in_cluster"])  # resolved: a plain bool
+        if self.config_file is not None:
+            path = string(self.config_file, f"{p}.config_file")
+            if not path.startswith("/") or ":" in path:
+                raise fail(f"{p}.config_file", f"must be one absolute kubeconfig path (KubernetesPodOperator reads "
+                                               f"one file, not a KUBECONFIG list), got {path!r}")
+        if self.conn_id is not None:
+            string(self.conn_id, f"{p}.conn_id")
+        if self.context is not None:
+            string(self.context, f"{p}.context")
+            if self.in_cluster:
+                raise fail(f"{p}.context", "has no meaning in-cluster; set it with config_file or conn_id")
+
+
+@dataclass(frozen=True)
+class PodStartTimeouts:
+    """How long a step pod may take to start, in two waits (cncf-kubernetes 10.25 KubernetesPodOperator
+    ``schedule_timeout_seconds`` / ``startup_timeout_seconds``, the same in its deferrable trigger).
+
+    ``schedule_s``: Pending without a node, which covers a node scale-up (cluster autoscaler or Karpenter
+    adding a GPU node, its driver and device plugin). ``startup_s``: from scheduled to running, which
+    covers the image pull (the build image is ~30 GB) and the volume attach."""
+
+    schedule_s: int = 600
+    startup_s: int = 600
+    _path: str = field(default="start_timeouts", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("schedule_s", "startup_s"):
+            integer(getattr(self, name), f"{self._path}.{name}", 1, 86400)
+
+
+def _default_build_start_timeouts() -> PodStartTimeouts:
+    # A GPU node from zero takes minutes; pulling ~30 GB takes 10-30 min at registry speeds of 20-50 MB/s.
+    return PodStartTimeouts(schedule_s=1800, startup_s=3600)
 
 
 def _default_sync_resources() -> ResourceSpec:
@@ -184,6 +264,11 @@ class KubernetesConfig:
     service_account: str = "triton-rollout"
     aws: AwsCredentials = field(default_factory=lambda: AwsCredentials(secret_name="triton-rollout-s3"))
     images: Images = field(default_factory=Images)
+    image_pull_secrets: tuple[str, ...] = ()  # Secret names (docker-registry) every pod pulls its image with
+    api: KubernetesApi = field(default_factory=KubernetesApi)
+    sync_start_timeouts: PodStartTimeouts = field(default_factory=PodStartTimeouts)  # sync/load/smoke/promote pods
+    build_start_timeouts: PodStartTimeouts = field(default_factory=_default_build_start_timeouts)
+    storage: StorageConfig = field(default_factory=StorageConfig)  # the PVC: class, size, write access
     sync_resources: ResourceSpec = field(default_factory=_default_sync_resources)
     build_resources: ResourceSpec = field(default_factory=_default_build_resources)
     triton_resources: ResourceSpec = field(default_factory=_default_triton_resources)
@@ -212,6 +297,11 @@ class KubernetesConfig:
         object.__setattr__(self, "node_selector", labels(self.node_selector, f"{p}.node_selector"))
         object.__setattr__(self, "build_node_selector", labels(self.build_node_selector, f"{p}.build_node_selector"))
         object.__setattr__(self, "tolerations", tuple(self.tolerations))
+        if isinstance(self.image_pull_secrets, str) or not isinstance(self.image_pull_secrets, list | tuple):
+            raise fail(f"{p}.image_pull_secrets", f"must be a list of Secret names, got {self.image_pull_secrets!r}")
+        for i, secret in enumerate(self.image_pull_secrets):
+            string(secret, f"{p}.image_pull_secrets[{i}]", DNS_SUBDOMAIN, "Secret name")
+        object.__setattr__(self, "image_pull_secrets", tuple(self.image_pull_secrets))
         if self.gpu_product is not None:
             labels({GPU_PRODUCT_LABEL: self.gpu_product}, f"{p}.gpu_product")
         string(self.shm_size, f"{p}.shm_size", QUANTITY, "Kubernetes quantity")
@@ -233,6 +323,13 @@ class KubernetesConfig:
             kwargs["aws"] = AwsCredentials.from_dict(data["aws"], f"{path}.aws")
         if "images" in data:
             kwargs["images"] = Images.from_dict(data["images"], f"{path}.images")
+        if "api" in data:
+            kwargs["api"] = load_section(KubernetesApi, data["api"], f"{path}.api")
+        for waits in ("sync_start_timeouts", "build_start_timeouts"):
+            if waits in data:
+                kwargs[waits] = load_section(PodStartTimeouts, data[waits], f"{path}.{waits}")
+        if "storage" in data:
+            kwargs["storage"] = StorageConfig.from_dict(data["storage"], f"{path}.storage")
         for res in ("sync_resources", "build_resources", "triton_resources"):
             if res in data:
                 kwargs[res] = ResourceSpec.from_dict(data[res], f"{path}.{res}")

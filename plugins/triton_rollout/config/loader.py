@@ -19,6 +19,10 @@ from triton_rollout.config.validators import check_keys, fail, field_names, load
 from triton_rollout.errors import ConfigError
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
+# Far beyond any real models file; a YAML alias counts each time it is used, so a "billion laughs" document
+# (a few lines of nested aliases) is refused instead of keeping the DAG processor busy for minutes.
+MAX_VALUES = 100_000
+MAX_DEPTH = 64
 
 
 def load_project(data: object) -> ProjectConfig:
@@ -104,12 +108,30 @@ def expand_env(value: Any, path: str = "<root>", environ: Mapping[str, str] | No
     return out
 
 
-def read_config_file(path: str | os.PathLike[str]) -> ProjectConfig:
-    """Load the models config file (YAML or JSON), expanding environment references; errors name the file."""
+def _check_shape(data: object, file: Path) -> None:
+    """Refuse a document with more than MAX_VALUES values or nested deeper than MAX_DEPTH (one pass, no
+    recursion, stops at the first excess)."""
+    count = 0
+    pending: list[tuple[object, int]] = [(data, 0)]
+    while pending:
+        node, depth = pending.pop()
+        count += 1
+        if count > MAX_VALUES or depth > MAX_DEPTH:
+            raise ConfigError(f"{file} holds more than {MAX_VALUES} values or nests deeper than {MAX_DEPTH} levels "
+                              "(YAML aliases count each time they are used): not a models config file")
+        if isinstance(node, Mapping):
+            pending.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            pending.extend((v, depth + 1) for v in node)
+
+
+def read_config_file(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> ProjectConfig:
+    """Load the models config file (YAML or JSON), expanding environment references (from ``environ``,
+    default the process environment); errors name the file."""
     file = Path(path)
     try:
         text = file.read_text()
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read the models config file {file}: {exc}",
                           hint="set TRITON_ROLLOUT_MODELS to the config file's path") from exc
     try:
@@ -125,7 +147,10 @@ def read_config_file(path: str | os.PathLike[str]) -> ProjectConfig:
             data = json.loads(text)
     except ValueError as exc:
         raise ConfigError(f"{file} is not valid {file.suffix.lstrip('.').upper() or 'JSON'}: {exc}") from exc
+    except RecursionError:  # both parsers recurse per nesting level
+        raise ConfigError(f"{file} is nested too deeply to be a models config file") from None
+    _check_shape(data, file)
     try:
-        return load_project(expand_env(data))
+        return load_project(expand_env(data, environ=environ))
     except ConfigError as exc:
         raise ConfigError(f"{file}: {exc.message}", hint=exc.hint) from exc

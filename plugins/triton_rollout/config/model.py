@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from triton_rollout.config.kubernetes import KubernetesConfig
 from triton_rollout.config.validators import (
+    DNS_SUBDOMAIN,
     LABEL_VALUE,
     boolean,
     check_keys,
@@ -30,6 +31,7 @@ from triton_rollout.errors import ConfigError
 from triton_rollout.release.compat import ServingCompat
 from triton_rollout.release.manifest import validate_name
 from triton_rollout.release.s3 import ReleaseUri, S3Uri
+from triton_rollout.release.signing import PublicKey
 from triton_rollout.steps import CANDIDATE_MODES
 
 if TYPE_CHECKING:
@@ -149,6 +151,42 @@ class BuildSettings:
         return max(1, self.build_spec.gpus) if self.build_spec is not None else 1
 
 
+@dataclass(frozen=True)
+class SigningSettings:
+    """Who may publish this model's releases (release/signing.py).
+
+    ``trusted_keys``: Ed25519 public keys written ``ed25519:<base64>``, as ``python -m triton_rollout keygen``
+    prints them. With any set, the sync refuses a release whose manifest.json is not signed by one of them
+    (unsigned, changed after signing, or signed by another key) before a byte reaches the PVC. Empty:
+    unsigned releases are accepted, as without this section. An engine built in the cluster from a
+    checkpoint is signed by the build pod's key (``build_key_secret``): list that key's public key too.
+    ``build_key_secret``: a Secret holding the build's private key PEM under the key ``signing-key.pem``,
+    mounted read-only into build pods; None: engines built in the cluster are unsigned.
+    """
+
+    trusted_keys: tuple[PublicKey, ...] = ()
+    build_key_secret: str | None = None
+    _path: str = field(default="signing", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        p = self._path
+        keys = self.trusted_keys
+        if isinstance(keys, str) or not isinstance(keys, list | tuple):
+            raise fail(f"{p}.trusted_keys", f"must be a list of public keys (ed25519:<base64>), got {keys!r}")
+        parsed = tuple(k if isinstance(k, PublicKey) else PublicKey.parse(k, f"config field '{p}.trusted_keys[{i}]'")
+                       for i, k in enumerate(keys))
+        ids = [k.key_id for k in parsed]
+        if len(set(ids)) != len(ids):
+            raise fail(f"{p}.trusted_keys", f"lists a key twice (key ids {ids})")
+        object.__setattr__(self, "trusted_keys", parsed)
+        if self.build_key_secret is not None:
+            string(self.build_key_secret, f"{p}.build_key_secret", DNS_SUBDOMAIN, "Secret name")
+
+    @property
+    def required(self) -> bool:
+        return bool(self.trusted_keys)
+
+
 CONN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
 # Where a deploy's failures and rollbacks are posted (NotifySettings.when).
 NOTIFY_EVENTS = ("failure", "rollback")
@@ -241,6 +279,8 @@ class ModelDeployment:
     # What the serving Triton runs (TensorRT-LLM version, GPU compute capability): the sync refuses
     # engine releases built for anything else (compat.py). Unset values are not checked.
     serving: ServingCompat = field(default_factory=ServingCompat)
+    # Which keys may sign this model's releases; none = unsigned releases are accepted (release/signing.py).
+    signing: SigningSettings = field(default_factory=SigningSettings)
     # Airflow connections for what the Airflow side reads (airflow/connections.py); pods never use them.
     # S3: credentials, region, endpoint_url from the connection, the AWS environment where it has none.
     aws_conn_id: str | None = "aws_default"
@@ -320,7 +360,7 @@ class ModelDeployment:
         if "build" in data:
             kwargs["build"] = load_section(BuildSettings, _build_defaults(data, path), f"{path}.build")
         for name, section in (("sensor", SensorSettings), ("smoke", SmokeSettings), ("params", ParamDefaults),
-                              ("events", EventSettings), ("notify", NotifySettings)):
+                              ("events", EventSettings), ("notify", NotifySettings), ("signing", SigningSettings)):
             if name in data:
                 kwargs[name] = load_section(section, data[name], f"{path}.{name}")
         if "serving" in data:

@@ -45,7 +45,8 @@ def mapping(value: object, path: str) -> Mapping[str, Any]:
 
 def check_keys(data: Mapping[str, Any], allowed: set[str], path: str) -> None:
     """Refuse keys outside ``allowed``: a misspelt key must not silently fall back to a default."""
-    unknown = sorted(set(data) - allowed)
+    # YAML keys may be numbers, booleans, dates or null: sort by repr so they can be named, not compared.
+    unknown = sorted(set(data) - allowed, key=repr)
     if unknown:
         raise fail(path, f"unknown key(s) {unknown}; allowed: {sorted(allowed)}")
 
@@ -66,7 +67,8 @@ def string(value: object, path: str, pattern: re.Pattern[str] | None = None, wha
     """A non-empty string, matching ``pattern`` (described as ``what`` in the error) when given."""
     if not isinstance(value, str) or not value:
         raise fail(path, f"must be a non-empty string, got {value!r}")
-    if pattern is not None and not pattern.match(value):
+    # fullmatch: the patterns' '$' would also accept a trailing newline.
+    if pattern is not None and not pattern.fullmatch(value):
         raise fail(path, f"{value!r} is not a valid {what}")
     return value
 
@@ -103,9 +105,9 @@ def labels(value: object, path: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, val in mapping(value, path).items():
         prefix, _, name = key.rpartition("/") if isinstance(key, str) else ("", "", "")
-        if not name or not LABEL_NAME.match(name) or (prefix and not DNS_SUBDOMAIN.match(prefix)):
+        if not name or not LABEL_NAME.fullmatch(name) or (prefix and not DNS_SUBDOMAIN.fullmatch(prefix)):
             raise fail(f"{path}.{key}", "is not a valid Kubernetes label key")
-        if not isinstance(val, str) or not LABEL_VALUE.match(val):
+        if not isinstance(val, str) or not LABEL_VALUE.fullmatch(val):
             raise fail(f"{path}.{key}", f"label value {val!r} is not valid (<= 63 chars, alphanumeric, -_.)")
         out[key] = val
     return out

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from kubernetes.client import models as k8s
 
 from triton_rollout.config import GPU_PRODUCT_LABEL, GPU_RESOURCE, ModelDeployment, ResourceSpec, Toleration
+from triton_rollout.release.signing import BUILD_KEY_SECRET_KEY, SIGNING_KEY_ENV
 from triton_rollout.steps import BuildRequest, StepRequest
 
 APP_LABEL = "app.kubernetes.io/name"
@@ -30,6 +31,7 @@ PVC_VOLUME = "model-repository"
 SHM_VOLUME = "dshm"
 SCRATCH_VOLUME = "scratch"
 SCRATCH_PATH = "/scratch"
+SIGNING_KEY_DIR = "/var/run/secrets/triton-rollout/signing"
 
 
 def labels(model: ModelDeployment, component: str, version: int | None = None) -> dict[str, str]:
@@ -57,7 +59,7 @@ def pod_security_context(model: ModelDeployment) -> k8s.V1PodSecurityContext:
         run_as_group=kube.run_as_group,
         # Files written to the PVC get this group so the Triton pod (same fsGroup) can read them.
         fs_group=kube.fs_group,
-        fs_group_change_policy="OnRootMismatch",  # a big model repository is not re-chowned each start
+        fs_group_change_policy=kube.storage.fs_group_change_policy,  # config/storage.py
         seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
     )
 
@@ -122,6 +124,11 @@ def pvc_volume(model: ModelDeployment, *, read_only: bool = False) -> tuple[k8s.
     )
 
 
+def image_pull_secrets(model: ModelDeployment) -> list[k8s.V1LocalObjectReference] | None:
+    """The registry Secrets (type kubernetes.io/dockerconfigjson) a pod pulls its images with."""
+    return [k8s.V1LocalObjectReference(name=n) for n in model.kubernetes.image_pull_secrets] or None
+
+
 def tolerations(items: Sequence[Toleration]) -> list[k8s.V1Toleration] | None:
     out = [k8s.V1Toleration(key=t.key, operator=t.operator, value=t.value, effect=t.effect) for t in items]
     return out or None
@@ -153,6 +160,7 @@ def _pod(
             security_context=pod_security_context(model),
             node_selector=dict(node_selector) if node_selector else None,
             tolerations=pod_tolerations,
+            image_pull_secrets=image_pull_secrets(model),
             containers=[container],
             volumes=volumes,
         ),
@@ -209,13 +217,21 @@ def build_pod(model: ModelDeployment, request: BuildRequest, *, name: str | None
         k8s.V1VolumeMount(name=SHM_VOLUME, mount_path="/dev/shm"),
         k8s.V1VolumeMount(name=SCRATCH_VOLUME, mount_path=SCRATCH_PATH),
     ]
+    env = [*common_env(model), k8s.V1EnvVar(name="SCRATCH_DIR", value=SCRATCH_PATH)]
+    if model.signing.build_key_secret:
+        # The engine release is signed with this key (release/signing.py): a file from the Secret, never an
+        # env value; group-readable for fsGroup, since the pod runs as non-root.
+        volumes.append(k8s.V1Volume(name="signing-key", secret=k8s.V1SecretVolumeSource(
+            secret_name=model.signing.build_key_secret, default_mode=0o440)))
+        mounts.append(k8s.V1VolumeMount(name="signing-key", mount_path=SIGNING_KEY_DIR, read_only=True))
+        env.append(k8s.V1EnvVar(name=SIGNING_KEY_ENV, value=f"{SIGNING_KEY_DIR}/{BUILD_KEY_SECRET_KEY}"))
     container = k8s.V1Container(
         name="build",
         image=kube.images.build,
         image_pull_policy="IfNotPresent",
         command=list(CLI),
         args=request.to_argv(),
-        env=[*common_env(model), k8s.V1EnvVar(name="SCRATCH_DIR", value=SCRATCH_PATH)],
+        env=env,
         resources=resource_requirements(kube.build_resources, {GPU_RESOURCE: str(gpus)} if gpus else None),
         security_context=container_security_context(),
         volume_mounts=mounts,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from triton_rollout.errors import ConfigError
+from triton_rollout.errors import ConfigError, IntegrityError
 from triton_rollout.pvc.records import DeploymentState, PublishRecord
 from triton_rollout.release.manifest import validate_relpath
 
@@ -65,6 +65,35 @@ def safe_join(root: Path, rel: str) -> Path:
     """
     validate_relpath(rel)
     return root.joinpath(*rel.split("/"))
+
+
+def refuse_links(root: Path, path: Path, *, below: bool = True) -> None:
+    """Fail if a directory between ``root`` and ``path``, ``path`` itself or (``below``) anything under it is a
+    symlink. safe_join's check is lexical: a symlink left in staging (by hand, or by a tool other than the
+    sync, which creates none) would make the sync write, or publish, outside the PVC. One scandir pass."""
+    current = root
+    for part in path.relative_to(root).parts:
+        current = current / part
+        if current.is_symlink():
+            raise _planted(current)
+    if not below or not current.is_dir():
+        return
+    pending = [str(current)]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if entry.is_symlink():
+                    raise _planted(Path(entry.path))
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+
+
+def _planted(link: Path) -> IntegrityError:
+    return IntegrityError(
+        f"{link} is a symlink (to {os.readlink(link)!r}); the sync never creates one, so it refuses to write "
+        "through it; nothing was written",
+        hint=f"remove {link} (or the whole staging folder) and re-run the sync",
+    )
 
 
 @dataclass(frozen=True)

@@ -12,23 +12,34 @@ import hashlib
 import json
 import os
 import re
+import stat
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from triton_rollout.errors import ManifestError
+from triton_rollout.errors import ConfigError, ManifestError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 KINDS = ("engine", "checkpoint")
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
 MIN_PART_SIZE = 64 * 1024
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_VERSION = re.compile(r"^[1-9][0-9]*$")
+# Bigger than any real release's manifest (100k files take ~15 MB) and small enough to hold in memory:
+# fetch_manifest refuses a larger manifest.json before reading it.
+MANIFEST_MAX_BYTES = 64 * 1024 * 1024
+# Sizes and versions are int64 on disk (file offsets) and in Triton (model versions).
+_INT64_MAX = 2**63 - 1
+# Linux's NAME_MAX and PATH_MAX, in bytes: longer paths fail with ENAMETOOLONG half-way through a sync.
+_SEGMENT_MAX_BYTES = 255
+_PATH_MAX_BYTES = 4096
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_VERSION = re.compile(r"[1-9][0-9]{0,18}")
 # Model names become directory names on the PVC and path segments in S3 keys.
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _HASH_BLOCK = 1024 * 1024
 
 
@@ -37,39 +48,62 @@ def parse_version(value: object, *, field_name: str = "version") -> int:
     if isinstance(value, bool):
         raise ManifestError(f"must be a positive integer, got {value!r}", field=field_name)
     if isinstance(value, int):
-        if value <= 0:
-            raise ManifestError(f"must be a positive integer, got {value}", field=field_name)
+        if not 0 < value <= _INT64_MAX:
+            raise ManifestError(f"must be a positive integer up to 2^63-1, got {_show(value)}", field=field_name)
         return value
-    if isinstance(value, str) and _VERSION.match(value):
+    if isinstance(value, str) and _VERSION.fullmatch(value) and int(value) <= _INT64_MAX:
         return int(value)
     raise ManifestError(
-        f"must be a positive integer without leading zeros (Triton ignores other directory names), got {value!r}",
+        f"must be a positive integer without leading zeros (Triton ignores other directory names), got {_show(value)}",
         field=field_name,
     )
 
 
 def validate_name(value: object, *, field_name: str) -> str:
-    if not isinstance(value, str) or not _NAME.match(value) or value in (".", ".."):
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or value in (".", ".."):
         raise ManifestError(
             f"must be 1-128 characters of letters, digits, '_', '.', '-' starting with a letter or digit, "
-            f"got {value!r}",
+            f"got {_show(value)}",
             field=field_name,
         )
     return value
 
 
+def _show(value: object, limit: int = 100) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a hostile manifest must not make a 10 MB error message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def path_key(path: str) -> str:
+    """The name a case- and normalization-insensitive filesystem (macOS, Windows, some NAS exports) sees:
+    two paths with one key are one file there."""
+    return unicodedata.normalize("NFC", path).casefold()
+
+
 def validate_relpath(value: object, *, field_name: str = "files[].path") -> str:
     """A relative POSIX path that cannot escape the directory it is joined to."""
     if not isinstance(value, str) or not value:
-        raise ManifestError(f"must be a non-empty string, got {value!r}", field=field_name)
+        raise ManifestError(f"must be a non-empty string, got {_show(value)}", field=field_name)
     if "\x00" in value or "\\" in value:
-        raise ManifestError(f"contains a NUL or backslash: {value!r}", field=field_name)
+        raise ManifestError(f"contains a NUL or backslash: {_show(value)}", field=field_name)
+    if _CONTROL.search(value):
+        raise ManifestError(f"contains a control character: {_show(value)}", field=field_name)
     if value.startswith("/"):
-        raise ManifestError(f"must be relative, got absolute path {value!r}", field=field_name)
+        raise ManifestError(f"must be relative, got absolute path {_show(value)}", field=field_name)
     parts = value.split("/")
     if any(p in ("", ".", "..") for p in parts):
         raise ManifestError(
-            f"must not contain '..', '.' or empty segments (path traversal), got {value!r}", field=field_name
+            f"must not contain '..', '.' or empty segments (path traversal), got {_show(value)}", field=field_name
+        )
+    try:
+        encoded = [p.encode() for p in parts]
+    except UnicodeEncodeError:  # a lone surrogate (JSON allows "\ud800"): no file can have that name
+        raise ManifestError(f"is not valid Unicode: {_show(value)}", field=field_name) from None
+    if sum(map(len, encoded)) + len(parts) - 1 > _PATH_MAX_BYTES or max(map(len, encoded)) > _SEGMENT_MAX_BYTES:
+        raise ManifestError(
+            f"is longer than the filesystem allows ({_SEGMENT_MAX_BYTES} bytes a name, {_PATH_MAX_BYTES} in all): "
+            f"{_show(value)}", field=field_name,
         )
     if parts[-1] == MANIFEST_NAME and len(parts) == 1:
         raise ManifestError("must not be manifest.json itself", field=field_name)
@@ -202,14 +236,17 @@ def format_time(t: datetime) -> str:
 
 def parse_time(value: object, *, field_name: str = "created_at") -> datetime:
     if not isinstance(value, str):
-        raise ManifestError(f"must be an ISO-8601 UTC timestamp string, got {value!r}", field=field_name)
+        raise ManifestError(f"must be an ISO-8601 UTC timestamp string, got {_show(value)}", field=field_name)
     try:
         t = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as exc:
-        raise ManifestError(f"is not an ISO-8601 timestamp: {value!r}", field=field_name) from exc
+        raise ManifestError(f"is not an ISO-8601 timestamp: {_show(value)}", field=field_name) from exc
     if t.tzinfo is None:
-        raise ManifestError(f"must carry a UTC offset (e.g. 'Z'), got {value!r}", field=field_name)
-    return t.astimezone(UTC)
+        raise ManifestError(f"must carry a UTC offset (e.g. 'Z'), got {_show(value)}", field=field_name)
+    try:
+        return t.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise ManifestError(f"is out of range in UTC: {_show(value)}", field=field_name) from None
 
 
 def _require(data: dict[str, Any], key: str, typ: type | tuple[type, ...]) -> Any:
@@ -230,17 +267,17 @@ def _parse_file(i: int, raw: object) -> FileEntry:
             raise ManifestError("is missing", field=f"{where}.{key}")
     path = validate_relpath(raw["path"], field_name=f"{where}.path")
     size = raw["size"]
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise ManifestError(f"must be a non-negative integer, got {size!r}", field=f"{where}.size")
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= _INT64_MAX:
+        raise ManifestError(f"must be an integer from 0 to 2^63-1, got {_show(size)}", field=f"{where}.size")
     sha = raw["sha256"]
-    if not isinstance(sha, str) or not _HEX64.match(sha):
-        raise ManifestError(f"must be 64 lowercase hex digits, got {sha!r}", field=f"{where}.sha256")
+    if not isinstance(sha, str) or not _HEX64.fullmatch(sha):
+        raise ManifestError(f"must be 64 lowercase hex digits, got {_show(sha)}", field=f"{where}.sha256")
     part_size = raw.get("part_size")
     parts_raw = raw.get("part_sha256", [])
     if parts_raw:
         if isinstance(part_size, bool) or not isinstance(part_size, int) or part_size < MIN_PART_SIZE:
             raise ManifestError(
-                f"must be an integer >= {MIN_PART_SIZE} when part_sha256 is given, got {part_size!r}",
+                f"must be an integer >= {MIN_PART_SIZE} when part_sha256 is given, got {_show(part_size)}",
                 field=f"{where}.part_size",
             )
         expected = -(-size // part_size)
@@ -250,8 +287,8 @@ def _parse_file(i: int, raw: object) -> FileEntry:
                 field=f"{where}.part_sha256",
             )
         for digest in parts_raw:
-            if not isinstance(digest, str) or not _HEX64.match(digest):
-                raise ManifestError(f"holds a bad digest {digest!r}", field=f"{where}.part_sha256")
+            if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
+                raise ManifestError(f"holds a bad digest {_show(digest)}", field=f"{where}.part_sha256")
         return FileEntry(path, size, sha, part_size, tuple(parts_raw))
     return FileEntry(path, size, sha)
 
@@ -263,6 +300,8 @@ def parse_manifest(raw: bytes | str | dict[str, Any]) -> Manifest:
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ManifestError(f"is not valid JSON: {exc}") from exc
+        except RecursionError:  # the C decoder recurses per nesting level
+            raise ManifestError("is nested too deeply to be a manifest") from None
     else:
         data = raw
     if not isinstance(data, dict):
@@ -281,24 +320,25 @@ def parse_manifest(raw: bytes | str | dict[str, Any]) -> Manifest:
     created_at = parse_time(_require(data, "created_at", str))
     kind = _require(data, "kind", str)
     if kind not in KINDS:
-        raise ManifestError(f"must be one of {', '.join(KINDS)}, got {kind!r}", field="kind")
+        raise ManifestError(f"must be one of {', '.join(KINDS)}, got {_show(kind)}", field="kind")
     source = _require(data, "source", str)
     files_raw = _require(data, "files", list)
     if not files_raw:
         raise ManifestError("must list at least one file", field="files")
     files = tuple(_parse_file(i, f) for i, f in enumerate(files_raw))
-    seen: set[str] = set()
+    seen: dict[str, str] = {}
     for f in files:
-        # Paths that differ only by case collide on case-insensitive filesystems; refuse both kinds.
-        key = f.path.lower()
+        # Paths that differ only by case or Unicode normalization (NFC/NFD) collide on some filesystems.
+        key = path_key(f.path)
         if key in seen:
-            raise ManifestError(f"duplicate path {f.path!r}", field="files[].path")
-        seen.add(key)
+            twin = "" if seen[key] == f.path else f" (same file as {_show(seen[key])} on some filesystems)"
+            raise ManifestError(f"duplicate path {_show(f.path)}{twin}", field="files[].path")
+        seen[key] = f.path
     # A file that is also a directory prefix of another file cannot exist on disk.
-    dirs = {"/".join(f.path.split("/")[:i]) for f in files for i in range(1, f.path.count("/") + 1)}
-    clash = sorted(dirs & {f.path for f in files})
+    dirs = {"/".join(key.split("/")[:i]) for key in seen for i in range(1, key.count("/") + 1)}
+    clash = sorted(dirs & seen.keys())
     if clash:
-        raise ManifestError(f"path {clash[0]!r} is both a file and a directory", field="files[].path")
+        raise ManifestError(f"path {_show(seen[clash[0]])} is both a file and a directory", field="files[].path")
     compat = None
     if "compat" in data and data["compat"] is not None:
         compat = parse_compat(data["compat"])
@@ -317,7 +357,7 @@ def parse_compat(raw: object) -> Compat:
     for key in ("tp_size", "pp_size"):
         v = raw.get(key, 1)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ManifestError(f"must be a positive integer, got {v!r}", field=f"compat.{key}")
+            raise ManifestError(f"must be a positive integer, got {_show(v)}", field=f"compat.{key}")
         sizes[key] = v
     dtype = raw.get("dtype", "")
     if not isinstance(dtype, str):
@@ -355,16 +395,32 @@ def hash_file(path: Path, size: int, part_size: int) -> tuple[str, tuple[str, ..
 
 
 def iter_release_files(src: Path) -> Iterator[tuple[str, Path]]:
-    """Regular files under ``src`` as (relative posix path, absolute path), sorted; symlinks refused."""
+    """Regular files under ``src`` as (relative posix path, absolute path), sorted.
+
+    Refused, naming the path: symlinks (to files or directories: one could point out of ``src``, and
+    os.walk would silently skip a linked directory), hard links (the same bytes are reachable, and
+    changeable, from outside the release) and anything that is not a regular file (a FIFO would block
+    the hashing forever).
+    """
     for root, dirs, names in os.walk(src):
         dirs.sort()
-        for name in sorted(names):
+        for name in sorted(dirs + names):
             full = Path(root) / name
             rel = PurePosixPath(full.relative_to(src).as_posix())
-            if full.is_symlink():
-                raise ManifestError(f"{rel} is a symlink; releases hold regular files only", field="files[].path")
-            if str(rel) == MANIFEST_NAME:
+            st = full.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                raise ManifestError(f"{rel} is a symlink; releases hold regular files only", field="files[].path",
+                                    hint="copy the file it points to into the release directory")
+            if stat.S_ISDIR(st.st_mode) or str(rel) == MANIFEST_NAME:
                 continue
+            if not stat.S_ISREG(st.st_mode):
+                raise ManifestError(f"{rel} is not a regular file (a FIFO, socket or device)", field="files[].path",
+                                    hint="releases hold regular files only; remove it from the release directory")
+            if st.st_nlink > 1:
+                raise ManifestError(
+                    f"{rel} is a hard link ({st.st_nlink} names for one file); releases hold files of their own",
+                    field="files[].path", hint="copy it (cp without -l / --link) into the release directory",
+                )
             yield str(rel), full
 
 
@@ -381,6 +437,10 @@ def build_manifest(
     extra: dict[str, Any] | None = None,
 ) -> Manifest:
     """Hash every file under ``src`` into a validated manifest."""
+    if isinstance(part_size, bool) or not isinstance(part_size, int) or part_size < MIN_PART_SIZE:
+        # A zero part size would hash no bytes at all: every file would get the empty file's sha256.
+        raise ConfigError(f"part size must be at least {MIN_PART_SIZE} bytes, got {part_size!r}",
+                          hint="use the default (8 MiB), or --part-mib 1 or more")
     entries = []
     for rel, full in iter_release_files(src):
         size = full.stat().st_size

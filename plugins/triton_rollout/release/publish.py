@@ -2,7 +2,8 @@
 
 Consumers treat a release as complete only once manifest.json exists, so a producer that dies
 half-way leaves an incomplete prefix that nothing deploys. Releases are immutable: publishing over an
-existing manifest is refused.
+existing manifest is refused. With a signing key, manifest.json.sig (signing.py) is written just before
+the manifest, so a complete release is always a signed one.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from triton_rollout.errors import ConfigError
 from triton_rollout.release.manifest import DEFAULT_PART_SIZE, Compat, Manifest, build_manifest
 from triton_rollout.release.progress import Progress
 from triton_rollout.release.s3 import ReleaseUri, make_client, raise_translated
+from triton_rollout.release.signing import SIGNATURE_NAME, SigningKey
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +37,17 @@ def publish_release(
     client: Any = None,
     concurrency: int = 8,
     overwrite: bool = False,
+    signing_key: SigningKey | None = None,
 ) -> Manifest:
+    """``signing_key``: sign manifest.json with it (signing.py); the signature is written before the
+    manifest, so a release that is complete is signed."""
     release = release_uri if isinstance(release_uri, ReleaseUri) else ReleaseUri.parse(release_uri)
     src_path = Path(src)
     if not src_path.is_dir():
         raise ConfigError(f"release source {src_path} is not a directory")
+    if (src_path / SIGNATURE_NAME).exists():
+        raise ConfigError(f"{src_path / SIGNATURE_NAME}: a release's {SIGNATURE_NAME} is written by publish itself",
+                          hint="remove it from the source directory (sign with --signing-key instead)")
     manifest = build_manifest(
         src_path, model=release.model, version=release.version, kind=kind, source=source or str(src_path),
         created_at=created_at, compat=compat, part_size=part_size, extra=extra,
@@ -73,16 +81,36 @@ def publish_release(
             list(pool.map(upload, [f.path for f in manifest.files]))
     finally:
         progress.stop()
+    body = manifest.to_json()
+    if signing_key is not None:
+        # Before the manifest: once the release is complete, its signature is there too. It signs these
+        # exact bytes, the ones uploaded next.
+        _put(client, release.bucket, release.signature_key, signing_key.signature_document(body))
+    elif overwrite:
+        # An unsigned re-publish must not leave a stale signature of the old manifest behind.
+        _delete(client, release.bucket, release.signature_key)
     # Last: its presence is what makes the release complete.
-    try:
-        client.put_object(Bucket=release.bucket, Key=release.manifest_key, Body=manifest.to_json(),
-                          ContentType="application/json")
-    except Exception as exc:
-        raise_translated(exc, release.bucket, release.manifest_key)
-        raise
-    log.info("published %s: %d files, %d bytes, manifest written last", release, len(manifest.files),
-             manifest.total_size)
+    _put(client, release.bucket, release.manifest_key, body)
+    signed = f", signed by key {signing_key.public_key.key_id}" if signing_key else ", unsigned"
+    log.info("published %s: %d files, %d bytes, manifest written last%s", release, len(manifest.files),
+             manifest.total_size, signed)
     return manifest
+
+
+def _put(client: Any, bucket: str, key: str, body: bytes) -> None:
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
+    except Exception as exc:
+        raise_translated(exc, bucket, key)
+        raise
+
+
+def _delete(client: Any, bucket: str, key: str) -> None:
+    try:
+        client.delete_object(Bucket=bucket, Key=key)  # S3 answers 204 for an absent key too
+    except Exception as exc:
+        raise_translated(exc, bucket, key)
+        raise
 
 
 def _exists(client: Any, bucket: str, key: str) -> bool:
@@ -90,9 +118,9 @@ def _exists(client: Any, bucket: str, key: str) -> bool:
 
     try:
         client.head_object(Bucket=bucket, Key=key)
-    except ClientError as exc:
-        if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+    except Exception as exc:
+        if isinstance(exc, ClientError) and exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
             return False
-        raise_translated(exc, bucket, key)
+        raise_translated(exc, bucket, key)  # an unreachable endpoint included
         raise
     return True

@@ -6,8 +6,10 @@ the same code reaches AWS, SeaweedFS or any S3-compatible store without flags.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,14 +22,25 @@ from triton_rollout.errors import (
     ReleaseNotFound,
     RolloutError,
     S3AccessDenied,
+    SignatureError,
     TransferError,
 )
-from triton_rollout.release.manifest import MANIFEST_NAME, Manifest, parse_manifest, parse_version, validate_name
+from triton_rollout.release.manifest import (
+    MANIFEST_MAX_BYTES,
+    MANIFEST_NAME,
+    Manifest,
+    parse_manifest,
+    parse_version,
+    validate_name,
+)
+from triton_rollout.release.signing import SIGNATURE_MAX_BYTES, SIGNATURE_NAME, PublicKey, verify_manifest
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client  # pragma: no cover
 else:
     S3Client = Any
+
+log = logging.getLogger(__name__)
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled", "403"}
@@ -113,6 +126,10 @@ class ReleaseUri:
     def manifest_key(self) -> str:
         return self.file_key(MANIFEST_NAME)
 
+    @property
+    def signature_key(self) -> str:
+        return self.file_key(SIGNATURE_NAME)
+
     def __str__(self) -> str:
         return f"s3://{self.bucket}/{self.key}"
 
@@ -192,10 +209,13 @@ def s3_error(code: str, status: int | None, bucket: str, key: str) -> RolloutErr
 
 def translate_error(exc: Exception, bucket: str, key: str) -> RolloutError | None:
     """Map a botocore error to one that names the bucket and key, or None if it is not ours to name."""
-    from botocore.exceptions import ClientError, NoCredentialsError
+    from botocore.exceptions import ClientError, HTTPClientError, NoCredentialsError
+    from botocore.exceptions import ConnectionError as EndpointUnreachable
 
     if isinstance(exc, NoCredentialsError):
         return S3AccessDenied(f"no AWS credentials found while reading s3://{bucket}/{key}")
+    if isinstance(exc, EndpointUnreachable | HTTPClientError):  # after botocore's own retries
+        return TransferError(f"S3 unreachable for s3://{bucket}/{key}: {exc}")
     if not isinstance(exc, ClientError):
         return None
     code = str(exc.response.get("Error", {}).get("Code", ""))
@@ -208,8 +228,13 @@ def raise_translated(exc: Exception, bucket: str, key: str) -> None:
         raise mapped from exc
 
 
-def fetch_manifest(release: ReleaseUri, reader: ObjectReader | None = None) -> Manifest:
-    """Read and validate a release's manifest; tell an absent release from an unfinished one."""
+def fetch_manifest(release: ReleaseUri, reader: ObjectReader | None = None, *,
+                   trusted_keys: Sequence[PublicKey] = ()) -> Manifest:
+    """Read and validate a release's manifest; tell an absent release from an unfinished one.
+
+    ``trusted_keys``: when given, the manifest must carry a valid signature by one of them (signing.py),
+    checked over the very bytes that are then parsed and returned: one read, no gap between check and use.
+    """
     reader = reader or ObjectReader(release.bucket)
     try:
         body = with_retries(f"reading {release}/manifest.json", lambda: reader.get_bytes(release.manifest_key))
@@ -221,6 +246,10 @@ def fetch_manifest(release: ReleaseUri, reader: ObjectReader | None = None) -> M
                 f"release {release} has files but no manifest.json: the upload is still running or failed"
             ) from exc
         raise ReleaseNotFound(f"release {release} not found (no s3://{release.bucket}/{release.manifest_key})") from exc
+    if trusted_keys:
+        # Verified before parsing: an untrusted manifest is not even interpreted.
+        key_id = verify_manifest(f"release {release}", body, _signature_bytes(release, reader), trusted_keys)
+        log.info("release %s: manifest.json signed by trusted key %s", release, key_id)
     manifest = parse_manifest(body)
     if manifest.model != release.model or manifest.version != release.version:
         raise ManifestError(
@@ -229,6 +258,19 @@ def fetch_manifest(release: ReleaseUri, reader: ObjectReader | None = None) -> M
             hint="the manifest must match its location; re-publish to the right prefix",
         )
     return manifest
+
+
+def _signature_bytes(release: ReleaseUri, reader: ObjectReader) -> bytes | None:
+    """The release's manifest.json.sig, or None when it has none."""
+    try:
+        return with_retries(f"reading {release}/{SIGNATURE_NAME}",  # type: ignore[no-any-return]
+                            lambda: reader.get_bytes(release.signature_key, limit=SIGNATURE_MAX_BYTES))
+    except BucketNotFound:
+        raise
+    except ReleaseNotFound:
+        return None
+    except ManifestError as exc:  # over the size limit: not a signature document
+        raise SignatureError(f"release {release}: {SIGNATURE_NAME} is not a signature ({exc.message})") from exc
 
 
 def complete_release(release: ReleaseUri, reader: ObjectReader | None = None) -> Manifest | None:
@@ -457,16 +499,32 @@ class ObjectReader:
             )
         raise err
 
-    def get_bytes(self, key: str, limit: int = 64 * 1024 * 1024) -> bytes:
+    def get_bytes(self, key: str, limit: int = MANIFEST_MAX_BYTES) -> bytes:
+        """The whole object, refused (ManifestError) when over ``limit`` bytes: by its Content-Length before a
+        byte of the body is read, else (a chunked body) after reading at most one byte past the limit."""
+        import http.client
+
         resp = self._get(key)
         if resp.status != 200:
             raise self._fail(resp, key)
-        length = int(resp.getheader("Content-Length") or 0)
-        if length > limit:
+        length = resp.getheader("Content-Length")
+        if length is not None and int(length) > limit:
             resp.close()
             self.drop()
             raise ManifestError(f"s3://{self.bucket}/{key} is {length} bytes, over the {limit}-byte limit")
-        return resp.read()
+        try:
+            body = resp.read(limit + 1)
+        except (OSError, http.client.HTTPException) as exc:  # reset or cut mid-body
+            self.drop()
+            raise RetryableError(f"GET s3://{self.bucket}/{key}: {exc!r}") from exc
+        if len(body) > limit:
+            resp.close()
+            self.drop()
+            raise ManifestError(f"s3://{self.bucket}/{key} is over the {limit}-byte limit (no Content-Length sent)")
+        if length is not None and len(body) != int(length):
+            self.drop()
+            raise RetryableError(f"GET s3://{self.bucket}/{key}: got {len(body)} of {length} bytes")
+        return body
 
     def key_count(self, prefix: str) -> int:
         """How many keys start with prefix (0 or 1: enough to tell 'absent' from 'incomplete')."""

@@ -7,6 +7,8 @@ Guarantees (each has a test):
 - re-syncing a version that is published and intact transfers nothing; one whose files changed
   since publishing is reported (CorruptVersion) and only replaced, whole, with ``repair=True``.
 - one writer per model (PvcLock); retention never prunes the promoted or rollback version.
+- with trusted keys configured, a release whose manifest is not signed by one of them is refused
+  (SignatureError) before the PVC is opened (signing.py).
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from triton_rollout.errors import CorruptVersion, DiskFull, IntegrityError
-from triton_rollout.pvc.layout import PvcLayout, fsync_dir, remove_tree, safe_join
+from triton_rollout.pvc.layout import PvcLayout, fsync_dir, refuse_links, remove_tree, safe_join
 from triton_rollout.pvc.lock import PvcLock
 from triton_rollout.pvc.records import FileStat, PublishRecord
 from triton_rollout.release.compat import check_compat
 from triton_rollout.release.manifest import FileEntry, Manifest, hash_file
 from triton_rollout.release.progress import Progress, TransferCounters, human_bytes
 from triton_rollout.release.s3 import ReleaseUri, fetch_manifest
+from triton_rollout.release.signing import PublicKey
 
 if TYPE_CHECKING:
     from triton_rollout.release.transfer import FileTask
@@ -53,6 +56,8 @@ class SyncOptions:
     # The compatibility gate (compat.py): None = not checked.
     expect_trtllm_version: str | None = None
     expect_compute_capability: str | None = None
+    # The signature gate (signing.py): empty = unsigned releases are accepted.
+    trusted_keys: tuple[PublicKey, ...] = ()
 
 
 @dataclass
@@ -142,7 +147,9 @@ def sync_release(
         setattr(opts, key, value)
     release = release_uri if isinstance(release_uri, ReleaseUri) else ReleaseUri.parse(release_uri)
     started = time.monotonic()
-    manifest = fetch_manifest(release)
+    # With trusted keys, the signature is checked over the manifest bytes this one read returns: before
+    # anything below (even staging) touches the PVC.
+    manifest = fetch_manifest(release, trusted_keys=opts.trusted_keys)
     manifest.require_servable()
     # Before the PVC is even opened: a mismatched engine must not cost a byte of it.
     check_compat(manifest, trtllm_version=opts.expect_trtllm_version,
@@ -203,6 +210,10 @@ def _sync_locked(
     from triton_rollout.release.transfer import Downloader, FileTask
 
     staging = layout.staging_release(manifest.model, manifest.version)
+    # Before a byte is written: a symlink in staging or on the way to repository/<model>/ would lead outside.
+    refuse_links(layout.root, staging)
+    for triton_model in manifest.triton_models:
+        refuse_links(layout.root, layout.model_dir(triton_model), below=False)
     tasks = []
     kept_files = kept_bytes = 0
     for entry in manifest.files:

@@ -61,6 +61,10 @@ def read_config(path: Path) -> mc.ModelConfig:
         text = path.read_text()
     except FileNotFoundError:
         raise ModelConfigError(f"{path} is missing") from None
+    except UnicodeDecodeError as exc:  # protobuf's text format is UTF-8
+        raise ModelConfigError(f"{path}: not a valid Triton model config: not UTF-8 text ({exc})") from None
+    except OSError as exc:  # a directory, or unreadable
+        raise ModelConfigError(f"{path}: cannot be read: {exc.strerror or exc}") from None
     return parse_config(text, source=str(path))
 
 

@@ -14,14 +14,16 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
-from triton_rollout.errors import TritonError
+from triton_rollout.errors import ConfigError, TritonError
 from triton_rollout.triton.config import ModelConfig, to_json
 
 log = logging.getLogger(__name__)
@@ -29,15 +31,30 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = 30.0
 # A TRT-LLM engine load can take minutes on a GPU (a python-backend model on the CPU loads in ~1.5 s).
 DEFAULT_LOAD_TIMEOUT = 600.0
+# A DNS name (labels of 1-63 letters, digits, '-') or an IPv4/IPv6 address (urlsplit drops IPv6's brackets).
+_HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+                   r"|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*")
 
 
 def normalize_url(url: str) -> str:
-    """tritonclient wants host:port; people paste http://host:port/."""
-    url = url.strip().rstrip("/")
+    """tritonclient wants host:port; people paste http://host:port/. Anything else is refused here: tritonclient
+    would fail deep in gevent with a ValueError ("Port could not be cast") or UnicodeError (an empty label)."""
+    hostport = url.strip().rstrip("/")
     for scheme in ("http://", "https://"):
-        if url.startswith(scheme):
-            return url[len(scheme):]
-    return url
+        if hostport.startswith(scheme):
+            hostport = hostport[len(scheme):]
+            break
+    parts = urlsplit("//" + hostport)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    # A base path (host:port/prefix, behind a proxy) is tritonclient's own documented form; the rest is not.
+    extra = parts.query or parts.fragment or parts.username is not None or parts.netloc.endswith(":")
+    if not port_ok or extra or not _HOST.fullmatch(parts.hostname or ""):
+        raise ConfigError(f"Triton URL {url!r} is not host:port[/path] or http(s)://host:port[/path]",
+                          hint="pass e.g. --triton-url http://triton:8000 (or set TRITON_URL)")
+    return hostport
 
 
 def infer_url(base_url: str, model: str, version: int | str) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from triton_rollout.errors import DriftNotRepaired, RolloutError
 from triton_rollout.pvc.layout import PvcLayout
@@ -19,6 +19,9 @@ from triton_rollout.release.s3 import ReleaseUri, fetch_manifest
 from triton_rollout.release.sync import SyncOptions, check_published, sync_release
 from triton_rollout.triton.control import TritonControl
 from triton_rollout.triton.promote import load_candidate, prepare_release
+
+if TYPE_CHECKING:
+    from triton_rollout.release.signing import PublicKey
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,9 @@ class ReconcileReport:
 
 def reconcile_model(layout: PvcLayout, control: TritonControl, model: str, *, release_prefix: str,
                     engine_prefix: str | None = None, full: bool = False, repair: bool = True,
-                    triton_repository: str | None = None, deadline_s: float = 600.0) -> ReconcileReport:
+                    triton_repository: str | None = None, deadline_s: float = 600.0,
+                    trusted_keys: tuple[PublicKey, ...] = ()) -> ReconcileReport:
+    """``trusted_keys``: the model's signing keys; a repair re-syncs through the same gate as a sync."""
     t0 = time.monotonic()
     state = layout.deployment(model)
     report = ReconcileReport(model=model, promoted=state.promoted, verify="full" if full else "stat")
@@ -80,9 +85,10 @@ def reconcile_model(layout: PvcLayout, control: TritonControl, model: str, *, re
         if repair:
             try:
                 release = ReleaseUri.under(release_prefix, model, version)
-                uri = release.servable(fetch_manifest(release).kind, engine_prefix)
+                uri = release.servable(fetch_manifest(release, trusted_keys=trusted_keys).kind, engine_prefix)
                 result = sync_release(uri, layout.root, options=SyncOptions(
-                    repair=True, verify="full" if full else "stat", prune=False, progress_interval=0))
+                    repair=True, verify="full" if full else "stat", prune=False, progress_interval=0,
+                    trusted_keys=trusted_keys))
                 report.repaired = True
                 report.bytes_transferred = result.bytes_transferred
             except RolloutError as exc:
