@@ -216,8 +216,9 @@ class Story:
             raise DemoFailed(f"expected a failure and a rollback notification for {run_id}, got {events}")
         print("  notifications posted to the webhook:\n    " + "\n    ".join(
             str(m.body["text"]).splitlines()[0] for m in posted))
-        self.results.append("bad release v3: smoke test failed, rollback restored v2, the run failed (as it should); "
-                            "v2 still answers the same; the webhook got the failure and the rollback notices")
+        self.results.append("bad release v3: smoke test failed (on its shadow names: no client reached it), the "
+                            "rollback discarded it, the run failed (as it should); v2 still answers the same; the "
+                            "webhook got the failure and the rollback notices")
 
 
     def watch_events(self) -> None:
