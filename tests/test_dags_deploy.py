@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -160,6 +161,15 @@ def test_the_operators_pod_pulls_with_the_configured_secrets(monkeypatch: pytest
     op.full_pod_spec = step_pod(model, SyncRequest.for_model(model, model.release(1)))
     pod = op.build_pod_request_obj(dry_run=True)  # the provider's merge of the step pod with its own settings
     assert [s.name for s in pod.spec.image_pull_secrets] == ["ngc-pull"]
+    # What the README says of Airflow's pods (issue 13 item 8): the provider renames the step's container
+    # `base` and sets its own termination message policy; the rest of the container is the step's.
+    (container,) = pod.spec.containers
+    step = op.full_pod_spec.spec.containers[0]
+    assert (step.name, step.termination_message_policy) == ("sync", "FallbackToLogsOnError")
+    assert (container.name, container.termination_message_policy) == ("base", "File")
+    assert (container.image, container.args) == (step.image, step.args)
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert "`kubectl logs <pod> -c base`" in readme and "terminationMessagePolicy: File" in readme
 
 
 def test_placeholder_images_fail_the_dag_files_naming_the_field(monkeypatch: pytest.MonkeyPatch,
