@@ -212,7 +212,10 @@ def running_airflow(tmp_path_factory: pytest.TempPathFactory, notify_receiver: R
         # S3 reaches the Airflow side only through the aws_default connection (the pods keep their Secret).
         # The schedule is monthly, at midnight on the 1st: no scheduled run starts during a session (one
         # would hold max_active_runs=1 while it waits), and backfills have whole past months to replay.
+        # Re-parse every 15 s instead of 60: an unpaused DAG's AssetWatcher starts at the next parse, which the
+        # S3-event test otherwise waited up to a minute for.
         server = AirflowServer.for_stack(local, root / "airflow", ROLLOUT_SENSOR_POKE_S="2",
+                                         AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL="15",
                                          ROLLOUT_SCHEDULE="0 0 1 * *", ROLLOUT_SENSOR_TIMEOUT_S="60",
                                          ROLLOUT_FAILED_POD_RETENTION_S=str(RUNNING_AIRFLOW_POD_RETENTION_S),
                                          **notify_receiver.airflow_env()).start()
