@@ -22,14 +22,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import re
-import threading
-import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .controller import Controller
 from .store import ApiError, Obj, Store, now_iso
 
 if TYPE_CHECKING:
@@ -246,45 +246,31 @@ def _past_backoff_limit_on_failure(spec: Obj, pods: list[Obj]) -> bool:
     return restarts > 0 if limit == 0 else restarts >= limit
 
 
-class JobController:
+class JobController(Controller):
     """One thread running the Job, TTL-after-finished, CronJob and garbage-collector loops.
 
     ``clock_file``: when set and present, the CronJob controller's "now" is the ISO timestamp in it (tests
     step it); the Job controller always uses the real clock."""
 
+    name = "job-controller"
+    wait_s = POLL_S * 2
+    pause_s = POLL_S / 2
+
     def __init__(self, api: Api, *, clock_file: Path | None = None) -> None:
-        self.api = api
-        self.store = api.store
+        super().__init__(api)
         self.clock_file = clock_file
         self._counted: dict[str, dict[str, str]] = {}  # job uid -> pod uid -> Succeeded / Failed
         self._said: set[tuple[str, str]] = set()  # (cronjob uid, event key) already reported
         self._create_errors: dict[str, str] = {}  # job uid -> the last FailedCreate message (reported once)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="job-controller", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
+    def steps(self) -> list[Callable[[], None]]:
+        return [self._sync_cronjobs, self._sync_jobs, self._collect_garbage]
 
     def cron_now(self) -> datetime:
         if self.clock_file is not None:
             with contextlib.suppress(OSError, ValueError):
                 return datetime.fromisoformat(self.clock_file.read_text().strip().replace("Z", "+00:00"))
         return datetime.now(UTC)
-
-    def _loop(self) -> None:
-        seen = -1
-        while not self._stop.is_set():
-            self.store.wait(seen, timeout=POLL_S * 2)
-            seen = self.store.resource_version
-            for step in (self._sync_cronjobs, self._sync_jobs, self._collect_garbage):
-                try:
-                    step()
-                except Exception as exc:  # keep the controller alive; the log shows what went wrong
-                    print(f"job controller: {step.__name__}: {type(exc).__name__}: {exc}", flush=True)
-            time.sleep(POLL_S / 2)
 
     # -- garbage collection ----------------------------------------------------------------------------
 

@@ -26,10 +26,11 @@ import copy
 import select
 import socket
 import threading
-import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import tables
+from .controller import Controller
 from .network import PodNetwork
 from .store import ApiError, Obj, Store
 
@@ -274,37 +275,26 @@ class _Listener:
                         s.close()
 
 
-class ServiceController:
+class ServiceController(Controller):
     """One thread keeping each Service's EndpointSlices and proxy listeners in step with the store."""
 
+    name = "service-controller"
+    pause_s = POLL_S
+
     def __init__(self, api: Api, network: PodNetwork) -> None:
-        self.api = api
-        self.store = api.store
+        super().__init__(api)
         self.network = network
         self._listeners: dict[tuple[str, str, str], tuple[str, _Listener]] = {}  # (ns, svc, port) -> (uid, l)
         self._bind_errors: set[tuple[str, str, str]] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="service-controller", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
+    def steps(self) -> list[Callable[[], None]]:
+        return [self.sync]
 
     def stop(self) -> None:
-        self._stop.set()
+        super().stop()
         for _, listener in self._listeners.values():
             listener.close()
         self._listeners.clear()
-
-    def _loop(self) -> None:
-        seen = -1
-        while not self._stop.is_set():
-            self.store.wait(seen, timeout=1.0)
-            seen = self.store.resource_version
-            try:
-                self.sync()
-            except Exception as exc:  # keep the controller alive; the log shows what went wrong
-                print(f"service controller: {type(exc).__name__}: {exc}", flush=True)
-            time.sleep(POLL_S)
 
     def sync(self) -> None:
         services, _ = self.store.list("services")

@@ -22,15 +22,15 @@ import hashlib
 import json
 import math
 import re
-import threading
-import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import tables
+from .controller import Controller
 from .store import ApiError, Obj, now_iso
 
 if TYPE_CHECKING:
-    from .api import Api
+    pass
 
 TEMPLATE_HASH_LABEL = "pod-template-hash"
 POLL_S = 0.1
@@ -175,31 +175,14 @@ def _condition(type_: str, status: str, reason: str, message: str, old: Obj | No
             "reason": reason, "message": message}
 
 
-class DeploymentController:
+class DeploymentController(Controller):
     """One thread syncing every Deployment with its pods, on each store change (and a short poll)."""
 
-    def __init__(self, api: Api) -> None:
-        self.api = api
-        self.store = api.store
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="deployment-controller", daemon=True)
+    name = "deployment-controller"
+    pause_s = POLL_S
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _loop(self) -> None:
-        seen = -1
-        while not self._stop.is_set():
-            self.store.wait(seen, timeout=1.0)
-            seen = self.store.resource_version
-            try:
-                self.sync()
-            except Exception as exc:  # keep the controller alive; the log shows what went wrong
-                print(f"deployment controller: {type(exc).__name__}: {exc}", flush=True)
-            time.sleep(POLL_S)
+    def steps(self) -> list[Callable[[], None]]:
+        return [self.sync]
 
     def sync(self) -> None:
         deploys, _ = self.store.list("deployments")
