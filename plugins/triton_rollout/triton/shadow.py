@@ -28,7 +28,6 @@ two engine versions need two model names: the shadow name is that second name, n
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import shutil
 from typing import TYPE_CHECKING
@@ -47,8 +46,6 @@ from triton_rollout.triton.control import TritonControl
 
 if TYPE_CHECKING:
     from triton_rollout.triton.promote import Release
-
-log = logging.getLogger(__name__)
 
 SHADOW_SUFFIX = "__candidate"
 
