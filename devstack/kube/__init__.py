@@ -52,6 +52,16 @@ What it does:
 - ServiceAccount admission (``admission``): every namespace gets ServiceAccount ``default`` on create,
   as the controller-manager makes it; a pod naming a missing one is refused with 403 Forbidden
   (``error looking up service account ns/name: serviceaccount "name" not found``).
+- in-cluster API access, as a cluster gives pods: every namespace gets ConfigMap ``kube-root-ca.crt``
+  (the TLS port's CA, as the root-ca-cert-publisher writes it); unless ``automountServiceAccountToken:
+  false`` (pod spec over its ServiceAccount), admission adds the projected volume ``kube-api-access-<5
+  chars>`` (serviceAccountToken 3607 s, kube-root-ca.crt's ca.crt, the namespace from the downward API,
+  defaultMode 420), mounted read-only at /var/run/secrets/kubernetes.io/serviceaccount in every container
+  and init container without a mount there; the kubelet fills it with a TokenRequest token bound to the
+  pod (401 once the pod or its ServiceAccount is gone) and gives every container the ``kubernetes``
+  Service's variables (KUBERNETES_SERVICE_HOST / _PORT / _PORT_HTTPS, KUBERNETES_PORT[_<port>_TCP...])
+  naming the TLS port on 127.0.0.1, under explicit env. So ``kubernetes.config.load_incluster_config()``
+  in a pod acts as ``system:serviceaccount:<ns>:<sa>`` and RBAC decides.
 - a kubelet: init containers in order, then containers together; each runs in a bubblewrap sandbox
   (own pid/ipc/uts namespaces, read-only root made of the host's system dirs plus the image's runtime
   paths, /proc, /dev, /tmp as tmpfs, volumes bind-mounted at mountPath with subPath and readOnly) or,
@@ -70,7 +80,11 @@ What it does:
   volume root), and fails with CreateContainerConfigError on a read-only volume (a PVC with readOnly).
   env, $(VAR) expansion, secretKeyRef / configMapKeyRef / fieldRef, envFrom; a missing Secret,
   ConfigMap or key keeps the pod Pending with CreateContainerConfigError, a missing ConfigMap or Secret
-  volume with FailedMount events (ContainerCreating), as kubelet does; both are retried.
+  volume with FailedMount events (ContainerCreating), as kubelet does; both are retried. projected
+  volumes: secret and configMap (all keys or items, optional), downwardAPI fieldRef (metadata name,
+  namespace, uid, labels, annotations, one label / annotation), serviceAccountToken (audience,
+  expirationSeconds; 0600 owned by the pod's single runAsUser when it has one or fsGroup, as kubelet
+  does), with defaultMode and per-item modes; a missing object or key fails the mount the same way.
   stdout+stderr become the log; exit codes become ``state.terminated.exitCode`` and the phase
   (Succeeded only if every container exited 0). Deletion: SIGTERM, SIGKILL after the grace period
   (capped at 10 s), then the object goes. activeDeadlineSeconds is enforced.
@@ -119,7 +133,9 @@ What it does:
   True)`` lets tests step the CronJob clock (``set_cron_now``).
 
 What it does not emulate (honestly):
-- authentication beyond bearer tokens (no client certificates, OIDC, token expiry or audiences;
+- authentication beyond bearer tokens (no client certificates, OIDC, token expiry or audiences, so the
+  kubelet never refreshes a projected token, and files are written in place, not through kubelet's
+  ``..data`` symlink swap;
   anonymous on the TLS port is system:anonymous), RBAC privilege-escalation checks (anyone allowed to
   write Roles / bindings may grant anything: no escalate / bind), aggregated ClusterRoles, the default
   admin / edit / view ClusterRoles, Impersonate-Uid / -Extra, LocalSubjectAccessReview,
@@ -129,6 +145,8 @@ What it does not emulate (honestly):
   PersistentVolumes, CSIDrivers), server-side apply, strategic merge (applied as a JSON merge patch
   without its $-directives), pagination (limit/continue are ignored), exec, attach, port-forward (so
   KPO's ``do_xcom_push`` sidecar cannot be read: use the pod log or a file on the PVC), pods/eviction,
+  the ``kubernetes`` Service object itself and other Services' env vars (enableServiceLinks), re-publishing
+  a deleted or edited kube-root-ca.crt, projected clusterTrustBundle and downwardAPI resourceFieldRef,
   protobuf, /openapi/v2, aggregated discovery (clients fall back to the legacy documents), value
   validation beyond the pod checks above (schemas are used for unknown fields only).
 - container images: nothing is pulled; the image name only selects a local runtime (image users are
@@ -149,7 +167,7 @@ What it does not emulate (honestly):
   NonIndexed; no podFailurePolicy, successPolicy, backoffLimitPerIndex or job-tracking finalizers;
   Foreground deletion deletes the dependents but does not keep the owner until they are gone.
 - without bubblewrap, volume mounts only work where the host path equals mountPath, and nothing is
-  isolated.
+  isolated; the admission's ServiceAccount token mount is then left out (no in-cluster config).
 - state lives in memory: restarting the emulator forgets every object (PVC folders stay on disk).
 - PVCs are folders, chosen by the emulator-only annotation ``devstack.kube/host-path`` (set by
   ``KubeEmulator.create_pvc`` or the ``pvcs`` config); without it, ``<state_dir>/pvcs/<ns>/<claim>``.
@@ -162,7 +180,8 @@ Modules: ``store`` (objects, resourceVersions, watch events), ``selectors`` (lab
 ``api`` (API semantics over the store), ``transport`` (HTTP, watch and log streams, ``serve``),
 ``scheduler`` (nodes, quantities, placing pods), ``kubelet`` (running a placed pod in its sandbox),
 ``prober`` (its probes),
-``pod_status`` and ``events`` (what both write about a pod), ``admission`` (ServiceAccounts at pod create),
+``pod_status`` and ``events`` (what both write about a pod), ``admission`` (ServiceAccounts and their token
+volume at pod create, kube-root-ca.crt),
 ``rbac`` (tokens, impersonation, the RBAC authorizer, access reviews),
 ``jobs`` (Job / CronJob defaults, their controllers, ownerReference garbage collection),
 ``workloads`` (Deployments), ``services`` (Services, EndpointSlices, the proxy), ``network`` (pod IPs),

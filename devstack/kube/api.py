@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import jobs, rbac, services, storage, workloads
-from .admission import admit_pod, create_default_service_account
+from .admission import admit_pod, create_default_service_account, publish_root_ca
 from .events import record_pod_event
 from .kubelet import HOST_PATH_ANNOTATION, Kubelet
 from .openapi import OpenApi, unknown_fields
@@ -128,8 +128,9 @@ def dry_run(q: dict[str, str]) -> bool:
 class Api:
     """Request handling independent of HTTP plumbing."""
 
-    def __init__(self, store: Store, kubelet: Kubelet, pvc_host_paths: dict[str, str]) -> None:
+    def __init__(self, store: Store, kubelet: Kubelet, pvc_host_paths: dict[str, str], root_ca_pem: str = "") -> None:
         self.store = store
+        self.root_ca_pem = root_ca_pem  # the TLS port's CA, published in every namespace (admission.py)
         self.kubelet = kubelet
         self.pvc_host_paths = pvc_host_paths
         self.openapi = OpenApi({gv: {p: (r.kind, r.namespaced, r.read_only) for p, r in resources_of(gv).items()}
@@ -308,6 +309,8 @@ class Api:
             storage.retry_pending(self.store)
         if not dry and resource == "namespaces":
             create_default_service_account(self.store, created["metadata"]["name"])
+            if self.root_ca_pem:
+                publish_root_ca(self.store, created["metadata"]["name"], self.root_ca_pem)
         return self.with_kind(resource, created)
 
     def _default_pod(self, pod: Obj) -> None:

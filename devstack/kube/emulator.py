@@ -79,7 +79,7 @@ class KubeEmulator:
     restart_backoff: tuple[float, float] = (RESTART_BACKOFF_S, RESTART_BACKOFF_MAX_S)
     pod_network: bool = False
     port: int = 0
-    tls_port: int = 0  # the same API over TLS, for ServiceAccount kubeconfigs (rbac.serving_cert)
+    tls_port: int = 0  # the same API over TLS, for ServiceAccount kubeconfigs and pods' in-cluster config
     pid: int | None = None
 
     @property

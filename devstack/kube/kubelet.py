@@ -18,6 +18,10 @@ As strict as a cluster's kubelet where a pod depends on it: the process runs as 
 user and groups (runAsNonRoot checked against the image's USER), fsGroup is applied only to volumes that
 support ownership management, an image no mapping matches cannot be "pulled", a missing ConfigMap /
 Secret blocks the pod (FailedMount / CreateContainerConfigError), a subPath is created as kubelet does.
+
+In-cluster access: projected volumes (the ``kube-api-access-*`` one admission.py adds among them) get their
+secret / configMap / downwardAPI files and a TokenRequest token bound to the pod, and every container the
+``kubernetes`` Service's env vars naming the emulator's TLS port (``api_endpoint``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import fnmatch
+import json
 import os
 import re
 import shutil
@@ -33,15 +38,17 @@ import stat
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .admission import SA_TOKEN_MOUNT_PATH, SA_TOKEN_VOLUME_PREFIX
 from .events import record_pod_event
 from .network import LOOPBACK_IP, POD_IP_ENV, PodNetwork
 from .pod_status import set_condition, update_ready
 from .prober import ContainerProber
-from .store import Obj, Store, now_iso
+from .store import ApiError, Obj, Store, now_iso
 
 # The emulator-only PVC annotation naming the host folder behind the claim (api.py sets it on create).
 HOST_PATH_ANNOTATION = "devstack.kube/host-path"
@@ -169,8 +176,14 @@ class Kubelet:
     def __init__(self, store: Store, *, runtimes: list[Runtime], state_dir: Path,
                  use_bwrap: bool | None = None,
                  restart_backoff: tuple[float, float] = (RESTART_BACKOFF_S, RESTART_BACKOFF_MAX_S),
-                 network: PodNetwork | None = None) -> None:
+                 network: PodNetwork | None = None,
+                 token_issuer: Callable[[str, str, Obj], Obj] | None = None,
+                 api_endpoint: tuple[str, int] | None = None) -> None:
         self.store = store
+        # TokenRequest (rbac.Rbac.token_request: namespace, ServiceAccount, body) for projected tokens, and
+        # where the `kubernetes` Service's env vars point (the emulator's TLS port); None: neither is offered.
+        self.token_issuer = token_issuer
+        self.api_endpoint = api_endpoint
         self.restart_backoff = restart_backoff  # (base, cap) seconds; the emulator's settings may shorten it
         self.runtimes = runtimes
         self.state_dir = state_dir
@@ -434,13 +447,92 @@ class Kubelet:
                     (path / key).write_bytes(raw)
                     (path / key).chmod(mode)
                 owned = True
+            elif "projected" in vol:
+                path = self.pod_dir(uid) / "volumes" / vname
+                self._project(pod, vname, vol["projected"], path)
+                owned = True
             else:
                 path = Path("/nonexistent-unsupported-volume")  # reported per container below
             if owned and fs_group is not None:
                 set_volume_ownership(path, int(fs_group), on_root_mismatch=policy == "OnRootMismatch",
-                                     read_only="secret" in vol or "configMap" in vol)
+                                     read_only=_read_only_volume(vol))
             out[vname] = path
         return out
+
+    def _project(self, pod: Obj, vname: str, src: Obj, path: Path) -> None:
+        """pkg/volume/projected collectData: the files of every source (secret and configMap keys or items,
+        downwardAPI fields, a serviceAccountToken bound to the pod) with defaultMode or an item's mode. A
+        missing Secret / ConfigMap / key fails MountVolume.SetUp unless the source is optional."""
+        ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+        default_mode = int(src.get("defaultMode", 0o644))
+        fs_group = (pod["spec"].get("securityContext") or {}).get("fsGroup")
+        fs_user = _fs_user(pod)
+        files: dict[str, tuple[bytes, int, int | None]] = {}  # relative path -> data, mode, owner uid
+        errors: list[str] = []
+        for source in src.get("sources") or []:
+            if "secret" in source or "configMap" in source:
+                ref = source.get("secret") or source.get("configMap") or {}
+                kind = "secrets" if "secret" in source else "configmaps"
+                obj = self.store.find(kind, ns, ref.get("name", ""))
+                if obj is None:
+                    if not ref.get("optional"):
+                        errors.append(f'{kind[:-1]} "{ref.get("name", "")}" not found')
+                    continue
+                data = {k: base64.b64decode(v) if kind == "secrets" else str(v).encode()
+                        for k, v in (obj.get("data") or {}).items()}
+                for item in ref.get("items") or [{"key": k, "path": k} for k in data]:
+                    if item["key"] not in data:
+                        if not ref.get("optional"):  # pkg/volume/secret and configmap MakePayload
+                            errors.append(f"references non-existent secret key: {item['key']}" if kind == "secrets"
+                                          else f"configmap references non-existent config key: {item['key']}")
+                        continue
+                    files[item["path"]] = (data[item["key"]], int(item.get("mode", default_mode)), None)
+            elif "downwardAPI" in source:
+                for item in source["downwardAPI"].get("items") or []:
+                    if "fieldRef" not in item:
+                        errors.append(f"downwardAPI item {item.get('path')}: only fieldRef is emulated")
+                        continue
+                    try:
+                        value = _volume_field(pod, item["fieldRef"]["fieldPath"])
+                    except ValueError as exc:
+                        errors.append(str(exc))
+                        continue
+                    files[item["path"]] = (value.encode(), int(item.get("mode", default_mode)), None)
+            elif "serviceAccountToken" in source:
+                tp = source["serviceAccountToken"]
+                if self.token_issuer is None:
+                    errors.append("the emulator runs without a TLS port, so it issues no ServiceAccount tokens")
+                    continue
+                spec: Obj = {"expirationSeconds": tp.get("expirationSeconds", 3600),
+                             "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": name,
+                                                "uid": pod["metadata"]["uid"]}}
+                if tp.get("audience"):
+                    spec["audiences"] = [tp["audience"]]
+                try:
+                    review = self.token_issuer(ns, pod["spec"].get("serviceAccountName") or "default",
+                                               {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                                                "spec": spec})
+                except ApiError as exc:  # the ServiceAccount (or the pod) went away since admission
+                    errors.append(f"failed to fetch token: {exc.message}")
+                    continue
+                # With fsGroup or one runAsUser for the pod, 0600 (owned by that user); SetVolumeOwnership
+                # then makes it 0640 for the group (projected.go, volume_linux.go).
+                mode = 0o600 if fs_user is not None or fs_group is not None else default_mode
+                files[tp["path"]] = (review["status"]["token"].encode(), mode, fs_user)
+            else:
+                errors.append(f"projected source {sorted(source)} is not emulated")
+        if errors:
+            # pkg/volume/projected: every source is tried, the errors aggregated (utilerrors.NewAggregate).
+            reason = errors[0] if len(errors) == 1 else "[" + ", ".join(errors) + "]"
+            raise VolumeMountError(f'MountVolume.SetUp failed for volume "{vname}" : {reason}')
+        path.mkdir(parents=True, exist_ok=True)
+        for rel, (raw, mode, owner) in files.items():
+            target = path / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(raw)
+            target.chmod(mode)
+            if owner is not None and os.geteuid() == 0:
+                os.chown(target, owner, -1)
 
     def _prepare_container(
         self, pod: Obj, c: Obj, volumes: dict[str, Path], key: str = "containerStatuses"
@@ -457,6 +549,9 @@ class Kubelet:
             if m["name"] not in volumes or str(volumes[m["name"]]).startswith("/nonexistent"):
                 raise ContainerConfigError("CreateContainerError", f'volume "{m["name"]}" is missing or of a '
                                            "type the emulator does not support")
+            if not self.bwrap and m["mountPath"] == SA_TOKEN_MOUNT_PATH and m["name"].startswith(
+                    SA_TOKEN_VOLUME_PREFIX):
+                continue  # a plain process sees no mounts: the admission's token mount is left out, not fatal
             if not self.bwrap and str(volumes[m["name"]] / m.get("subPath", "")).rstrip("/") != m["mountPath"]:
                 raise ContainerConfigError("CreateContainerError", f"volume mount at {m['mountPath']} needs "
                                            "bubblewrap (apt-get install bubblewrap); without it only mounts "
@@ -473,9 +568,7 @@ class Kubelet:
         if target.exists():
             return
         vol = next((v for v in pod["spec"].get("volumes") or [] if v["name"] == m["name"]), {})
-        read_only_volume = bool((vol.get("persistentVolumeClaim") or {}).get("readOnly")) or \
-            "secret" in vol or "configMap" in vol
-        if read_only_volume:
+        if bool((vol.get("persistentVolumeClaim") or {}).get("readOnly")) or _read_only_volume(vol):
             raise ContainerConfigError("CreateContainerConfigError", f'failed to create subPath directory for '
                                        f'volumeMount "{m["name"]}" of container "{c["name"]}"')
         target.mkdir(parents=True, exist_ok=True)
@@ -483,7 +576,9 @@ class Kubelet:
 
     def _container_env(self, pod: Obj, c: Obj) -> dict[str, str]:
         ns = pod["metadata"]["namespace"]
-        env: dict[str, str] = {}
+        # kubelet_pods.go makeEnvironmentVariables: the service variables are there for $(VAR) expansion, and
+        # envFrom / env of the same name win over them.
+        env = self._service_env()
         for src in c.get("envFrom") or []:
             ref = src.get("secretRef") or src.get("configMapRef")
             kind = "secrets" if "secretRef" in src else "configmaps"
@@ -518,6 +613,20 @@ class Kubelet:
                 raise ContainerConfigError("CreateContainerConfigError",
                                            f"env {e['name']}: valueFrom type not supported by the emulator")
         return env
+
+    def _service_env(self) -> dict[str, str]:
+        """The `kubernetes` Service's variables (kubelet_pods.go getServiceEnvVarMap adds the master Service
+        whatever enableServiceLinks says; pkg/kubelet/envvars FromServices names them), pointing at the
+        emulator's TLS port. Other Services' variables are not emulated."""
+        if self.api_endpoint is None:
+            return {}
+        host, port = self.api_endpoint
+        addr = f"tcp://{host}:{port}"
+        prefix = f"KUBERNETES_PORT_{port}_TCP"
+        return {"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": str(port),
+                "KUBERNETES_SERVICE_PORT_HTTPS": str(port),  # the port is named "https"
+                "KUBERNETES_PORT": addr, prefix: addr, f"{prefix}_PROTO": "tcp", f"{prefix}_PORT": str(port),
+                f"{prefix}_ADDR": host}
 
     @staticmethod
     def _rebind(runtime: Runtime, mount_points: list[str]) -> list[str]:
@@ -879,6 +988,38 @@ def _parent_dirs(target: str) -> list[str]:
         if not any(parent == s or parent.startswith(s + "/") for s in SYSTEM_PATHS):
             argv += ["--perms", "0755", "--dir", parent]
     return argv
+
+
+def _read_only_volume(vol: Obj) -> bool:
+    """Volume types kubelet always mounts read-only (their contents are the API objects')."""
+    return "secret" in vol or "configMap" in vol or "projected" in vol
+
+
+def _fs_user(pod: Obj) -> int | None:
+    """pkg/volume/util FsUserFrom: the runAsUser every (init) container runs as (the container's over the
+    pod's), or None when one has none or they differ."""
+    psc = pod["spec"].get("securityContext") or {}
+    users = set()
+    for c in [*(pod["spec"].get("initContainers") or []), *(pod["spec"].get("containers") or [])]:
+        uid = (c.get("securityContext") or {}).get("runAsUser")
+        uid = psc.get("runAsUser") if uid is None else uid
+        if uid is None:
+            return None
+        users.add(int(uid))
+    return users.pop() if len(users) == 1 else None
+
+
+def _volume_field(pod: Obj, path: str) -> str:
+    """A downwardAPI volume file's content: metadata fields only (validVolumeDownwardAPIFieldPathExpressions);
+    whole labels / annotations as fieldpath.FormatMap prints them (sorted key="value" lines)."""
+    if path in ("metadata.labels", "metadata.annotations"):
+        fields = pod["metadata"].get(path.removeprefix("metadata.")) or {}
+        # Go's %q, as near as Python gets: JSON string escapes, non-ASCII kept.
+        return "\n".join(f"{k}={json.dumps(str(v), ensure_ascii=False)}" for k, v in sorted(fields.items()))
+    if path.startswith("metadata.") and (path in ("metadata.name", "metadata.namespace", "metadata.uid")
+                                         or re.match(r"^metadata\.(labels|annotations)\['.+'\]$", path)):
+        return _field_ref(pod, path)
+    raise ValueError(f"downwardAPI volume field {path} is not supported (metadata fields only)")
 
 
 def _field_path(key: str, cname: str) -> str:

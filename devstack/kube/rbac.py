@@ -6,7 +6,8 @@
   ServiceAccount tokens come from the TokenRequest API (``serviceaccounts/<name>/token``): opaque random
   strings mapped to ``system:serviceaccount:<ns>:<name>`` with the groups ``system:serviceaccounts``,
   ``system:serviceaccounts:<ns>`` and ``system:authenticated``; a token stops working when its
-  ServiceAccount is deleted (as bound tokens do). Any other token is 401 Unauthorized.
+  ServiceAccount is deleted (as bound tokens do), and one bound to a pod (``boundObjectRef``, what the
+  kubelet asks for a pod's projected token) also when that pod is gone. Any other token is 401 Unauthorized.
 - Impersonation (``Impersonate-User`` / ``Impersonate-Group``), checked with the ``impersonate`` verb
   (apiserver pkg/endpoints/filters/impersonation.go).
 - Authorization: ``system:masters`` is allowed everything (the privileged-groups authorizer); everyone
@@ -208,7 +209,8 @@ class Rbac:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._tokens: dict[str, tuple[str, str, str]] = {}  # token -> (namespace, name, ServiceAccount uid)
+        # token -> (namespace, name, ServiceAccount uid, bound pod (name, uid) or None)
+        self._tokens: dict[str, tuple[str, str, str, tuple[str, str] | None]] = {}
         self._lock = threading.Lock()
 
     # -- authentication --------------------------------------------------------------------------------
@@ -227,19 +229,23 @@ class Rbac:
         with self._lock:
             found = self._tokens.get(token) if scheme.lower() == "bearer" else None
         if found is not None:
-            ns, name, uid = found
+            ns, name, uid, bound = found
             sa = self.store.find("serviceaccounts", ns, name)
-            if sa is not None and sa["metadata"].get("uid") == uid:
+            pod = self.store.find("pods", ns, bound[0]) if bound else None
+            # pkg/serviceaccount/claims.go Validate: the ServiceAccount, and a bound pod, must still be there.
+            if sa is not None and sa["metadata"].get("uid") == uid and \
+                    (bound is None or (pod is not None and pod["metadata"].get("uid") == bound[1])):
                 return sa_user(ns, name)
         raise ApiError(401, "Unauthorized", "Unauthorized")
 
     def token_request(self, ns: str, name: str, body: Obj | None) -> Obj:
         """POST serviceaccounts/<name>/token (authentication.k8s.io/v1 TokenRequest)."""
         sa = self.store.get("serviceaccounts", ns, name)
+        spec = dict((body or {}).get("spec") or {})
+        bound = _bound_pod(self.store, ns, spec.get("boundObjectRef"))
         token = "devstack-sa-" + secrets.token_urlsafe(24)
         with self._lock:
-            self._tokens[token] = (ns, name, sa["metadata"]["uid"])
-        spec = dict((body or {}).get("spec") or {})
+            self._tokens[token] = (ns, name, sa["metadata"]["uid"], bound)
         spec.setdefault("expirationSeconds", 3600)
         return {"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
                 "metadata": {"name": name, "namespace": ns, "creationTimestamp": None}, "spec": spec,
@@ -376,6 +382,22 @@ class Rbac:
 REVIEWS = {"selfsubjectaccessreviews": "SelfSubjectAccessReview",
            "selfsubjectrulesreviews": "SelfSubjectRulesReview",
            "subjectaccessreviews": "SubjectAccessReview"}
+
+
+def _bound_pod(store: Store, ns: str, ref: Obj | None) -> tuple[str, str] | None:
+    """The pod a TokenRequest binds its token to (pkg/registry/core/serviceaccount/storage/token.go: the
+    object must exist, with the uid given); only Pod references are emulated."""
+    if not ref:
+        return None
+    if ref.get("kind") != "Pod":
+        raise ApiError(400, "BadRequest", f'cannot bind token to object of kind "{ref.get("kind", "")}": the '
+                       "emulator binds tokens to Pods only")
+    pod = store.get("pods", ns, ref.get("name", ""))
+    uid = pod["metadata"]["uid"]
+    if ref.get("uid") and ref["uid"] != uid:
+        raise ApiError(409, "Conflict", f"the UID in the bound object reference ({ref['uid']}) does not match the "
+                       "UID in record. The object might have been deleted and then recreated")
+    return pod["metadata"]["name"], uid
 
 
 def forbidden(attrs: Attributes, reason: str = "") -> ApiError:

@@ -395,11 +395,18 @@ def serve(config: Obj, *, ready_file: Path | None = None) -> None:
              for n in config["nodes"]]
     runtimes = [Runtime.from_dict(r) for r in config["images"]]
     base, cap = config.get("restart_backoff") or (RESTART_BACKOFF_S, RESTART_BACKOFF_MAX_S)
+    auth = rbac.Rbac(store)
+    # With a TLS port, pods get in-cluster access to it: a projected token, kube-root-ca.crt, the
+    # `kubernetes` Service's env vars (admission.py, kubelet.py).
+    tls_port = int(config.get("tls_port") or 0)
+    tls_cert, tls_key = rbac.serving_cert(state_dir) if tls_port else (None, None)
     kubelet = Kubelet(store, runtimes=runtimes, state_dir=state_dir, use_bwrap=config.get("bwrap"),
                       restart_backoff=(float(base), float(cap)),
-                      network=PodNetwork(pod_ips=bool(config.get("pod_network"))))
+                      network=PodNetwork(pod_ips=bool(config.get("pod_network"))),
+                      token_issuer=auth.token_request if tls_port else None,
+                      api_endpoint=(config.get("host", "127.0.0.1"), tls_port) if tls_port else None)
     scheduler = Scheduler(store, kubelet, nodes=nodes)
-    api = Api(store, kubelet, dict(config.get("pvcs", {})))
+    api = Api(store, kubelet, dict(config.get("pvcs", {})), root_ca_pem=tls_cert.read_text() if tls_cert else "")
     for node in nodes:
         store.create("nodes", "", node.to_object())
     # Classes before claims: the config's claims bind against them (default: one class, RWO + RWX).
@@ -420,18 +427,16 @@ def serve(config: Obj, *, ready_file: Path | None = None) -> None:
 
     for resource, obj in rbac.default_objects():  # bootstrap ClusterRoles and their bindings
         api.create(resource, None, obj)
-    auth = rbac.Rbac(store)
     handler = type("BoundHandler", (Handler,), {"api": api, "auth": auth})
     httpd = ThreadingHTTPServer((config.get("host", "127.0.0.1"), int(config["port"])), handler)
     httpd.daemon_threads = True
     https = None
-    if config.get("tls_port"):
+    if tls_cert is not None and tls_key is not None:
         # The same API over TLS, for kubeconfigs whose credentials must be sent (rbac.serving_cert).
-        cert, key = rbac.serving_cert(state_dir)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert, key)
+        context.load_cert_chain(tls_cert, tls_key)
         tls_handler = type("TlsHandler", (Handler,), {"api": api, "auth": auth, "secure": True})
-        https = ThreadingHTTPServer((config.get("host", "127.0.0.1"), int(config["tls_port"])), tls_handler)
+        https = ThreadingHTTPServer((config.get("host", "127.0.0.1"), tls_port), tls_handler)
         https.daemon_threads = True
         # The handshake happens in the request's thread, not in the accept loop.
         https.socket = context.wrap_socket(https.socket, server_side=True, do_handshake_on_connect=False)
