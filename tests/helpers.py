@@ -408,10 +408,13 @@ class RunningAirflow:
         self.client.wait_until_idle(DEPLOY_LLM, timeout=timeout)
 
     def watch_s3_events(self) -> None:
-        """Unpause the event-started model's DAG. Its AssetWatcher is registered when the dag-processor next
-        parses the file (assets of paused DAGs get none), up to min_file_process_interval later: done at
-        session start so that wait overlaps the first deploy."""
+        """Unpause the event-started model's DAG and ask for a re-parse of its file (the REST API's
+        parseDagFile, as the UI's "Reparse Dag" button): its AssetWatcher is registered at that parse
+        (assets of paused DAGs get none), seconds later instead of up to min_file_process_interval (60 s).
+        Done at session start, so even that overlaps the first deploy."""
         self.client.unpause(DEPLOY_TENSOR)
+        token = self.client.request("GET", f"/dags/{DEPLOY_TENSOR}")["file_token"]
+        self.client.request("PUT", f"/parseDagFile/{token}")
 
     def wait_for_event_watcher(self, timeout: float = 180.0) -> str:
         """Until the triggerer runs the SQS watcher of the event-started model; returns its queue URL."""

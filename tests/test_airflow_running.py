@@ -27,6 +27,7 @@ from tests.helpers import (
     golden,
     infer_llm,
     text_of,
+    until,
 )
 
 pytestmark = pytest.mark.slow
@@ -99,8 +100,8 @@ def test_a_misspelled_conf_key_and_a_silent_downgrade_are_refused(running_airflo
 
 
 def test_a_ui_run_dated_now_deploys_a_release_published_after_it_was_triggered(running_airflow: RunningAirflow) -> None:
-    import time
     from datetime import UTC, datetime
+    from urllib.parse import quote
 
     af, client = running_airflow, running_airflow.client
     v = af.next_version()  # first the newest release serves, so "only if new" has nothing to take at once
@@ -109,7 +110,9 @@ def test_a_ui_run_dated_now_deploys_a_release_published_after_it_was_triggered(r
     assert states["promote"] == "success", states
     # The UI's form pre-fills the logical date with "now"; "Only if new" waits for a newer release.
     run_id = client.trigger(DEPLOY_LLM, {"only_if_new": True}, logical_date=datetime.now(UTC))
-    time.sleep(5)  # the sensor has looked once and deferred by now
+    # The sensor looks once, finds nothing newer and defers: publish only then.
+    sensor = f"/dags/{DEPLOY_LLM}/dagRuns/{quote(run_id, safe='')}/taskInstances/wait_for_release"
+    until("the sensor to defer", lambda: client.request("GET", sensor)["state"] == "deferred", timeout=120)
     v += 1
     af.publish(v)
     states = client.wait_for_run(DEPLOY_LLM, run_id)
@@ -155,6 +158,7 @@ def test_a_bad_release_is_rolled_back_and_its_log_ends_with_what_to_do(running_a
                                                                         notify_receiver: Receiver) -> None:
     import json
     import time
+    from datetime import UTC, timedelta
     from urllib.parse import quote
 
     from devstack.receiver import DEFAULT_ENDPOINT
@@ -166,7 +170,6 @@ def test_a_bad_release_is_rolled_back_and_its_log_ends_with_what_to_do(running_a
     assert states["promote"] == "success", states
     af.publish(v + 1, variant="wrong")
     run_id, states = af.deploy()
-    failed_at = time.monotonic()
     assert states["smoke"] == "failed" and states["rollback"] == "success", states
     assert text_of(infer_llm(af.triton_url, v)) == golden(v)
 
@@ -195,16 +198,19 @@ def test_a_bad_release_is_rolled_back_and_its_log_ends_with_what_to_do(running_a
     assert not any("remote_pod" in line for line in client.task_log(DEPLOY_LLM, run_id, "smoke").splitlines())
 
     # The failed smoke pod is kept for inspection ...
-    def failed_smoke_pods() -> list[str]:
+    def failed_smoke_pods() -> dict[str, datetime]:
+        """Name -> when its container stopped (what the retention counts from, triton_rollout.kube.cleanup)."""
         pods = json.loads(af.kubectl("-n", "triton", "get", "pods", "-l", "triton-rollout/model=demo-llm",
                                      "-o", "json"))["items"]
-        return [p["metadata"]["name"] for p in pods
-                if p["status"].get("phase") == "Failed" and "smoke" in p["metadata"]["name"]]
+        return {p["metadata"]["name"]: max(datetime.fromisoformat(s["state"]["terminated"]["finishedAt"])
+                                           for s in p["status"]["containerStatuses"])
+                for p in pods if p["status"].get("phase") == "Failed" and "smoke" in p["metadata"]["name"]}
 
     kept = failed_smoke_pods()
     assert kept, "the failed smoke pod should be kept for inspection"
     # ... and swept by the next step task once it is older than the retention.
-    time.sleep(max(0.0, RUNNING_AIRFLOW_POD_RETENTION_S - (time.monotonic() - failed_at)) + 1)
+    expires = max(kept.values()) + timedelta(seconds=RUNNING_AIRFLOW_POD_RETENTION_S + 1)
+    time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()))
     _, states = af.deploy({"version": v})
     assert states["promote"] == "success", states
     assert not set(kept) & set(failed_smoke_pods())
