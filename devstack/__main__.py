@@ -1,9 +1,8 @@
 """``python -m devstack {up,down,status,demo}``: the local real stack for the demo, tests and benchmarks.
 
 ``up`` starts the servers in the background (each in its own process group): S3, the Kubernetes emulator
-running Triton as a Deployment of ``TRITON_REPLICAS`` real tritonservers behind its Service (default 1; 0:
-a single tritonserver process instead; more than 1 waits for the per-replica rollout, see
-DEFAULT_TRITON_REPLICAS), and a running Airflow (api-server, scheduler, dag-processor,
+running Triton as a Deployment of ``TRITON_REPLICAS`` real tritonservers behind its Service (default 2; 0:
+a single tritonserver process instead), and a running Airflow (api-server, scheduler, dag-processor,
 triggerer on loopback), and writes ``.devstack/env`` (shell exports: AWS_ENDPOINT_URL, credentials,
 TRITON_URL (the Service's address, what clients use), KUBECONFIG, PVC_DIR, AIRFLOW_API_URL,
 AIRFLOW_USERNAME, AIRFLOW_PASSWORD) and ``.devstack/stack.json`` (pids). ``down`` stops
@@ -27,10 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 STATE_DIR = REPO / ".devstack"
 STACK_FILE = STATE_DIR / "stack.json"
 ENV_FILE = STATE_DIR / "env"
-# One replica until the rollout addresses each replica (issue 12, items 1-2): today a load, smoke test or
-# promote goes through the Service to whichever replica its connection reaches, so with two the candidate
-# would be loaded on one and checked on the other. TRITON_REPLICAS=2 runs the fleet anyway (with a warning).
-DEFAULT_TRITON_REPLICAS = 1
+# Two replicas, rolled one at a time (triton/fleet.py): the smallest fleet where a replica can leave the Service.
+DEFAULT_TRITON_REPLICAS = 2
 
 
 def _write_env(values: dict[str, str]) -> None:
@@ -58,10 +55,6 @@ def up() -> int:
         print(f"TRITON_REPLICAS must be a whole number (0: one tritonserver process, no Deployment), got "
               f"{replicas_text!r}", file=sys.stderr)
         return 2
-    if int(replicas_text) > 1:
-        print(f"warning: {replicas_text} Triton replicas: the rollout still talks to the Service, so a candidate is "
-              "loaded and smoke-tested on whichever replica each connection reaches (per-replica rollouts: not yet)",
-              file=sys.stderr)
     stack = LocalStack(STATE_DIR / "stack", s3_kind=s3_kind, triton_replicas=int(replicas_text)).start()
     airflow = None
     try:

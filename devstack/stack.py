@@ -9,7 +9,8 @@ rendered for dags/models.yaml's first model, as on a cluster) inside the emulato
 each on its own loopback pod IP, behind the Service's loopback ClusterIP proxy, which is then TRITON_URL.
 The emulator gets a node with GPUs (a number: nothing is attached) for them, since the pods ask for
 ``nvidia.com/gpu``. 0 (the default here) keeps the single tritonserver process; ``make up`` asks for
-``TRITON_REPLICAS`` (default 1 until the rollout addresses each replica).
+``TRITON_REPLICAS`` (default 2). With a fleet, env() names the Service (ROLLOUT_TRITON_SERVICE, TRITON_SERVICE):
+the rollout steps then address each replica at its pod IP (triton/fleet.py).
 
 S3 is moto's server by default (devstack/moto.py): the one local S3 that sends bucket notifications, so
 the models in ``event_models`` get their own SQS queue with ObjectCreated events for their manifest.json
@@ -33,7 +34,7 @@ from typing import Any
 from triton_rollout.build.builders import BUILDERS_ENV
 from triton_rollout.config import GPU_PRODUCT_LABEL, KubernetesConfig, ModelDeployment, read_config_file
 from triton_rollout.kube import specs
-from triton_rollout.kube.manifests import RenderOptions, triton
+from triton_rollout.kube.manifests import TRITON_NAME, RenderOptions, triton
 
 from .kube import KubeEmulator, default_node, default_runtime
 from .kube.rbac import ADMIN_TOKEN
@@ -150,8 +151,8 @@ def start_triton_fleet(kube: KubeEmulator, model: ModelDeployment, replicas: int
     """Create the rendered Triton Deployment + Service, wait until every replica's server is ready, and
     return the Service's address (``http://<ClusterIP>:<http port>``).
 
-    Waits for ContainersReady, not Ready: a pod template with readiness gates stays out of the Service
-    until whoever owns the gate (the rollout) sets its condition True; the stack does not decide that."""
+    Waits for Ready: each pod's serving-gate sidecar sets its readiness gate once its Triton is ready, as on a
+    cluster (kube/manifests.py triton())."""
     deployment, service = (specs.to_dict(obj) for obj in triton(model, replicas))
     ns = model.kubernetes.namespace
     kube.post(f"/apis/apps/v1/namespaces/{ns}/deployments", deployment)
@@ -161,7 +162,7 @@ def start_triton_fleet(kube: KubeEmulator, model: ModelDeployment, replicas: int
     ready = 0
     while time.monotonic() < deadline:
         pods = _admin_get(kube, f"/api/v1/namespaces/{ns}/pods?labelSelector={urllib.parse.quote(selector)}")
-        ready = sum(1 for p in pods["items"] if any(c["type"] == "ContainersReady" and c["status"] == "True"
+        ready = sum(1 for p in pods["items"] if any(c["type"] == "Ready" and c["status"] == "True"
                                                      for c in p["status"].get("conditions") or []))
         if ready >= replicas:
             break
@@ -245,6 +246,12 @@ class LocalStack:
         assert url, "start() the stack first"
         return url
 
+    @property
+    def triton_repository(self) -> str:
+        if self.triton_service_url:
+            return fleet_model(self._base_env()).kubernetes.triton_repository_path
+        return str(self.pvc / "repository")
+
     def _base_env(self) -> dict[str, str]:
         """What dags/models.yaml reads before Triton and the emulator exist (the PVC claim, images)."""
         return {**DEMO_BUILDERS, "PVC_DIR": str(self.pvc), "ROLLOUT_BUCKET": BUCKET}
@@ -254,10 +261,14 @@ class LocalStack:
         return {
             **self.s3.env(), **self.kube.env(), **DEMO_BUILDERS,
             "TRITON_URL": self.triton_url,
-            "TRITON_MODEL_REPOSITORY": str(self.pvc / "repository"),
+            # Where Triton sees repository/ (engine paths are written for it): the Deployment's mount in a fleet.
+            "TRITON_MODEL_REPOSITORY": self.triton_repository,
             "PVC_DIR": str(self.pvc),
             "ROLLOUT_BUCKET": BUCKET,
             **{events_queue_variable(m): url for m, url in self.queues.items()},
+            # A fleet: the steps address each replica (dags/models.yaml kubernetes.triton_service; the CLI's flag).
+            **({"ROLLOUT_TRITON_SERVICE": TRITON_NAME, "TRITON_SERVICE": f"{NAMESPACE}/{TRITON_NAME}"}
+               if self.triton_service_url else {}),
         }
 
     def airflow_connections(self) -> dict[str, dict[str, object]]:

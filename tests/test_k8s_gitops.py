@@ -301,6 +301,7 @@ def test_triton_pod_creates_its_repository_on_an_empty_volume(tmp_path: Path) ->
         volume.mkdir()
         # A volume the pods' user owns (an EFS access point's root, or after the volume-permissions Job).
         emu.create_pvc(NS, KUBE.pvc_claim, volume, owner=PVC_OWNER)
+        emu.create_service_account(NS, "triton-serving")  # the Triton pods' account (k8s/rbac.yaml)
         (deployment,) = [d for d in yaml.safe_load_all((ROOT / "k8s" / "triton.yaml").read_text())
                          if d and d["kind"] == "Deployment"]
         template = deployment["spec"]["template"]

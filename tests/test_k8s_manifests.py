@@ -215,8 +215,16 @@ def test_efs_access_point_class_owns_the_volume_by_the_pods_user() -> None:
 def test_triton_deployment_serves_only_the_repository_in_explicit_mode() -> None:
     (deploy,) = by_kind("Deployment")
     spec = deploy["spec"]["template"]["spec"]
-    (c,) = spec["containers"]
+    c, gate = spec["containers"]
     assert "--model-control-mode=explicit" in c["args"]
+    # Out of the Service until the serving gate is True: set by the sidecar once, then by rollouts (fleet.py).
+    assert spec["readinessGates"] == [{"conditionType": "triton-rollout/serving"}]
+    assert gate["name"] == "serving-gate" and gate["args"][:1] == ["serving-gate"]
+    # The token is the sidecar's alone: no automount, a projected volume mounted only in that container.
+    assert spec["automountServiceAccountToken"] is False and spec["serviceAccountName"] == "triton-serving"
+    assert [m["mountPath"] for m in gate["volumeMounts"] if m["name"] == "serving-gate-token"] == [
+        "/var/run/secrets/kubernetes.io/serviceaccount"]
+    assert not [m for m in c["volumeMounts"] if m["name"] == "serving-gate-token"]
     (repo,) = [m for m in c["volumeMounts"] if m["name"] == "model-repository"]
     assert repo["subPath"] == "repository" and repo["readOnly"] is True
     # repository/ does not exist before the first sync: an init container makes it, as the pods' user.
@@ -240,8 +248,14 @@ def test_rbac_is_namespaced_and_minimal() -> None:
     assert rules["pods/log"] == {"get"}
     for role in roles.values():
         verbs = {r: set(rule["verbs"]) for rule in role["rules"] for r in rule["resources"]}
-        assert set(verbs) <= {"pods", "pods/log", "events"}
+        assert set(verbs) <= {"pods", "pods/log", "events", "pods/status", "services", "endpointslices"}
         assert "secrets" not in verbs and all("*" not in v for v in verbs.values())
+    # The fleet rollout: find replicas, flip their serving gate; nothing that creates, deletes or execs.
+    fleet = {r: set(rule["verbs"]) for rule in roles["triton-rollout-fleet"]["rules"] for r in rule["resources"]}
+    assert fleet == {"services": {"get"}, "pods": {"get", "list"}, "pods/status": {"patch"},
+                     "endpointslices": {"list"}}
+    gate = {r: set(rule["verbs"]) for rule in roles["triton-serving-gate"]["rules"] for r in rule["resources"]}
+    assert gate == {"pods": {"get"}, "pods/status": {"patch"}}
     bindings = by_kind("RoleBinding")
     assert {b["roleRef"]["name"] for b in bindings} == set(roles)
     for binding in bindings:
@@ -261,8 +275,10 @@ def test_irsa_render_annotates_the_service_account_and_drops_key_refs() -> None:
     model = ModelDeployment(name="m", release_prefix="s3://bkt/r", kubernetes=KubernetesConfig(
         aws=AwsCredentials(irsa_role_arn="arn:aws:iam::123456789012:role/sync")))
     docs = [("x", d) for ds in render(model).values() for d in ds]
-    (sa,) = by_kind("ServiceAccount", docs)
-    assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith(":role/sync")
+    accounts = {d["metadata"]["name"]: d for d in by_kind("ServiceAccount", docs)}
+    assert accounts["triton-rollout"]["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith(":role/sync")
+    # The Triton pods' account (the serving-gate sidecar) gets no S3 role.
+    assert "eks.amazonaws.com/role-arn" not in accounts["triton-serving"]["metadata"]["annotations"]
     assert not any(e["name"].startswith("AWS_ACCESS") for _, d in docs for e in _envs(d))
 
 

@@ -3,12 +3,21 @@ JSON that existing PVCs and their readers (the Airflow operators, people's scrip
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 from triton_rollout.pvc.layout import PvcLayout
-from triton_rollout.pvc.records import HISTORY_LIMIT, DeploymentState, FileStat, HistoryEntry, PublishRecord
+from triton_rollout.pvc.records import (
+    HISTORY_LIMIT,
+    DeploymentState,
+    FileStat,
+    FleetSmokeRecord,
+    HistoryEntry,
+    PublishRecord,
+    SmokedReplica,
+)
 from triton_rollout.release.manifest import parse_manifest
 from triton_rollout.triton.control import ModelState
 from triton_rollout.triton.promote import LoadResult, PromoteResult, RollbackResult
@@ -16,6 +25,7 @@ from triton_rollout.triton.rollout import (
     DeploymentStatus,
     DeployOutcome,
     PvcModelStatus,
+    ReplicaStatus,
     StatusReport,
     TritonStatus,
 )
@@ -161,8 +171,17 @@ def test_command_results_keep_their_keys_and_round_trip() -> None:
         "triton": {"url": "http://t", "live": True,
                    "loaded": [{"name": "m", "version": "2", "state": "READY"},
                               {"name": "x", "version": "1", "state": "UNAVAILABLE", "reason": "boom"}]},
-        "endpoints": ["http://t/v2/models/m/versions/2/infer"]}
+        "endpoints": ["http://t/v2/models/m/versions/2/infer"], "replicas": []}
+    # With a fleet (--triton-service), each replica with what it serves.
+    fleet = dataclasses.replace(status, replicas=[ReplicaStatus(
+        pod="triton-a", in_service=False, gate=False, restarts=1,
+        triton=TritonStatus(url="http://10.0.0.7:8000", live=True, loaded=[ModelState("m", "3", "READY")]))])
+    assert fleet.to_dict()["replicas"] == [{"pod": "triton-a", "in_service": False, "gate": False, "restarts": 1,
+                                            "triton": {"url": "http://10.0.0.7:8000", "live": True, "loaded": [
+                                                {"name": "m", "version": "3", "state": "READY"}]}}]
+    tested = FleetSmokeRecord(model="llm", version=3, replicas=(SmokedReplica("triton-a", "u1", 1),))
+    assert FleetSmokeRecord.from_dict(json.loads(json.dumps(tested.to_dict()))) == tested
 
-    for result in (promoted, rolled, deployed, failed, status):
+    for result in (promoted, rolled, deployed, failed, status, fleet):
         # Through JSON, as a pod log or a result file carries them.
         assert type(result).from_dict(json.loads(json.dumps(result.to_dict()))) == result

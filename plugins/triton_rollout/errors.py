@@ -161,3 +161,15 @@ class SignatureError(RolloutError):
         "deploy only releases signed by a key in the model's signing.trusted_keys; re-publish the release "
         "with `python -m triton_rollout publish --signing-key FILE`; nothing was written to the PVC"
     )
+
+
+class FleetError(RolloutError):
+    """The Triton fleet could not be addressed or changed one replica at a time (triton/fleet.py): the Kubernetes
+    API refused, a replica could not be taken out of its Service or did not go quiet, a replica changed under
+    the rollout. Whatever the rollout had switched is put back before this is raised."""
+
+    exit_code = 18
+    default_hint = (
+        "read the message for the replica and the API call; check the rollout's RBAC (k8s/rbac.yaml: pods get/list, "
+        "pods/status patch, endpointslices list) and `kubectl -n <namespace> get pods -o wide`, then run again"
+    )

@@ -413,12 +413,21 @@ class TritonStepRequest(StepRequest):
     timeout: float = flag("--timeout", "seconds for each Triton request", default=30.0, parse=float)
     live_deadline: float = flag("--live-deadline", "seconds to wait for an unreachable Triton before failing",
                                 default=30.0, parse=float)
+    triton_service: str | None = flag(
+        "--triton-service", "NAMESPACE/NAME of the Triton Deployment's Service: address each of its replicas at its "
+        "pod IP, one at a time (triton/fleet.py; needs the Kubernetes API); unset: only --triton-url",
+        default=None, env="TRITON_SERVICE", metavar="NAMESPACE/NAME")
+    drain_quiet: float = flag("--drain-quiet", "with --triton-service and in_place: seconds a drained replica must "
+                              "answer no request before the candidate is loaded on it", default=2.0, parse=float)
+    drain_deadline: float = flag("--drain-deadline", "with --triton-service: seconds to wait for a replica to leave "
+                                 "or rejoin the Service and go quiet", default=120.0, parse=float)
 
     @classmethod
     def target(cls, model: ModelDeployment) -> dict[str, Any]:
         kube = model.kubernetes
         return {"pvc": kube.pvc_mount_path, "triton_url": model.triton_url,
-                "triton_repository": kube.triton_repository_path, "model": model.name}
+                "triton_repository": kube.triton_repository_path, "model": model.name,
+                "triton_service": f"{kube.namespace}/{kube.triton_service}" if kube.triton_service else None}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -475,10 +484,19 @@ class PromoteRequest(TritonStepRequest):
     run_id: str = flag("--run-id", "recorded in state/", default="", env="AIRFLOW_CTX_DAG_RUN_ID")
     no_ready_check: bool = flag("--no-ready-check", "promote on the PVC without asking Triton (e.g. Triton is being "
                                 "restarted)", default=False, parse=bool)
+    # With --triton-service, promote switches the replicas the load step did not: each one is loaded, smoke-tested
+    # and swapped in (or put back into the Service) like the first.
+    deadline: float = flag("--deadline", "seconds to wait for readiness (--triton-service)",
+                           default=DEFAULT_READY_DEADLINE, parse=float)
+    latency_budget: float = flag("--latency-budget", "seconds allowed per smoke request (--triton-service)",
+                                 default=DEFAULT_LATENCY_BUDGET, parse=float)
+    candidate: str = flag("--candidate", "how the other replicas load the candidate (--triton-service; as for load)",
+                          default="shadow", choices=CANDIDATE_MODES)
 
     @classmethod
     def for_model(cls, model: ModelDeployment, version: int, run_id: str) -> PromoteRequest:
-        return cls(**cls.target(model), version=version, run_id=run_id)
+        return cls(**cls.target(model), version=version, run_id=run_id, deadline=model.smoke.ready_deadline_s,
+                   latency_budget=model.smoke.latency_budget_s, candidate=model.candidate)
 
     def read_result(self, data: Mapping[str, Any]) -> StepResult:
         return StepResult(step=self.command, model=self.model, version=self.version,
@@ -591,7 +609,27 @@ class StatusRequest(StepRequest):
                                   default=None, env="TRITON_URL")
     model: str | None = flag("--model", "only this release model's deployment state", default=None)
     timeout: float = flag("--timeout", "seconds for each Triton request", default=30.0, parse=float)
+    triton_service: str | None = flag("--triton-service", "NAMESPACE/NAME of the Triton Service: report each replica",
+                                      default=None, env="TRITON_SERVICE", metavar="NAMESPACE/NAME")
     as_json: bool = flag("--json", "print JSON instead of text", default=False, parse=bool)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServingGateRequest(StepRequest):
+    """The Triton pod's sidecar (kube/manifests.py triton()): a new pod's readiness gate, set once."""
+
+    command: ClassVar[str] = "serving-gate"
+    help: ClassVar[str] = "set this Triton pod's triton-rollout/serving gate True once Triton is ready (a sidecar)"
+    description: ClassVar[str] = (
+        "A new Triton pod declares the readiness gate triton-rollout/serving and has no such condition yet, so it "
+        "stays out of its Service. Once the local Triton answers /v2/health/ready (every model it loaded at start, "
+        "the promoted versions, is ready), this sets the condition True, once: after that only a rollout changes "
+        "it. Then it idles until the pod stops.")
+
+    pod: str = flag("--pod", "this pod's name", env="POD_NAME")
+    namespace: str = flag("--namespace", "this pod's namespace", env="POD_NAMESPACE")
+    triton_url: str = flag("--triton-url", "the local Triton's HTTP endpoint", env="TRITON_URL")
+    interval: float = flag("--interval", "seconds between readiness checks", default=2.0, parse=float)
 
 
 ROLLOUT_STEPS: tuple[type[StepRequest], ...] = (

@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "deploy": "triton_rollout.cli.triton",
     "status": "triton_rollout.cli.triton",
     "reconcile": "triton_rollout.cli.triton",
+    "serving-gate": "triton_rollout.cli.triton",
     "render-manifests": "triton_rollout.cli.kube",
     "build": "triton_rollout.cli.build",
 }

@@ -281,6 +281,9 @@ class KubernetesConfig:
     shm_size: str = "16Gi"
     pvc_mount_path: str = "/pvc"  # the whole PVC, in sync / promote pods
     triton_repository_path: str = "/models"  # where Triton mounts the PVC's repository/ (subPath)
+    # The Service of the Triton Deployment (kube/manifests.py renders "triton"): when set, the rollout steps address
+    # each replica at its pod IP, one at a time (triton/fleet.py); None: they talk to triton_url only.
+    triton_service: str | None = None
     run_as_user: int = 1000
     run_as_group: int = 1000
     fs_group: int = 1000
@@ -305,6 +308,8 @@ class KubernetesConfig:
         if self.gpu_product is not None:
             labels({GPU_PRODUCT_LABEL: self.gpu_product}, f"{p}.gpu_product")
         string(self.shm_size, f"{p}.shm_size", QUANTITY, "Kubernetes quantity")
+        if self.triton_service is not None:
+            string(self.triton_service, f"{p}.triton_service", DNS_LABEL, "Service name (RFC 1123 label)")
         for name in ("pvc_mount_path", "triton_repository_path"):
             mount = string(getattr(self, name), f"{p}.{name}")
             if not mount.startswith("/") or mount.rstrip("/") in ("", "/tmp", "/dev/shm") or ".." in mount.split("/"):

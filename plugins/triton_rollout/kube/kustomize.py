@@ -54,7 +54,9 @@ def example_overlays(model: ModelDeployment) -> list[Overlay]:
 
 
 def overlay_model(model: ModelDeployment, overlay: Overlay) -> ModelDeployment:
-    kube = dataclasses.replace(model.kubernetes, storage=overlay.storage)
+    # Without the Triton Deployment there is no fleet to address: the Jobs talk to the ConfigMap's URL only.
+    kube = dataclasses.replace(model.kubernetes, storage=overlay.storage,
+                               triton_service=model.kubernetes.triton_service if overlay.include_triton else None)
     return dataclasses.replace(model, kubernetes=kube)
 
 

@@ -34,6 +34,7 @@ from kubernetes.client import models as k8s
 
 from triton_rollout.config import GPU_PRODUCT_LABEL, GPU_RESOURCE, KubernetesConfig, ModelDeployment
 from triton_rollout.kube import specs
+from triton_rollout.kube.fleet_api import SERVING_GATE
 from triton_rollout.steps import DeployRequest, ReconcileRequest, SyncRequest
 
 HEADER = "# Rendered by `python -m triton_rollout render-manifests`; edit the config or the code, not this file.\n"
@@ -41,6 +42,9 @@ ARGO_WAVE = "argocd.argoproj.io/sync-wave"
 ARGO_SYNC_OPTIONS = "argocd.argoproj.io/sync-options"
 IRSA_ANNOTATION = "eks.amazonaws.com/role-arn"
 TRITON_NAME = "triton"
+# The Triton pods' own account: only the serving-gate sidecar uses its token (get its pod, patch its status).
+TRITON_SERVING_ACCOUNT = "triton-serving"
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"  # where client libraries look in a pod
 TRITON_PORTS = (("http", 8000), ("grpc", 8001), ("metrics", 8002))
 # The ConfigMap keys the Jobs' args read ($(VAR) expansion); the CLI reads the same names from the environment.
 TRITON_URL_KEY = "TRITON_URL"
@@ -85,7 +89,8 @@ def example_deployment() -> ModelDeployment:
         keep=2,
         tp_size=1,
         pp_size=1,
-        kubernetes=KubernetesConfig(gpu_product="NVIDIA-H100-80GB-HBM3"),
+        # The rendered Triton Deployment's Service: the Jobs roll out to each replica (triton/fleet.py).
+        kubernetes=KubernetesConfig(gpu_product="NVIDIA-H100-80GB-HBM3", triton_service=TRITON_NAME),
     )
 
 
@@ -310,21 +315,40 @@ def rbac(model: ModelDeployment, airflow_namespace: str, airflow_service_account
         automount_service_account_token=False,
     )
 
-    def role_bound_to(name: str, service_account: str, rules: list[k8s.V1PolicyRule]) -> list[object]:
+    def role_bound_to(name: str, service_account: str, rules: list[k8s.V1PolicyRule], *,
+                      subject_namespace: str = airflow_namespace) -> list[object]:
         role = k8s.V1Role(api_version="rbac.authorization.k8s.io/v1", kind="Role",
                           metadata=k8s.V1ObjectMeta(name=name, namespace=ns, labels=rbac_labels), rules=rules)
         binding = k8s.V1RoleBinding(
             api_version="rbac.authorization.k8s.io/v1", kind="RoleBinding",
             metadata=k8s.V1ObjectMeta(name=name, namespace=ns, labels=rbac_labels),
             role_ref=k8s.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name=name),
-            subjects=[k8s.RbacV1Subject(kind="ServiceAccount", name=service_account, namespace=airflow_namespace)],
+            subjects=[k8s.RbacV1Subject(kind="ServiceAccount", name=service_account, namespace=subject_namespace)],
         )
         return [role, binding]
 
     read_logs = k8s.V1PolicyRule(api_groups=[""], resources=["pods/log"], verbs=["get"])
     read_events = k8s.V1PolicyRule(api_groups=[""], resources=["events"], verbs=["get", "list", "watch"])
+    patch_pod_status = k8s.V1PolicyRule(api_groups=[""], resources=["pods/status"], verbs=["patch"])
+    serving_sa = k8s.V1ServiceAccount(
+        api_version="v1", kind="ServiceAccount",
+        metadata=k8s.V1ObjectMeta(name=TRITON_SERVING_ACCOUNT, namespace=ns, labels=rbac_labels),
+        automount_service_account_token=False,
+    )
     return [
         sa,
+        serving_sa,
+        # The rollout steps (kube/fleet_api.py): find the Triton replicas, take one out of the Service and back.
+        *role_bound_to("triton-rollout-fleet", kube.service_account, [
+            k8s.V1PolicyRule(api_groups=[""], resources=["services"], verbs=["get"]),
+            k8s.V1PolicyRule(api_groups=[""], resources=["pods"], verbs=["get", "list"]),
+            patch_pod_status,
+            k8s.V1PolicyRule(api_groups=["discovery.k8s.io"], resources=["endpointslices"], verbs=["list"]),
+        ], subject_namespace=ns),
+        # The Triton pods' serving-gate sidecar: its own pod's gate, once (RBAC cannot name a Deployment's pods).
+        *role_bound_to("triton-serving-gate", TRITON_SERVING_ACCOUNT, [
+            k8s.V1PolicyRule(api_groups=[""], resources=["pods"], verbs=["get"]), patch_pod_status,
+        ], subject_namespace=ns),
         *role_bound_to("airflow-pod-launcher", airflow_service_account, [
             k8s.V1PolicyRule(api_groups=[""], resources=["pods"],
                              verbs=["create", "get", "list", "watch", "delete", "patch"]),
@@ -333,6 +357,45 @@ def rbac(model: ModelDeployment, airflow_namespace: str, airflow_service_account
             k8s.V1PolicyRule(api_groups=[""], resources=["pods"], verbs=["get", "list", "watch", "delete"]),
             read_logs, read_events]),
     ]
+
+
+def serving_gate_token() -> k8s.V1Volume:
+    """The pod's service account token, CA and namespace, as automounting would project them, for the sidecar only."""
+    return k8s.V1Volume(name="serving-gate-token", projected=k8s.V1ProjectedVolumeSource(default_mode=0o444, sources=[
+        k8s.V1VolumeProjection(service_account_token=k8s.V1ServiceAccountTokenProjection(
+            path="token", expiration_seconds=3607)),
+        k8s.V1VolumeProjection(config_map=k8s.V1ConfigMapProjection(
+            name="kube-root-ca.crt", items=[k8s.V1KeyToPath(key="ca.crt", path="ca.crt")])),
+        k8s.V1VolumeProjection(downward_api=k8s.V1DownwardAPIProjection(items=[k8s.V1DownwardAPIVolumeFile(
+            path="namespace", field_ref=k8s.V1ObjectFieldSelector(field_path="metadata.namespace"))])),
+    ]))
+
+
+def serving_gate_container(model: ModelDeployment) -> k8s.V1Container:
+    """``python -m triton_rollout serving-gate``: sets this pod's readiness gate True once Triton is ready, once."""
+    kube = model.kubernetes
+
+    def field(name: str, path: str) -> k8s.V1EnvVar:
+        return k8s.V1EnvVar(name=name, value_from=k8s.V1EnvVarSource(
+            field_ref=k8s.V1ObjectFieldSelector(field_path=path)))
+
+    http_port = dict(TRITON_PORTS)["http"]
+    return k8s.V1Container(
+        name="serving-gate",
+        image=kube.images.sync,
+        image_pull_policy="IfNotPresent",
+        command=list(specs.CLI),
+        args=["serving-gate", "--triton-url", f"$(POD_IP):{http_port}"],
+        env=[field("POD_NAME", "metadata.name"), field("POD_NAMESPACE", "metadata.namespace"),
+             field("POD_IP", "status.podIP"),
+             k8s.V1EnvVar(name="PYTHONDONTWRITEBYTECODE", value="1"), k8s.V1EnvVar(name="PYTHONUNBUFFERED", value="1"),
+             k8s.V1EnvVar(name="HOME", value="/tmp")],
+        resources=k8s.V1ResourceRequirements(requests={"cpu": "10m", "memory": "64Mi"}, limits={"memory": "256Mi"}),
+        security_context=specs.container_security_context(),
+        volume_mounts=[k8s.V1VolumeMount(name="serving-gate-token", mount_path=SERVICE_ACCOUNT_DIR, read_only=True),
+                       k8s.V1VolumeMount(name=specs.TMP_VOLUME, mount_path="/tmp")],
+        termination_message_policy="FallbackToLogsOnError",
+    )
 
 
 def triton(model: ModelDeployment, replicas: int) -> list[object]:
@@ -395,16 +458,21 @@ def triton(model: ModelDeployment, replicas: int) -> list[object]:
     if kube.gpu_product:
         selector[GPU_PRODUCT_LABEL] = kube.gpu_product
     pod_spec = _permissions_first(model, k8s.V1PodSpec(
-        # Triton needs neither the Kubernetes API nor S3: the namespace's default account, no token.
+        service_account_name=TRITON_SERVING_ACCOUNT,
+        # tritonserver gets no token; the serving-gate sidecar mounts one of its own (serving_gate_token()).
         automount_service_account_token=False,
+        # Out of the Service until the condition is True: the sidecar sets it for a new pod once Triton is
+        # ready; a rollout sets it False to load a candidate in place on this replica (triton/fleet.py).
+        readiness_gates=[k8s.V1PodReadinessGate(condition_type=SERVING_GATE)],
         security_context=specs.pod_security_context(model),
         node_selector=selector or None,
         tolerations=specs.tolerations(kube.tolerations),
         image_pull_secrets=specs.image_pull_secrets(model),
         termination_grace_period_seconds=60,
         init_containers=[make_repository],
-        containers=[container],
+        containers=[container, serving_gate_container(model)],
         volumes=[
+            serving_gate_token(),
             # Not readOnly at the volume: the init container writes; the server's own mount is read-only.
             k8s.V1Volume(name=specs.PVC_VOLUME, persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
                 claim_name=kube.pvc_claim)),

@@ -144,6 +144,7 @@ def _pod(
     name: str | None,
     node_selector: Mapping[str, str] | None,
     pod_tolerations: list[k8s.V1Toleration] | None = None,
+    api_access: bool = False,
 ) -> k8s.V1Pod:
     kube = model.kubernetes
     return k8s.V1Pod(
@@ -155,8 +156,9 @@ def _pod(
         spec=k8s.V1PodSpec(
             restart_policy="Never",
             service_account_name=kube.service_account,
-            # The pods never call the Kubernetes API; IRSA uses its own projected token, not this one.
-            automount_service_account_token=False,
+            # Only a fleet rollout's steps call the Kubernetes API (RBAC: k8s/rbac.yaml triton-rollout-fleet);
+            # IRSA uses its own projected token, not this one.
+            automount_service_account_token=api_access,
             security_context=pod_security_context(model),
             node_selector=dict(node_selector) if node_selector else None,
             tolerations=pod_tolerations,
@@ -189,8 +191,10 @@ def step_pod(model: ModelDeployment, request: StepRequest, *, name: str | None =
         volume_mounts=[tmp_mount, pvc_mount],
         termination_message_policy="FallbackToLogsOnError",
     )
+    # A fleet rollout (--triton-service) finds and drains the Triton replicas through the API (kube/fleet_api.py).
+    api_access = getattr(request, "triton_service", None) is not None
     return _pod(model, component=request.command, container=container, volumes=[tmp, pvc],
-                version=request.pod_version, name=name, node_selector=kube.node_selector)
+                version=request.pod_version, name=name, node_selector=kube.node_selector, api_access=api_access)
 
 
 def build_pod(model: ModelDeployment, request: BuildRequest, *, name: str | None = None) -> k8s.V1Pod:

@@ -5,6 +5,7 @@
     <pvc>/staging/.trash/                         versions moved out of repository/ before deletion
     <pvc>/state/published/<model>/<version>.json  what was published, with each file's stat (PublishRecord)
     <pvc>/state/deployments/<model>.json          promoted / previous version (DeploymentState)
+    <pvc>/state/fleet/<model>.json                the replicas a fleet rollout smoke-tested (FleetSmokeRecord)
     <pvc>/state/locks/<model>.lock                one writer per model (lock.py)
 
 The records under state/ are read and written only through ``PvcLayout`` (their types: records.py).
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from triton_rollout.errors import ConfigError, IntegrityError
-from triton_rollout.pvc.records import DeploymentState, PublishRecord
+from triton_rollout.pvc.records import DeploymentState, FleetSmokeRecord, PublishRecord
 from triton_rollout.release.manifest import validate_relpath
 
 
@@ -145,6 +146,11 @@ class PvcLayout:
     def lock_file(self, model: str) -> Path:
         return self.locks / f"{model}.lock"
 
+    def fleet_lock_file(self, model: str) -> Path:
+        """Held while a rollout drains, switches or restores a model's replicas (triton/fleet.py), and by the
+        reconcile while it repairs them; apart from lock_file, which each load / promote inside takes."""
+        return self.locks / f"{model}.fleet.lock"
+
     # -- publish records: state/published/<model>/<version>.json ------------------------------------
 
     def _published_dir(self, model: str) -> Path:
@@ -187,6 +193,16 @@ class PvcLayout:
 
     def save_deployment(self, state: DeploymentState) -> None:
         atomic_write_json(self.deployment_path(state.model), state.to_dict())
+
+    def fleet_smoke_path(self, model: str) -> Path:
+        return self.state / "fleet" / f"{model}.json"
+
+    def fleet_smoke(self, model: str) -> FleetSmokeRecord | None:
+        data = read_json(self.fleet_smoke_path(model))
+        return FleetSmokeRecord.from_dict(data) if data else None
+
+    def save_fleet_smoke(self, record: FleetSmokeRecord) -> None:
+        atomic_write_json(self.fleet_smoke_path(record.model), record.to_dict())
 
     def deployed_models(self) -> list[str]:
         """Release models with a deployment state (promoted at least once)."""

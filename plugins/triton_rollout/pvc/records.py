@@ -150,3 +150,40 @@ def _actor() -> str:
     except Exception:
         user = str(os.getuid())
     return f"{user}@{socket.gethostname()}"
+
+
+@dataclass(frozen=True)
+class SmokedReplica:
+    """A replica as it was when the candidate passed its smoke test there: the same pod (uid) and the same
+    Triton process (restart count), else what it serves now was loaded since and is untested."""
+
+    pod: str
+    uid: str
+    restarts: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pod": self.pod, "uid": self.uid, "restarts": self.restarts}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SmokedReplica:
+        return cls(pod=str(data["pod"]), uid=str(data["uid"]), restarts=int(data["restarts"]))
+
+
+@dataclass(frozen=True)
+class FleetSmokeRecord:
+    """state/fleet/<model>.json: where a fleet rollout's smoke step passed (triton/fleet.py), for its promote step
+    (another pod) to tell a smoke-tested replica from one that restarted or was replaced since."""
+
+    model: str
+    version: int
+    replicas: tuple[SmokedReplica, ...]
+    at: str = field(default_factory=lambda: format_time(datetime.now(UTC)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "version": self.version, "at": self.at,
+                "replicas": [r.to_dict() for r in self.replicas]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FleetSmokeRecord:
+        return cls(model=str(data["model"]), version=int(data["version"]), at=str(data["at"]),
+                   replicas=tuple(SmokedReplica.from_dict(r) for r in data["replicas"]))

@@ -129,6 +129,13 @@ class TritonControl:
         except Exception:
             return False
 
+    def is_server_ready(self) -> bool:
+        """/v2/health/ready: live, and (--strict-readiness) every loaded model ready."""
+        try:
+            return bool(self._client.is_server_ready())
+        except Exception:
+            return False
+
     def wait_live(self, deadline_s: float) -> None:
         """Wait for the server; a Triton that stays down is a TritonError after ``deadline_s``."""
         end = time.monotonic() + deadline_s
@@ -142,6 +149,17 @@ class TritonControl:
                     hint="check that Triton is running and TRITON_URL / --triton-url points at its HTTP port",
                 )
             time.sleep(0.2)
+
+    def request_count(self) -> int:
+        """Inference requests this server has finished, every model and version (its statistics extension):
+        a count that stops moving means no client is sending here."""
+        with self._errors("inference statistics"):
+            stats = self._client.get_inference_statistics()
+        total = 0
+        for m in stats.get("model_stats", []):
+            inference = m.get("inference_stats", {})
+            total += int(inference.get("success", {}).get("count", 0)) + int(inference.get("fail", {}).get("count", 0))
+        return total
 
     # -- models -----------------------------------------------------------------------------------
 

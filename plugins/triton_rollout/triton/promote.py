@@ -295,7 +295,7 @@ def promote(layout: PvcLayout, release: Release, *, run_id: str = "", control: T
                 raise TritonError(f"{release.model} v{release.version} is loaded as a shadow candidate: promoting "
                                   "it swaps it into Triton, so Triton must be reachable",
                                   hint="promote without --no-ready-check")
-            _swap_in_shadow(control, layout, release)
+            swap_in_shadow(control, layout, release)
         elif control is not None and require_ready:
             for name in release.order:
                 if not control.is_version_ready(name, release.version):
@@ -316,7 +316,7 @@ def promote(layout: PvcLayout, release: Release, *, run_id: str = "", control: T
         return PromoteResult.of(state)
 
 
-def _swap_in_shadow(control: TritonControl, layout: PvcLayout, release: Release,
+def swap_in_shadow(control: TritonControl, layout: PvcLayout, release: Release,
                     deadline_s: float = DEFAULT_READY_DEADLINE) -> None:
     for name in release.order:
         if not control.is_version_ready(shadow.shadow_name(name), release.version):
@@ -367,45 +367,92 @@ def rollback(control: TritonControl, layout: PvcLayout, model: str, *, failed_ve
     """
     control.wait_live(live_deadline_s)
     with _lock(layout, model, f"rollback {model}"):
-        state = layout.deployment(model)
-        if failed_version is not None:
-            if failed_version == state.promoted:
-                raise ConfigError(f"{model} v{failed_version} is the promoted version, not a candidate",
-                                  hint="to leave it, roll back without --failed-version")
-            failed = prepare_release(layout, model, failed_version, triton_models=triton_models,
-                                     triton_repository=triton_repository)
-            target = state.promoted
-            # A shadow candidate never served clients: discarding it is the rollback, unless a promote got as far
-            # as switching the real names to it.
-            if not shadow.has_shadow(layout, failed) or shadow.serves_shadow(control, failed):
-                _restore(control, layout, failed, target, deadline_s, triton_models=triton_models)
-            shadow.discard_shadow(control, layout, failed.order)
-            from_version: int | None = failed_version
-        else:
-            target = to_version if to_version is not None else state.previous
-            if target is None:
-                raise ConfigError(f"{model} has no previous version to roll back to (promoted: {state.promoted})",
-                                  hint="pass --to-version N for a version that is on the PVC")
-            good = prepare_release(layout, model, target, triton_models=triton_models,
-                                   triton_repository=triton_repository)
-            # Models the current version has and the target lacks are unloaded; a current version that
-            # no longer validates must not block the way back, so it is only consulted when it can be.
-            current_models: list[str] = []
-            if state.promoted is not None:
-                try:
-                    current_models = release_triton_models(layout, model, state.promoted, triton_models)
-                except ConfigError as exc:
-                    log.warning("cannot list the models of %s v%s: %s", model, state.promoted, exc)
-            for name in current_models:
-                if name not in good.configs:
-                    _switch_on_disk(layout, name, None)
-                    control.unload(name)
-            _apply(control, layout, good, deadline_s)
-            for name in good.entries:
-                _switch_on_disk(layout, name, good.load_config(name))
-            from_version = state.promoted
-            state.previous, state.promoted = state.promoted, target
-        state.record("rollback", target, run_id=run_id, reason=reason, from_version=from_version,
-                     candidate_failed=failed_version is not None)
-        layout.save_deployment(state)
-        return RollbackResult(model=model, promoted=state.promoted, previous=state.previous, last=state.history[-1])
+        plan = plan_rollback(layout, model, failed_version=failed_version, to_version=to_version,
+                             triton_models=triton_models, triton_repository=triton_repository)
+        apply_rollback(control, layout, plan, deadline_s)
+        finish_rollback(control, layout, plan)
+        return record_rollback(layout, plan, reason=reason, run_id=run_id)
+
+
+@dataclass(frozen=True)
+class RollbackPlan:
+    """What a rollback puts back, decided once from state/ and the PVC, then applied to each replica."""
+
+    model: str
+    target: int | None  # the version that serves afterwards (None: nothing was ever promoted)
+    failed: Release | None  # a candidate that failed (rollback --failed-version)
+    good: Release | None  # rolling the promoted version back: the release to serve again
+    drop: list[str]  # rolling back: Triton models the current version has and the target lacks
+    from_version: int | None
+    triton_models: list[str] | None
+
+
+def plan_rollback(layout: PvcLayout, model: str, *, failed_version: int | None = None, to_version: int | None = None,
+                  triton_models: list[str] | None = None, triton_repository: str | None = None) -> RollbackPlan:
+    state = layout.deployment(model)
+    if failed_version is not None:
+        if failed_version == state.promoted:
+            raise ConfigError(f"{model} v{failed_version} is the promoted version, not a candidate",
+                              hint="to leave it, roll back without --failed-version")
+        failed = prepare_release(layout, model, failed_version, triton_models=triton_models,
+                                 triton_repository=triton_repository)
+        return RollbackPlan(model=model, target=state.promoted, failed=failed, good=None, drop=[],
+                            from_version=failed_version, triton_models=triton_models)
+    target = to_version if to_version is not None else state.previous
+    if target is None:
+        raise ConfigError(f"{model} has no previous version to roll back to (promoted: {state.promoted})",
+                          hint="pass --to-version N for a version that is on the PVC")
+    good = prepare_release(layout, model, target, triton_models=triton_models, triton_repository=triton_repository)
+    # Models the current version has and the target lacks are unloaded; a current version that
+    # no longer validates must not block the way back, so it is only consulted when it can be.
+    current_models: list[str] = []
+    if state.promoted is not None:
+        try:
+            current_models = release_triton_models(layout, model, state.promoted, triton_models)
+        except ConfigError as exc:
+            log.warning("cannot list the models of %s v%s: %s", model, state.promoted, exc)
+    return RollbackPlan(model=model, target=target, failed=None, good=good,
+                        drop=[n for n in current_models if n not in good.configs], from_version=state.promoted,
+                        triton_models=triton_models)
+
+
+def carries(control: TritonControl, release: Release) -> bool:
+    """Whether any real name of ``release`` answers at its version on this Triton (it was loaded in place, or a
+    shadow swap got past switching the entries)."""
+    return any(control.is_version_ready(name, release.version) for name in release.order)
+
+
+def apply_rollback(control: TritonControl, layout: PvcLayout, plan: RollbackPlan, deadline_s: float) -> None:
+    """Make one Triton serve ``plan.target``. The PVC's shadow directories stay (finish_rollback removes them
+    once every replica is done)."""
+    if plan.failed is not None:
+        failed = plan.failed
+        # A shadow candidate never served clients: unloading it is the rollback, unless a promote got as far as
+        # switching the real names to it. An in-place candidate is replaced wherever it is loaded.
+        if not shadow.has_shadow(layout, failed) or carries(control, failed):
+            _restore(control, layout, failed, plan.target, deadline_s, triton_models=plan.triton_models)
+        shadow.unload_shadow(control, failed.order)
+        return
+    assert plan.good is not None
+    for name in plan.drop:
+        _switch_on_disk(layout, name, None)
+        control.unload(name)
+    _apply(control, layout, plan.good, deadline_s)
+    for name in plan.good.entries:
+        _switch_on_disk(layout, name, plan.good.load_config(name))
+
+
+def finish_rollback(control: TritonControl, layout: PvcLayout, plan: RollbackPlan) -> None:
+    if plan.failed is not None:
+        shadow.discard_shadow(control, layout, plan.failed.order)
+
+
+def record_rollback(layout: PvcLayout, plan: RollbackPlan, *, reason: str, run_id: str) -> RollbackResult:
+    state = layout.deployment(plan.model)
+    if plan.failed is None:
+        state.previous, state.promoted = state.promoted, plan.target
+    state.record("rollback", plan.target, run_id=run_id, reason=reason, from_version=plan.from_version,
+                 candidate_failed=plan.failed is not None)
+    layout.save_deployment(state)
+    return RollbackResult(model=plan.model, promoted=state.promoted, previous=state.previous,
+                          last=state.history[-1])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +35,8 @@ class ReconcileReport:
     pvc_problems: list[str] = field(default_factory=list)
     repaired: bool = False
     bytes_transferred: int = 0
-    triton_not_ready: list[str] = field(default_factory=list)
+    triton_not_ready: list[str] = field(default_factory=list)  # "<pod>: <model>" with a fleet
+    replicas_differed: list[str] = field(default_factory=list)  # with a fleet: the pods that did not serve it
     reloaded: bool = False
     endpoints: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -67,8 +69,11 @@ class ReconcileReport:
 def reconcile_model(layout: PvcLayout, control: TritonControl, model: str, *, release_prefix: str,
                     engine_prefix: str | None = None, full: bool = False, repair: bool = True,
                     triton_repository: str | None = None, deadline_s: float = 600.0,
-                    trusted_keys: tuple[PublicKey, ...] = ()) -> ReconcileReport:
-    """``trusted_keys``: the model's signing keys; a repair re-syncs through the same gate as a sync."""
+                    trusted_keys: tuple[PublicKey, ...] = (),
+                    replicas: Mapping[str, TritonControl] | None = None) -> ReconcileReport:
+    """``trusted_keys``: the model's signing keys; a repair re-syncs through the same gate as a sync.
+    ``replicas``: a fleet's replicas by pod name (triton/fleet.py), each checked and repaired instead of ``control``.
+    """
     t0 = time.monotonic()
     state = layout.deployment(model)
     report = ReconcileReport(model=model, promoted=state.promoted, verify="full" if full else "stat")
@@ -96,29 +101,34 @@ def reconcile_model(layout: PvcLayout, control: TritonControl, model: str, *, re
         else:
             report.errors.append("PVC drift left as found (--no-repair)")
     if not report.errors:
-        _check_triton(layout, control, report, version, repair=repair, triton_repository=triton_repository,
-                      deadline_s=deadline_s)
+        for pod, target in (replicas or {"": control}).items():
+            _check_triton(layout, target, report, version, repair=repair, triton_repository=triton_repository,
+                          deadline_s=deadline_s, pod=pod)
     report.seconds = round(time.monotonic() - t0, 3)
     return report
 
 
 def _check_triton(layout: PvcLayout, control: TritonControl, report: ReconcileReport, version: int, *,
-                  repair: bool, triton_repository: str | None, deadline_s: float) -> None:
+                  repair: bool, triton_repository: str | None, deadline_s: float, pod: str = "") -> None:
+    where = f"{pod}: " if pod else ""
     try:
         release = prepare_release(layout, report.model, version, triton_repository=triton_repository)
-        report.triton_not_ready = [n for n in release.order if not control.is_version_ready(n, version)]
+        not_ready = [n for n in release.order if not control.is_version_ready(n, version)]
+        report.triton_not_ready += [where + n for n in not_ready]
+        if not_ready and pod:
+            report.replicas_differed.append(pod)
         # Repaired files must be read again by Triton (a python backend or an engine holds the old ones).
-        if (report.triton_not_ready or report.repaired) and repair:
+        if (not_ready or report.repaired) and repair:
             # The promoted version, reloaded where it serves: it passed its smoke test when it was promoted.
             loaded = load_candidate(control, layout, release, deadline_s=deadline_s, candidate="in_place")
             report.reloaded = True
-            report.endpoints = loaded.endpoints
-        elif report.triton_not_ready:
-            report.errors.append("Triton drift left as found (--no-repair)")
+            report.endpoints += loaded.endpoints
+        elif not_ready:
+            report.errors.append(f"{where}Triton drift left as found (--no-repair)")
         else:
-            report.endpoints = [f"{control.base_url}/v2/models/{n}/versions/{version}/infer" for n in release.entries]
+            report.endpoints += [f"{control.base_url}/v2/models/{n}/versions/{version}/infer" for n in release.entries]
     except RolloutError as exc:
-        report.errors.append(f"Triton: {exc.message}")
+        report.errors.append(f"{where}Triton: {exc.message}")
 
 
 def require_in_sync(report: ReconcileReport) -> None:

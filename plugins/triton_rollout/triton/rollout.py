@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from triton_rollout.errors import SmokeTestFailed
+from triton_rollout.kube.fleet_api import Replica
 from triton_rollout.pvc.layout import PvcLayout
 from triton_rollout.pvc.records import DeploymentState, HistoryEntry
 from triton_rollout.steps import DEFAULT_LATENCY_BUDGET, DEFAULT_READY_DEADLINE
@@ -154,32 +155,62 @@ class TritonStatus:
 
 
 @dataclass(frozen=True)
+class ReplicaStatus:
+    """One replica of a fleet (--triton-service): where it is, whether the Service routes to it, what it serves."""
+
+    pod: str
+    in_service: bool
+    gate: bool | None  # the triton-rollout/serving condition (None: not set yet)
+    restarts: int
+    triton: TritonStatus
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pod": self.pod, "in_service": self.in_service, "gate": self.gate, "restarts": self.restarts,
+                "triton": self.triton.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReplicaStatus:
+        return cls(pod=data["pod"], in_service=data["in_service"], gate=data["gate"], restarts=data["restarts"],
+                   triton=TritonStatus.from_dict(data["triton"]))
+
+
+@dataclass(frozen=True)
 class StatusReport:
     pvc_root: str
     pvc_models: dict[str, PvcModelStatus]  # by Triton model
     deployments: dict[str, DeploymentStatus]  # by release model
     triton: TritonStatus
     endpoints: list[str]  # infer URLs of the versions that answered ready just now
+    replicas: list[ReplicaStatus] = field(default_factory=list)  # with a fleet: each replica (triton: the Service)
 
     def to_dict(self) -> dict[str, Any]:
         return {"pvc": {"root": self.pvc_root, "models": {n: m.to_dict() for n, m in self.pvc_models.items()}},
                 "deployments": {n: d.to_dict() for n, d in self.deployments.items()},
-                "triton": self.triton.to_dict(), "endpoints": self.endpoints}
+                "triton": self.triton.to_dict(), "endpoints": self.endpoints,
+                "replicas": [r.to_dict() for r in self.replicas]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StatusReport:
         return cls(pvc_root=data["pvc"]["root"],
                    pvc_models={n: PvcModelStatus.from_dict(m) for n, m in data["pvc"]["models"].items()},
                    deployments={n: DeploymentStatus.from_dict(d) for n, d in data["deployments"].items()},
-                   triton=TritonStatus.from_dict(data["triton"]), endpoints=list(data["endpoints"]))
+                   triton=TritonStatus.from_dict(data["triton"]), endpoints=list(data["endpoints"]),
+                   replicas=[ReplicaStatus.from_dict(r) for r in data.get("replicas", [])])
+
+
+def _triton_status(control: TritonControl) -> TritonStatus:
+    live = control.is_live()
+    return TritonStatus(url=control.base_url, live=live, loaded=control.repository_index() if live else [])
 
 
 def collect_status(layout: PvcLayout, control: TritonControl | None, *, model: str | None = None,
-                   live_deadline_s: float = 0.0) -> StatusReport:
+                   live_deadline_s: float = 0.0,
+                   replicas: list[tuple[Replica, TritonControl]] | None = None) -> StatusReport:
     """PVC contents, deployment state, Triton's index, and the endpoints that answer ready right now.
 
     ``model``: only this release model's deployment state (default: every deployed model's).
     ``live_deadline_s``: how long to wait for a Triton that is not live yet (0: ask once).
+    ``replicas``: a fleet's replicas (triton/fleet.py replica_controls), each reported with what it serves.
     """
     pvc_models = {
         name: PvcModelStatus(versions=info.versions, promoted_config_versions=pinned_versions(info.promoted_config)
@@ -200,5 +231,7 @@ def collect_status(layout: PvcLayout, control: TritonControl | None, *, model: s
         # Checked, not guessed: each READY entry is asked again for its own version's readiness.
         endpoints = [f"{control.base_url}/v2/models/{m.name}/versions/{m.version}/infer" for m in index
                      if m.state == "READY" and m.version and control.is_version_ready(m.name, m.version)]
+    fleet = [ReplicaStatus(pod=r.pod, in_service=r.in_service, gate=r.gate, restarts=r.restarts,
+                           triton=_triton_status(c)) for r, c in replicas or []]
     return StatusReport(pvc_root=str(layout.root), pvc_models=pvc_models, deployments=deployments, triton=triton,
-                        endpoints=endpoints)
+                        endpoints=endpoints, replicas=fleet)

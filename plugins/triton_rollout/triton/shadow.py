@@ -107,6 +107,15 @@ def load_shadow(control: TritonControl, layout: PvcLayout, release: Release, dea
         control.wait_ready(shadow_name(name), release.version, deadline_s)
 
 
+def unload_shadow(control: TritonControl, triton_models: list[str]) -> None:
+    """Unload the shadow names of ``triton_models`` from one Triton (another replica may still use the
+    directories: discard_shadow removes them)."""
+    for name in reversed(triton_models):  # the ensemble before the members it calls
+        with contextlib.suppress(Exception):  # not loaded, or Triton down
+            if control.ready_versions(shadow_name(name)):
+                control.unload(shadow_name(name))
+
+
 def discard_shadow(control: TritonControl, layout: PvcLayout, triton_models: list[str]) -> None:
     """Unload the shadow names of ``triton_models`` and remove their directories (never the real ones)."""
     for name in reversed(triton_models):  # the ensemble before the members it calls
