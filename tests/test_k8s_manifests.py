@@ -254,6 +254,8 @@ def test_rbac_is_namespaced_and_minimal() -> None:
     fleet = {r: set(rule["verbs"]) for rule in roles["triton-rollout-fleet"]["rules"] for r in rule["resources"]}
     assert fleet == {"services": {"get"}, "pods": {"get", "list"}, "pods/status": {"patch"},
                      "endpointslices": {"list"}}
+    reader = {r: set(rule["verbs"]) for rule in roles["airflow-fleet-reader"]["rules"] for r in rule["resources"]}
+    assert reader == {"services": {"get"}, "endpointslices": {"list"}, "pods": {"list"}}  # read-only, for the UI
     gate = {r: set(rule["verbs"]) for rule in roles["triton-serving-gate"]["rules"] for r in rule["resources"]}
     assert gate == {"pods": {"get"}, "pods/status": {"patch"}}
     bindings = by_kind("RoleBinding")

@@ -13,6 +13,7 @@ identifies the weights, demo-llm's text the corpus), so the counts are measured,
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import os
@@ -429,3 +430,51 @@ def test_the_step_pods_roll_the_fleet_in_cluster(fleet: Fleet) -> None:
     assert_fleet_serves(fleet, [demo_models.TENSOR_TRITON_MODEL], 7)
     assert not loop.failed and not loop.mislabelled() and not loop.untested(tested)
     assert {p for _, _, p in loop.answers} == {6, 7}
+
+
+def test_the_triton_models_view_reads_each_replica_with_the_workers_identity(fleet: Fleet) -> None:
+    """The UI view's replica read (airflow/ui/fleet.py), as the api-server does it: with Airflow's Kubernetes
+    identity (the rendered Role airflow-fleet-reader is all it has beyond the pod launcher's)."""
+    from kubernetes import config
+    from triton_rollout.airflow.ui.fleet import Note, gather_fleet, read_replicas
+    from triton_rollout.config import read_config_file
+
+    from devstack.stack import MODELS_CONFIG
+    from tests.test_ui_fleet import Elements, no_history, render
+
+    (model,) = [m for m in read_config_file(MODELS_CONFIG, environ={**os.environ, **fleet.stack.env()}).models
+                if m.name == TENSOR]
+    as_airflow = config.new_client_from_config(config_file=str(fleet.stack.airflow_kube))
+    drained = fleet.api.replicas()[0]
+    fleet.api.set_gate(drained.pod, False, "test: drained")
+    try:
+        fleet.api.wait_in_service(drained.pod, False, 10)
+        found = read_replicas(model, api_client_for=lambda _: as_airflow)
+        assert found.problem is None, found.problem
+        promoted = fleet.layout.deployment(TENSOR).promoted
+        # The whole page, as the api-server gathers it (S3 from the standard AWS environment, no run history).
+        with environment(fleet.stack.s3.env()):
+            page_fleet = gather_fleet([dataclasses.replace(model, aws_conn_id=None)], history=no_history,
+                                      triton_url_for=lambda _: fleet.stack.triton_url,
+                                      replicas_for=lambda m: found)
+        (view,) = page_fleet.models
+        assert view.replicas is not None and view.replicas.problem is None
+        rows = {r.pod: r for r in view.replicas.replicas}
+        assert set(rows) == {r.pod for r in fleet.api.replicas()} and len(rows) == 2
+        assert {r.serving.version for r in rows.values()} == {promoted}
+        assert rows[drained.pod].in_service is False and rows[drained.pod].gate is False
+        assert all(r.in_service for p, r in rows.items() if p != drained.pod)
+        assert Note("info", f"replica {drained.pod} is out of the Service (drained by a rollout)") in view.notes
+        page = Elements(render(page_fleet))
+        assert sorted(a["data-pod"] for a in page.attrs("replica")) == sorted(rows)
+        shown = f"v{promoted}" if promoted is not None else "none"  # run alone: nothing deployed yet
+        assert page.texts("replica-version") == [shown, shown]
+        assert {a["data-in-service"] for a in page.attrs("replica-in-service")} == {"true", "false"}
+    finally:
+        fleet.api.set_gate(drained.pod, True, "test: back")
+        fleet.api.wait_in_service(drained.pod, True, 10)
+    # Without the Role the view says what is missing, and renders the rest.
+    denied = read_replicas(model, api_client_for=lambda _: config.new_client_from_config(
+        config_file=str(fleet.stack.kube.service_account_kubeconfig(NS, "default"))))
+    assert denied.problem is not None and "airflow-fleet-reader" in denied.problem.hint
+

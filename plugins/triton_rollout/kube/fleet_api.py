@@ -103,8 +103,8 @@ class FleetApi:
             reason = f"HTTP {exc.status} {exc.reason}"
             hint = None
             if exc.status == 403:
-                hint = (f"grant the rollout's service account '{what}' in namespace {self.namespace} "
-                        "(k8s/rbac.yaml, Role triton-rollout-fleet)")
+                hint = (f"grant this identity '{what}' in namespace {self.namespace} (k8s/rbac.yaml: Role "
+                        "triton-rollout-fleet for the rollout steps, airflow-fleet-reader for the Airflow UI view)")
             raise FleetError(f"Kubernetes API: {what} in {self.namespace} for Service {self.service} failed: "
                              f"{reason}", hint=hint) from exc
         except OSError as exc:  # urllib3's connection errors are OSErrors

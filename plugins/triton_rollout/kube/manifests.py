@@ -353,6 +353,11 @@ def rbac(model: ModelDeployment, airflow_namespace: str, airflow_service_account
             k8s.V1PolicyRule(api_groups=[""], resources=["pods"],
                              verbs=["create", "get", "list", "watch", "delete", "patch"]),
             read_logs, read_events]),
+        # The Triton models view (in the api-server, with the workers' Kubernetes identity) lists each replica.
+        *role_bound_to("airflow-fleet-reader", airflow_service_account, [
+            k8s.V1PolicyRule(api_groups=[""], resources=["services"], verbs=["get"]),
+            k8s.V1PolicyRule(api_groups=["discovery.k8s.io"], resources=["endpointslices"], verbs=["list"]),
+            k8s.V1PolicyRule(api_groups=[""], resources=["pods"], verbs=["list"])]),
         *role_bound_to("airflow-pod-watcher", airflow_triggerer_service_account, [
             k8s.V1PolicyRule(api_groups=[""], resources=["pods"], verbs=["get", "list", "watch", "delete"]),
             read_logs, read_events]),

@@ -8,6 +8,8 @@ Three sources, each read on its own and each allowed to fail on its own (the rec
 - Triton (``triton_url``, or the ``triton_conn_id`` connection): its repository index, which versions
   answer ready (asked per version, not guessed from the index), the version that serves (the newest one
   every Triton model of the release has READY: ``resolve.common_ready_version``) and its infer endpoints;
+- with a fleet (``kubernetes.triton_service``), the Kubernetes API as the model's ``kubernetes.api`` says (the
+  EndpointSlices and pods: kube/fleet_api.py) and then each replica at its pod IP, read like the Service;
 - Airflow's own database (the view runs inside the api-server): the deploy DAG's last runs, and from the
   XComs its tasks push, each run's version (``resolve`` returns the resolved release), the promoted and
   previous version (``promote`` / ``rollback`` push ``result``: model, promoted, previous) and the Triton
@@ -244,6 +246,75 @@ def serving_of(snapshot: TritonSnapshot, triton_models: Sequence[str], entries: 
                    index=mine, endpoints=endpoints)
 
 
+@dataclass(frozen=True)
+class ReplicaSnapshot:
+    """One replica of a fleet as the API lists it, with its own Triton read."""
+
+    pod: str
+    in_service: bool  # the Service routes new connections to it
+    gate: bool | None  # triton-rollout/serving: None until its sidecar set it
+    restarts: int
+    triton: TritonSnapshot
+
+
+@dataclass(frozen=True)
+class FleetReplicas:
+    """The replicas behind a model's Triton Service, read once (models sharing a Service share the read)."""
+
+    service: str  # namespace/name
+    replicas: tuple[ReplicaSnapshot, ...] = ()
+    problem: Problem | None = None
+
+
+def _kube_api_client(model: ModelDeployment) -> Any:
+    """A Kubernetes client the way the model's pods are launched (kubernetes.api: in-cluster, kubeconfig or a
+    connection), so the view needs no credentials of its own."""
+    from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+
+    api = model.kubernetes.api
+    return KubernetesHook(conn_id=api.conn_id, in_cluster=api.in_cluster, config_file=api.config_file,
+                          cluster_context=api.context).api_client
+
+
+def read_replicas(model: ModelDeployment, *, timeout: float = TRITON_TIMEOUT_S,
+                  api_client_for: Callable[[ModelDeployment], Any] = _kube_api_client) -> FleetReplicas:
+    """Every replica of the model's Triton Service, and what each one serves."""
+    from triton_rollout.kube.fleet_api import FleetApi
+
+    kube = model.kubernetes
+    service = f"{kube.namespace}/{kube.triton_service}"
+    try:
+        api = FleetApi(kube.namespace, str(kube.triton_service), api_client_for(model))
+        try:
+            listed = api.replicas()
+        finally:
+            api.close()
+    except Exception as exc:
+        log.warning("Triton models view: replicas of %s: %s", service, exc)
+        return FleetReplicas(service, problem=Problem.of(
+            "Kubernetes", exc, f"the api-server's Kubernetes identity needs services get, endpointslices list and "
+                               f"pods list in {kube.namespace} (k8s/rbac.yaml, Role airflow-fleet-reader)"))
+    return FleetReplicas(service, tuple(
+        ReplicaSnapshot(r.pod, r.in_service, r.gate, r.restarts, read_triton(r.url, timeout=timeout))
+        for r in listed))
+
+
+@dataclass(frozen=True)
+class ReplicaServing:
+    pod: str
+    in_service: bool
+    gate: bool | None
+    restarts: int
+    serving: Serving
+
+
+@dataclass(frozen=True)
+class ReplicasView:
+    service: str
+    replicas: tuple[ReplicaServing, ...] = ()
+    problem: Problem | None = None
+
+
 # -- Airflow ----------------------------------------------------------------------------------------------
 
 
@@ -379,6 +450,7 @@ class ModelView:
     serving: Serving
     history: DeployHistory
     notes: tuple[Note, ...] = ()
+    replicas: ReplicasView | None = None  # None: no fleet configured (kubernetes.triton_service)
 
 
 @dataclass(frozen=True)
@@ -417,6 +489,7 @@ def gather_fleet(models: Sequence[ModelDeployment], *,
                  history: Callable[[str], DeployHistory] = read_history,
                  s3_for: Callable[[ModelDeployment], tuple[Any, Any]] = _s3_of_connection,
                  triton_url_for: Callable[[ModelDeployment], str] = _triton_url_of,
+                 replicas_for: Callable[[ModelDeployment], FleetReplicas] = read_replicas,
                  deadline_s: float = SOURCE_DEADLINE_S, hidden: int = 0) -> Fleet:
     """Every model's releases, serving state and deploy history; S3 and Triton in threads (one read per
     Triton server), the database here; whatever has not answered by ``deadline_s`` is a Problem."""
@@ -432,9 +505,12 @@ def gather_fleet(models: Sequence[ModelDeployment], *,
                 urls[m.name] = Problem.of("Triton", exc, f"check the Airflow connection {m.triton_conn_id!r} "
                                                          "(its host and port name Triton's HTTP endpoint)")
         servers = {url: pool.submit(read_triton, url) for url in set(urls.values()) if isinstance(url, str)}
+        services = {_service_of(m): pool.submit(replicas_for, m) for m in models if m.kubernetes.triton_service}
         histories = {m.name: _history(deploy_dag_id(m), history) for m in models}
-        wait_for([*releases.values(), *servers.values()], timeout=max(0.0, deadline_s - (time.monotonic() - t0)))
-        views = tuple(_model_view(m, releases[m.name], urls[m.name], servers, histories[m.name], deadline_s)
+        wait_for([*releases.values(), *servers.values(), *services.values()],
+                 timeout=max(0.0, deadline_s - (time.monotonic() - t0)))
+        views = tuple(_model_view(m, releases[m.name], urls[m.name], servers, histories[m.name], deadline_s,
+                                  services.get(_service_of(m)))
                       for m in models)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)  # a hung client must not hold the page
@@ -460,8 +536,26 @@ def _history(dag_id: str, history: Callable[[str], DeployHistory]) -> DeployHist
             "Airflow", exc, "the api-server could not read its database: see the api-server log"))
 
 
+def _service_of(model: ModelDeployment) -> str:
+    return f"{model.kubernetes.namespace}/{model.kubernetes.triton_service}"
+
+
+def _replicas_view(job: Future[FleetReplicas] | None, service: str, late: str, triton_models: Sequence[str],
+                   entries: Sequence[str], origin: str) -> ReplicasView | None:
+    if job is None:
+        return None
+    if not job.done():
+        return ReplicasView(service, problem=Problem("Kubernetes", f"{late} listing the replicas of {service}",
+                                                     "check that the Kubernetes API is reachable from the api-server"))
+    found = job.result()
+    return ReplicasView(found.service, tuple(
+        ReplicaServing(r.pod, r.in_service, r.gate, r.restarts, serving_of(r.triton, triton_models, entries, origin))
+        for r in found.replicas), found.problem)
+
+
 def _model_view(model: ModelDeployment, releases_job: Future[ReleaseList], url: str | Problem,
-                servers: dict[str, Future[TritonSnapshot]], history: DeployHistory, deadline_s: float) -> ModelView:
+                servers: dict[str, Future[TritonSnapshot]], history: DeployHistory, deadline_s: float,
+                replicas_job: Future[FleetReplicas] | None = None) -> ModelView:
     late = f"no answer within {deadline_s:.0f} s"
     if releases_job.done():
         releases = releases_job.result()
@@ -484,12 +578,22 @@ def _model_view(model: ModelDeployment, releases_job: Future[ReleaseList], url: 
     else:
         triton_models, entries, origin = (), (), ""
     serving = serving_of(snapshot, triton_models, entries, origin)
+    replicas = _replicas_view(replicas_job, _service_of(model), late, triton_models, entries, origin)
     return ModelView(model.name, deploy_dag_id(model), releases, serving, history,
-                     notes=tuple(_notes(model, releases, serving, history)))
+                     notes=tuple(_notes(model, releases, serving, history, replicas)), replicas=replicas)
 
 
-def _notes(model: ModelDeployment, releases: ReleaseList, serving: Serving, history: DeployHistory) -> Iterable[Note]:
+def _notes(model: ModelDeployment, releases: ReleaseList, serving: Serving, history: DeployHistory,
+           replicas: ReplicasView | None = None) -> Iterable[Note]:
     promoted, now = history.promoted, serving.version
+    for r in replicas.replicas if replicas is not None else ():
+        if r.serving.problem is None and promoted is not None and r.serving.version != promoted:
+            what = f"v{r.serving.version}" if r.serving.version is not None else "no version"
+            yield Note("warning", f"replica {r.pod} serves {what} of {model.name}, not the promoted v{promoted}: a "
+                                  "rollout is running, or the reconcile DAG (reconcile_triton_models) converges it")
+        if not r.in_service:
+            why = "drained by a rollout" if r.gate is False else "its serving gate is not set yet"
+            yield Note("info", f"replica {r.pod} is out of the Service ({why})")
     reconcile = "the reconcile DAG (reconcile_triton_models) loads the promoted version again"
     if serving.problem is None and history.problem is None and promoted is not None:
         if now is None:
