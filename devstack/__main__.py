@@ -26,8 +26,6 @@ REPO = Path(__file__).resolve().parent.parent
 STATE_DIR = REPO / ".devstack"
 STACK_FILE = STATE_DIR / "stack.json"
 ENV_FILE = STATE_DIR / "env"
-# Two replicas, rolled one at a time (triton/fleet.py): the smallest fleet where a replica can leave the Service.
-DEFAULT_TRITON_REPLICAS = 2
 
 
 def _write_env(values: dict[str, str]) -> None:
@@ -39,7 +37,7 @@ def _write_env(values: dict[str, str]) -> None:
 def up() -> int:
     from .airflow import USERNAME, AirflowServer
     from .demo_models import publish_demo_releases
-    from .stack import BUCKET, S3_KINDS, LocalStack
+    from .stack import BUCKET, DEFAULT_TRITON_REPLICAS, S3_KINDS, LocalStack
 
     if STACK_FILE.exists():
         print(f"a stack is already up (see {ENV_FILE}); run `make down` first", file=sys.stderr)

@@ -35,7 +35,7 @@ from typing import Any
 
 from .airflow import USERNAME, AirflowClient, AirflowServer
 from .receiver import Receiver
-from .stack import BUCKET, LocalStack, events_queue_variable
+from .stack import BUCKET, DEFAULT_TRITON_REPLICAS, LocalStack, events_queue_variable
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "demo-llm"
@@ -78,8 +78,7 @@ class Story:
         self.stack = stack
         self.work = work
         self.receiver = receiver
-        assert stack.triton is not None
-        self.base = stack.triton.http_url
+        self.base = stack.triton_url  # the Triton Service (what clients use)
         self.results: list[str] = []
 
     def publish(self, version: int, created_at: datetime, variant: str = "good") -> None:
@@ -264,7 +263,7 @@ def _ready(base_url: str, triton_model: str, version: int) -> bool:
 
 def run_demo(*, keep: bool = False, rollback: bool = True) -> int:
     work = Path(tempfile.mkdtemp(prefix="demo-", dir=_work_root()))
-    stack = LocalStack(work / "stack")
+    stack = LocalStack(work / "stack", triton_replicas=DEFAULT_TRITON_REPLICAS)
     receiver = Receiver()  # the webhook the failure and rollback notifications reach
     airflow: AirflowServer | None = None
     started = time.monotonic()

@@ -67,6 +67,9 @@ RELEASE_PREFIX = "releases"
 EVENT_MODELS = ("demo-tensor",)
 S3_KINDS = ("moto", "seaweedfs")
 MODELS_CONFIG = REPO / "dags" / "models.yaml"
+# What `make up` and `make demo` run: two replicas, rolled one at a time (triton/fleet.py), the smallest fleet
+# where a replica can leave the Service while another serves.
+DEFAULT_TRITON_REPLICAS = 2
 FLEET_GPUS = 8  # the emulator's GPU node (more when the replicas need more): room to add replicas
 
 

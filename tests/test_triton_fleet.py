@@ -478,3 +478,41 @@ def test_the_triton_models_view_reads_each_replica_with_the_workers_identity(fle
         config_file=str(fleet.stack.kube.service_account_kubeconfig(NS, "default"))))
     assert denied.problem is not None and "airflow-fleet-reader" in denied.problem.hint
 
+
+
+def test_reconcile_converges_every_replica_and_readmits_a_drained_one(fleet: Fleet, tmp_path: Path) -> None:
+    """The reconcile step with --triton-service: a replica that lost the model (unloaded by hand) gets the promoted
+    version back and is named; one left drained (a rollout that died between its steps) and serving the
+    promoted version is put back into the Service."""
+    from triton_rollout.cli.main import main
+
+    promoted = fleet.layout.deployment(TENSOR).promoted
+    assert promoted is not None
+    lost, drained = fleet.api.replicas()
+    with TritonControl(lost.url) as control:
+        control.unload(demo_models.TENSOR_TRITON_MODEL, wait_s=10)
+    fleet.api.set_gate(drained.pod, False, "test: a rollout died here")
+    fleet.api.wait_in_service(drained.pod, False, 10)
+    result = tmp_path / "reconcile.json"
+    with environment({"KUBECONFIG": str(fleet.stack.kube.kubeconfig), **fleet.stack.s3.env()}):
+        code = main(["reconcile", "--pvc", str(fleet.layout.root), "--triton-url", fleet.stack.triton_url,
+                     "--triton-repository", fleet.stack.triton_repository, "--model", TENSOR,
+                     "--triton-service", f"{NS}/triton", "--release-prefix", "s3://models/releases",
+                     "--result-file", str(result)])
+    report = json.loads(result.read_text())
+    assert code == 0, report
+    assert report["replicas_differed"] == [lost.pod] and report["reloaded"] is True
+    assert report["triton_not_ready"] == [f"{lost.pod}: {demo_models.TENSOR_TRITON_MODEL}"]
+    assert report["readmitted"] == [drained.pod]
+    assert_fleet_serves(fleet, [demo_models.TENSOR_TRITON_MODEL], promoted)
+    # status --triton-service: each replica with what it serves, in the Service again.
+    status = tmp_path / "status.json"
+    with environment({"KUBECONFIG": str(fleet.stack.kube.kubeconfig)}):
+        assert main(["status", "--pvc", str(fleet.layout.root), "--triton-url", fleet.stack.triton_url,
+                     "--triton-service", f"{NS}/triton", "--json", "--result-file", str(status)]) == 0
+    replicas = json.loads(status.read_text())["replicas"]
+    assert sorted(r["pod"] for r in replicas) == sorted([lost.pod, drained.pod])
+    for r in replicas:
+        assert r["in_service"] is True and r["gate"] is True
+        assert {(m["name"], m["version"]) for m in r["triton"]["loaded"] if m["state"] == "READY"} >= {
+            (demo_models.TENSOR_TRITON_MODEL, str(promoted))}
