@@ -68,7 +68,8 @@ def _api_client() -> Any:
             conf = client.Configuration()
             config.load_incluster_config(client_configuration=conf)
             return client.ApiClient(conf)
-        return config.new_client_from_config()  # $KUBECONFIG, else ~/.kube/config
+        # $KUBECONFIG read now: the client's default location is fixed when the kubernetes package is imported.
+        return config.new_client_from_config(config_file=os.environ.get("KUBECONFIG") or None)
     except config.ConfigException as exc:
         raise FleetError(f"no Kubernetes credentials to find the Triton replicas: {exc}",
                          hint="in a pod, mount the service account token (automountServiceAccountToken: true); "
