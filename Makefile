@@ -87,6 +87,7 @@ $(BENCH_VENV)/.installed: bench/requirements-peers.txt
 
 bench: venv $(BENCH_VENV)/.installed
 	$(BIN)/python -m bench.sync_bench
+	$(BIN)/python -m bench.parse_time
 
 clean: down
 	rm -rf .devstack bench/work

@@ -18,7 +18,6 @@ import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-import numpy as np
 from triton_rollout.build.builders import BuildPaths, ModelFiles, RuntimeFacts, Step, register
 from triton_rollout.build.spec import TRITON_MODELS, BuildSpec
 from triton_rollout.config.validators import fail
@@ -92,6 +91,8 @@ class CpuDemoBuilder:
         if not prompts_file.is_file():
             return
         vocab = json.loads((paths.checkpoint / VOCAB_FILE).read_text())
+        import numpy as np  # here, not at the top: the DAG files import this module at every parse
+
         table = np.load(paths.release / "tensorrt_llm" / ENGINE_FILE)
         golden = golden_cases(paths.release, vocab, table, json.loads(prompts_file.read_text()))
         (paths.release / "ensemble" / "smoke.json").write_text(json.dumps(golden, indent=1) + "\n")

@@ -1,9 +1,10 @@
 """DAGs from the models config file: one deploy DAG per model, and one reconcile DAG for all of them.
 
 The file is ``$TRITON_ROLLOUT_MODELS`` (default ``dags/models.yaml`` next to the DAG files); an invalid
-entry is an import error that names the file and the field. Parsing imports Airflow, the
-KubernetesPodOperator and the small config module; boto3, tritonclient and the kubernetes client models
-are only imported inside tasks.
+entry is an import error that names the file and the field. Parsing imports Airflow, the providers the
+operators subclass (cncf-kubernetes, which brings the kubernetes clients, and http) and the small config
+module; the project imports boto3 and tritonclient only inside tasks. The DAG files name those providers so the
+dag-processor imports them once, not at every parse (dags/triton_deploy.py).
 """
 
 from __future__ import annotations
