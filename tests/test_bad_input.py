@@ -436,8 +436,10 @@ def test_500mb_manifest_is_refused_without_reading_it(chunked: bool) -> None:
     if not chunked:
         assert str(handler.size) in info.value.message, "the error names the size"
     # By Content-Length: refused before reading the body (only what socket buffers took was sent). Chunked:
-    # read up to one byte past the cap, then hung up.
-    assert handler.sent < (MANIFEST_MAX_BYTES if chunked else 0) + 8 * 1024 * 1024
+    # read up to one byte past the cap, then hung up. The margin is what loopback socket buffers can hold on
+    # both ends once autotuned (net.ipv4.tcp_rmem / tcp_wmem maxima, 6 + 4 MiB by default, doubled by the
+    # kernel's bookkeeping): 8 MiB was exceeded once under load (75.5 MB sent, chunked), out of 500 MB.
+    assert handler.sent < (MANIFEST_MAX_BYTES if chunked else 0) + 24 * 1024 * 1024
 
 
 @pytest.mark.slow

@@ -313,6 +313,24 @@ def test_a_keep_alive_client_on_the_drained_replica_fails_the_in_place_rollout_c
     assert not pinned.failed and not pinned.untested(tested) and pinned.answers
 
 
+def test_the_last_replica_in_service_is_never_drained(fleet: Fleet) -> None:
+    """In place with one of two replicas out of the Service: draining the other would be an outage. Refused,
+    nothing changed."""
+    release = fleet.release(TENSOR, 5)
+    out, last = fleet.api.replicas()
+    fleet.api.set_gate(out.pod, False, "test: out of service")
+    try:
+        fleet.api.wait_in_service(out.pod, False, 10)
+        with pytest.raises(FleetError, match=rf"not draining {last.pod}: no other replica"):
+            fleet_load(fleet.api, fleet.layout, release, options("in_place"))
+        assert next(r for r in fleet.api.replicas() if r.pod == last.pod).in_service
+        with TritonControl(last.url) as control:
+            assert control.ready_versions(demo_models.TENSOR_TRITON_MODEL) == [2]
+    finally:
+        fleet.api.set_gate(out.pod, True, "test: back")
+        fleet.api.wait_in_service(out.pod, True, 10)
+
+
 def test_shadow_rollout_with_keep_alive_clients_and_a_replica_killed_mid_rollout(fleet: Fleet) -> None:
     """candidate: shadow needs no drain, so keep-alive clients are fine; the canary's tritonserver is SIGKILLed
     between the smoke test and promote: it restarts on the promoted version from disk, promote notices it no

@@ -120,8 +120,15 @@ def _drains(options: FleetOptions, replicas: list[Replica]) -> bool:
 
 
 def drain(api: FleetApi, control: TritonControl, replica: Replica, options: FleetOptions, why: str) -> None:
-    """Take ``replica`` out of the Service and wait until no client is sending to it any more."""
-    log.info("draining %s (%s): %s", replica.pod, replica.url, why)
+    """Take ``replica`` out of the Service and wait until no client is sending to it any more. Never the last
+    replica in service: that would be an outage, not a drain."""
+    others = [r.pod for r in api.replicas() if r.in_service and r.pod != replica.pod]
+    if not others:
+        raise FleetError(f"not draining {replica.pod}: no other replica of Service {api.namespace}/{api.service} "
+                         "is in service to take its clients",
+                         hint=f"wait until the other replicas are Ready (kubectl -n {api.namespace} get pods) and run "
+                              "the deploy again; nothing was changed")
+    log.info("draining %s (%s): %s; %s keep serving", replica.pod, replica.url, why, ", ".join(others))
     api.set_gate(replica.pod, False, why)
     api.wait_in_service(replica.pod, False, options.drain_deadline_s)
     end = time.monotonic() + options.drain_deadline_s
