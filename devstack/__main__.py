@@ -53,6 +53,10 @@ def up() -> int:
         print(f"TRITON_REPLICAS must be a whole number (0: one tritonserver process, no Deployment), got "
               f"{replicas_text!r}", file=sys.stderr)
         return 2
+    # A fresh stack each time, as the Airflow database is: a PVC kept from an earlier `up` holds configs whose engine
+    # paths were written for that stack's Triton (a single process sees the host folder, the fleet's pods /models),
+    # and its Triton then fails to start ("failed to load all models").
+    shutil.rmtree(STATE_DIR / "stack", ignore_errors=True)
     stack = LocalStack(STATE_DIR / "stack", s3_kind=s3_kind, triton_replicas=int(replicas_text)).start()
     airflow = None
     try:
