@@ -21,11 +21,10 @@ import os
 import re
 import signal
 import subprocess
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ from triton_rollout.triton.fleet import FleetOptions, fleet_load, fleet_promote,
 from triton_rollout.triton.promote import plan_rollback, prepare_release
 
 from devstack import demo_models
-from tests.helpers import environment, golden, run_kubectl, until
+from tests.helpers import ClientLoop, environment, golden, run_kubectl, until
 
 pytestmark = pytest.mark.slow
 
@@ -130,11 +129,17 @@ class Loop:
     address: tuple[str, int]  # the Service's (or, to pin a connection, a pod's) host and port
     kind: str  # "tensor" | "llm"
     keep_alive: bool = False
-    answers: list[tuple[float, int | str, int | str]] = field(default_factory=list)  # (t, label, producer)
-    failed: list[str] = field(default_factory=list)
     retried: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    _conn: http.client.HTTPConnection | None = None
+    _loop: ClientLoop | None = None  # the thread, and what it counted (helpers.ClientLoop)
+
+    @property
+    def answers(self) -> list[tuple[float, int | str, int | str]]:  # (t, label, producer)
+        return self._loop.answers if self._loop is not None else []
+
+    @property
+    def failed(self) -> list[str]:
+        return self._loop.failed if self._loop is not None else []
 
     def _request(self) -> tuple[str, str, bytes]:
         if self.kind == "tensor":
@@ -148,50 +153,42 @@ class Loop:
             return label, tensor_answer_version(answer["outputs"][0]["data"])
         return label, llm_answer_version(answer["text_output"])
 
-    def _run(self) -> None:
-        host, port = self.address
-        conn: http.client.HTTPConnection | None = None
-        while not self._stop.is_set():
-            method, path, body = self._request()
-            for attempt in range(RETRIES + 1):
-                try:
-                    if conn is None:
-                        conn = http.client.HTTPConnection(host, port, timeout=30)
-                    headers = {"Content-Type": "application/json"}
-                    if not self.keep_alive:
-                        headers["Connection"] = "close"
-                    conn.request(method, path, body=body, headers=headers)
-                    resp = conn.getresponse()
-                    data = resp.read()
-                    if not self.keep_alive:
-                        conn.close()
-                        conn = None
-                    if resp.status != 200:
-                        self.failed.append(f"HTTP {resp.status}: {data[:200]!r}")
-                    else:
-                        label, producer = self._classify(json.loads(data))
-                        self.answers.append((time.monotonic(), label, producer))
-                    break
-                except (ConnectionError, http.client.HTTPException, OSError) as exc:
-                    if conn is not None:
-                        conn.close()
-                    conn = None
-                    if attempt < RETRIES:
-                        self.retried += 1
-                        continue
-                    self.failed.append(f"{type(exc).__name__}: {exc}")
-        if conn is not None:
-            conn.close()
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = None
+
+    def send(self) -> tuple[float, int | str, int | str]:
+        """One request (retried on a refused or reset connection): when it was answered, its label, its producer."""
+        method, path, body = self._request()
+        headers = {"Content-Type": "application/json", **({} if self.keep_alive else {"Connection": "close"})}
+        for attempt in range(RETRIES + 1):
+            try:
+                if self._conn is None:
+                    self._conn = http.client.HTTPConnection(*self.address, timeout=30)
+                self._conn.request(method, path, body=body, headers=headers)
+                resp = self._conn.getresponse()
+                data = resp.read()
+                if not self.keep_alive:
+                    self._close()
+                break
+            except (ConnectionError, http.client.HTTPException, OSError):
+                self._close()
+                if attempt == RETRIES:
+                    raise
+                self.retried += 1
+        if resp.status != 200:
+            raise RuntimeError(f"HTTP {resp.status}: {data[:200]!r}")
+        return (time.monotonic(), *self._classify(json.loads(data)))
 
     def __enter__(self) -> Loop:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self._loop = ClientLoop(self.send).__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        assert self._thread is not None
-        self._thread.join(timeout=60)
+        assert self._loop is not None
+        self._loop.__exit__(*exc)
+        self._close()
 
     def mislabelled(self) -> list[tuple[float, int | str, int | str]]:
         return [a for a in self.answers if a[1] != a[2]]

@@ -124,9 +124,7 @@ class FleetApi:
 
     def replicas(self) -> list[Replica]:
         """Every pod of the Service that has an address, in a stable order (by pod name)."""
-        return self._replicas(self._pods())
-
-    def _replicas(self, pods: dict[str, Any]) -> list[Replica]:
+        pods = self._pods()
         slices = self._call("list endpointslices", self._discovery.list_namespaced_endpoint_slice, self.namespace,
                             label_selector=f"{SERVICE_NAME_LABEL}={self.service}").items
         found: dict[str, Replica] = {}
@@ -144,13 +142,6 @@ class FleetApi:
                     pod=pod.metadata.name, uid=pod.metadata.uid, address=ep.addresses[0], port=int(port),
                     in_service=ready, gate=_gate(pod), restarts=_restarts(pod))
         return [found[name] for name in sorted(found)]
-
-    def survey(self) -> tuple[list[Replica], list[str]]:
-        """The replicas with an address, and the pods that have none yet (scheduled, pulling, starting)."""
-        pods = self._pods()
-        replicas = self._replicas(pods)
-        listed = {r.pod for r in replicas}
-        return replicas, sorted(name for name in pods if name not in listed)
 
     def gate(self, pod: str) -> bool | None:
         """``pod``'s SERVING_GATE condition (None: not set)."""

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from triton_rollout.errors import FleetError, RolloutError, SmokeTestFailed
+from triton_rollout.errors import ConfigError, FleetError, RolloutError, SmokeTestFailed
 from triton_rollout.kube.fleet_api import SERVING_GATE, FleetApi, Replica
 from triton_rollout.pvc.layout import PvcLayout
 from triton_rollout.pvc.lock import PvcLock
@@ -79,7 +79,7 @@ class FleetOptions:
 
     def __post_init__(self) -> None:
         if self.candidate not in CANDIDATE_MODES:
-            raise FleetError(f"candidate mode {self.candidate!r} is not one of {', '.join(CANDIDATE_MODES)}")
+            raise ConfigError(f"candidate mode {self.candidate!r} is not one of {', '.join(CANDIDATE_MODES)}")
 
 
 @dataclass

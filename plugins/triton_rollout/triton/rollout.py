@@ -225,11 +225,9 @@ def collect_status(layout: PvcLayout, control: TritonControl | None, *, model: s
         if live_deadline_s:
             with contextlib.suppress(Exception):
                 control.wait_live(live_deadline_s)
-        live = control.is_live()
-        index = control.repository_index() if live else []
-        triton = TritonStatus(url=control.base_url, live=live, loaded=index)
+        triton = _triton_status(control)
         # Checked, not guessed: each READY entry is asked again for its own version's readiness.
-        endpoints = [f"{control.base_url}/v2/models/{m.name}/versions/{m.version}/infer" for m in index
+        endpoints = [f"{control.base_url}/v2/models/{m.name}/versions/{m.version}/infer" for m in triton.loaded
                      if m.state == "READY" and m.version and control.is_version_ready(m.name, m.version)]
     fleet = [ReplicaStatus(pod=r.pod, in_service=r.in_service, gate=r.gate, restarts=r.restarts,
                            triton=_triton_status(c)) for r, c in replicas or []]
