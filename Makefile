@@ -12,7 +12,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 # Extra flags for the demo, e.g. `make demo DEMO_ARGS=--no-rollback` or `DEMO_ARGS=--keep`.
 DEMO_ARGS ?=
 
-.PHONY: venv triton-server system-deps test test-fast lint demo up down bench clean
+.PHONY: venv triton-server system-deps test test-fast chaos lint demo up down bench clean
 
 # Debian packages the local stack uses (bubblewrap sandboxes emulated pods; chromium is the browser of
 # tests/test_airflow_ui.py, driven by Playwright; postgresql is the running Airflow's database). Skipped when present.
@@ -65,6 +65,11 @@ test: venv
 # Everything but the slow end-to-end cases.
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The faults suite (tests/chaos/, outside `make test`'s time budget): kills, S3 storms and stalls, a full PVC,
+# an API server restart, concurrent deploys, plus the bad-input property tests; writes tests/chaos/results/.
+chaos: venv
+	$(BIN)/python -m pytest -q --chaos tests/chaos tests/test_bad_input.py
 
 # Starts S3 + Triton + the Kubernetes emulator, runs the deploy DAG through Airflow (then a bad release
 # that is rolled back), prints the endpoints and a real answer, stops everything; non-zero on failure.

@@ -109,6 +109,18 @@ def kube_emulator(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-
 _AIRFLOW_HOME: list[str] = []
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--chaos", action="store_true", default=False,
+                     help="also collect tests/chaos/ (the faults suite of `make chaos`; not part of `make test`)")
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    # The faults suite runs minutes of kills and storms: `make chaos` only, outside the test budget.
+    if collection_path.name == "chaos" and collection_path.parent == Path(__file__).parent:
+        return not config.getoption("--chaos")
+    return None
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """A private AIRFLOW_HOME for the whole session, set before anything imports Airflow (its config is
     read once, at import): tests never touch `make up`'s home or the project's airflow.cfg."""
@@ -127,6 +139,17 @@ def pytest_configure(config: pytest.Config) -> None:
     # A temporary dags folder: tests write their own DAG files there or link the project's.
     os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(home) / "dags")
     os.environ.pop("AIRFLOW_CONFIG", None)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A `--chaos` session writes the faults table (tests/chaos/results/chaos.md) from what its tests counted."""
+    if not session.config.getoption("--chaos"):
+        return
+    from tests.chaos.ledger import LEDGER
+
+    table = LEDGER.write()
+    if table is not None:
+        print(f"\nfaults table: {table}\n{table.read_text()}")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -6,49 +6,13 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from triton_rollout.release.publish import publish_release
 
-from tests.helpers import cli_env, make_release_dir, result_json, run_cli, tree_digest
-
-
-class RepositoryWatcher(threading.Thread):
-    """Polls repository/llm/<v>/ and records any moment it exists without all its files at full size."""
-
-    def __init__(self, version_dir: Path, expected_sizes: dict[str, int]) -> None:
-        super().__init__(daemon=True)
-        self.version_dir = version_dir
-        self.expected = expected_sizes
-        self.violations: list[str] = []
-        self.seen_complete = 0
-        self.stop = threading.Event()
-        self.paused = threading.Lock()  # held by the test while it deletes a PVC on purpose
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            with self.paused:
-                self._check()
-            time.sleep(0.002)
-
-    def _check(self) -> None:
-        if self.version_dir.exists():
-            try:
-                sizes = {
-                    p.relative_to(self.version_dir).as_posix(): p.stat().st_size
-                    for p in self.version_dir.rglob("*") if p.is_file()
-                }
-            except FileNotFoundError as exc:
-                self.violations.append(f"file vanished from a published version: {exc.filename}")
-                return
-            if sizes != self.expected:
-                missing = sorted(set(self.expected) - set(sizes))[:3]
-                self.violations.append(f"partial version visible: missing {missing}, {len(sizes)} files")
-            else:
-                self.seen_complete += 1
+from tests.helpers import RepositoryWatcher, cli_env, make_release_dir, result_json, run_cli, tree_digest
 
 
 def _sync_cmd(uri: str, pvc: Path, *extra: str) -> list[str]:
