@@ -740,3 +740,21 @@ def test_cli_bad_values_found_by_the_fuzz(offline_env: Path, capsys: pytest.Capt
     assert got == code
     err = capsys.readouterr().err
     assert text in err and "Traceback" not in err, err
+
+
+def test_a_trailing_newline_is_not_a_valid_name(tmp_path: Path) -> None:
+    """`re.match` with a pattern ending in `$` accepts "name\\n" ($ matches before a final newline): every
+    validator matches whole strings, so a newline cannot ride into a version dir, a bucket or a pod spec."""
+    from triton_rollout.build.spec import _word
+    from triton_rollout.config.kubernetes import ResourceSpec
+    from triton_rollout.triton.config import scan_model_dir
+
+    with pytest.raises(ConfigError, match="invalid bucket name"):
+        ReleaseUri.parse("s3://bucket\n/prod/llm/1")
+    with pytest.raises(ConfigError, match="not a valid resource name"):
+        ResourceSpec(limits={"nvidia.com/gpu\n": "1"})
+    with pytest.raises(ConfigError, match="letters, digits"):
+        _word("trtllm-build\n", "build.trtllm_build")
+    (tmp_path / "llm" / "1\n").mkdir(parents=True)
+    with pytest.raises(ModelConfigError, match="positive integers"):
+        scan_model_dir(tmp_path / "llm")

@@ -57,13 +57,13 @@ def _choice(value: object, path: str, choices: tuple[str, ...]) -> str:
 
 
 def _word(value: object, path: str) -> str:
-    if not isinstance(value, str) or not _SAFE_WORD.match(value):
+    if not isinstance(value, str) or not _SAFE_WORD.fullmatch(value):
         raise fail(path, f"must be a non-empty string of letters, digits and ._/+-, got {value!r}")
     return value
 
 
 def _abs_path(value: object, path: str) -> str:
-    if not isinstance(value, str) or not _SAFE_PATH.match(value) or ".." in value.split("/"):
+    if not isinstance(value, str) or not _SAFE_PATH.fullmatch(value) or ".." in value.split("/"):
         raise fail(path, f"must be an absolute path of letters, digits and ._/- without '..', got {value!r}")
     return value.rstrip("/") or "/"
 

@@ -87,7 +87,7 @@ def _fill_image_template(text: str, values: Mapping[str, str], *, source: str, r
     filled = _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
     cfg = parse_config(filled, source=f"filled {source}")
     unfilled = {key: m.group(1) for key, p in cfg.parameters.items()
-                if (m := _WHOLE_VALUE.match(p.string_value)) and m.group(1) in missing}
+                if (m := _WHOLE_VALUE.fullmatch(p.string_value)) and m.group(1) in missing}
     needed = sorted(f"{key} (${{{name}}})" for key, name in unfilled.items() if key in required)
     if needed:
         raise BuildError(f"{source}: required parameter(s) {', '.join(needed)} have no value",

@@ -302,7 +302,7 @@ def probe_trtllm_version(spec: BuildSpec) -> str:
     rc, text = _capture([python, "-c", TRTLLM_VERSION_PROBE])
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     version = lines[-1] if lines else ""
-    if rc != 0 or not _VERSION.match(version):
+    if rc != 0 or not _VERSION.fullmatch(version):
         raise BuildError(
             f"cannot read the TensorRT-LLM version with `{python} -c '{TRTLLM_VERSION_PROBE}'` "
             f"(exit {rc}): {' | '.join(lines[-3:]) or 'no output'}",
@@ -333,6 +333,6 @@ def probe_compute_capability(spec: BuildSpec) -> str:
         raise BuildError(f"the build sees GPUs of different compute capabilities {values} ({source}); "
                          "an engine is tied to one",
                          hint="schedule the build on a node with one GPU type (kubernetes.gpu_product)")
-    if not re.match(r"^[0-9]+\.[0-9]$", values[0]):
+    if not re.fullmatch(r"[0-9]+\.[0-9]", values[0]):
         raise BuildError(f"unexpected compute capability {values[0]!r} from {source}")
     return values[0]

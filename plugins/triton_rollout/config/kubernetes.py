@@ -54,7 +54,7 @@ class ResourceSpec:
             checked: dict[str, str] = {}
             for name, qty in mapping(getattr(self, kind), f"{self._path}.{kind}").items():
                 where = f"{self._path}.{kind}.{name}"
-                if not isinstance(name, str) or not RESOURCE_NAME.match(name):
+                if not isinstance(name, str) or not RESOURCE_NAME.fullmatch(name):
                     raise fail(where, "is not a valid resource name")
                 if isinstance(qty, int | float) and not isinstance(qty, bool):
                     qty = str(qty)  # YAML turns `cpu: 2` into an int

@@ -52,7 +52,7 @@ def _schedule(value: object, path: str) -> str | None:
     if text in SCHEDULE_PRESETS:
         return text
     fields = text.split()
-    if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
+    if len(fields) != 5 or not all(_CRON_FIELD.fullmatch(f) for f in fields):
         raise fail(path, f"{text!r} is neither a preset {SCHEDULE_PRESETS} nor a 5-field cron expression")
     return text
 
@@ -304,7 +304,7 @@ class ModelDeployment:
         except Exception as exc:
             raise fail(f"{p}.name", str(getattr(exc, "message", exc))) from exc
         # Model names also become pod-name parts and label values.
-        if not LABEL_VALUE.match(self.name):
+        if not LABEL_VALUE.fullmatch(self.name):
             raise fail(f"{p}.name", f"{self.name!r} must also be a valid label value (<= 63 chars)")
         string(self.release_prefix, f"{p}.release_prefix")
         try:

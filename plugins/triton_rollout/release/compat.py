@@ -22,7 +22,7 @@ _CC = re.compile(r"^(?:sm_?)?([0-9]{1,2})\.?([0-9])$")
 def normalize_compute_capability(value: str) -> str:
     """``9.0``, ``90``, ``sm_90`` and ``sm90`` all mean 9.0; anything else (e.g. ``cpu``) is kept as is."""
     text = value.strip().lower()
-    m = _CC.match(text)
+    m = _CC.fullmatch(text)
     if m:
         return f"{int(m.group(1))}.{m.group(2)}"
     return text

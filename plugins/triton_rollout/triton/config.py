@@ -195,7 +195,7 @@ def scan_model_dir(model_dir: Path) -> ModelDir:
     for child in sorted(model_dir.iterdir()):
         if not child.is_dir() or child.name.startswith("."):
             continue
-        if not _VERSION_DIR.match(child.name):
+        if not _VERSION_DIR.fullmatch(child.name):
             raise ModelConfigError(
                 f"{child}: version directories must be positive integers without leading zeros; "
                 "Triton ignores this one",
