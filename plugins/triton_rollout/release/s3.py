@@ -57,7 +57,7 @@ class S3Uri:
         if not uri.startswith("s3://"):
             raise ConfigError(f"not an S3 URI (expected s3://BUCKET/KEY): {uri!r}")
         bucket, _, key = uri[5:].partition("/")
-        if not _BUCKET.match(bucket):
+        if not _BUCKET.fullmatch(bucket):
             raise ConfigError(f"invalid bucket name {bucket!r} in {uri!r}")
         key = key.rstrip("/")
         segments = key.split("/") if key else []
