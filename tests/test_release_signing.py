@@ -273,6 +273,35 @@ def test_an_engine_built_with_the_build_key_syncs_and_one_built_without_is_refus
     assert not (tmp_path / "pvc2").exists()
 
 
+@pytest.mark.slow
+def test_a_build_refuses_a_checkpoint_the_model_does_not_trust_before_downloading_it(
+        s3_server: Any, s3_client: Any, bucket: str, tmp_path: Path) -> None:
+    """The checkpoint is what the build compiles into the engine: it passes the same gate as an engine release,
+    before the GPU probe and before a byte is downloaded; a signed one builds."""
+    from devstack import demo_models
+
+    key_file, trusted = _key(tmp_path, "publisher")
+    spec = json.dumps(demo_models.LLM_BUILD_SPEC)
+    unsigned = demo_models.publish_demo_checkpoint(bucket, tmp_path, 1)
+    scratch = tmp_path / "scratch"
+    proc = run_cli("build", "--spec-json", spec, "--checkpoint", unsigned, "--workdir", str(scratch),
+                   "--output", str(ReleaseUri.parse(unsigned).engine_release()), "--trusted-keys", trusted.text,
+                   env=cli_env())
+    assert proc.returncode == SignatureError.exit_code, proc.stderr
+    assert "is not signed" in proc.stderr and trusted.key_id in proc.stderr
+    assert not scratch.exists() or not any(p.is_file() for p in scratch.rglob("*"))  # nothing downloaded
+    engines = s3_client.list_objects_v2(Bucket=bucket, Prefix="engines/").get("KeyCount", 0)
+    assert engines == 0
+
+    signed = demo_models.release_uri(bucket, "checkpoints", demo_models.LLM_MODEL, 2)
+    publish_release(demo_models.write_llm_checkpoint(tmp_path / "ckpt2", 2), signed, kind="checkpoint",
+                    signing_key=SigningKey.load(key_file))
+    result = result_json(run_cli("build", "--spec-json", spec, "--checkpoint", signed,
+                                 "--output", str(ReleaseUri.parse(signed).engine_release()),
+                                 "--trusted-keys", trusted.text, env=cli_env(SCRATCH_DIR=str(scratch))))
+    assert result["status"] == "published", result
+
+
 # -- Airflow ---------------------------------------------------------------------------------------------------
 
 

@@ -47,7 +47,8 @@ CANDIDATE_MODES = ("shadow", "in_place")
 # -- flags -----------------------------------------------------------------------------------------------
 
 def _trusted_keys_flag() -> Any:
-    """The trusted-keys flag of every step that reads a release from S3 (sync, and reconcile's re-sync)."""
+    """The trusted-keys flag of every step that reads a release from S3 (sync, build's checkpoint download and
+    reconcile's re-sync)."""
     return flag("--trusted-keys", "comma-separated Ed25519 public keys (ed25519:<base64>, as keygen prints them): "
                 "refuse a release whose manifest.json is not signed by one of them, before any download (default: "
                 "unsigned releases are accepted)", default=(), parse=_csv)
@@ -309,6 +310,9 @@ class SyncRequest(StepRequest):
                                parse=float)
     progress_interval: float = flag("--progress-interval", "seconds between progress lines in the log, 0 for none",
                                     default=5.0, parse=float)
+    stall_timeout: float = flag("--stall-timeout", "seconds without a byte from S3 before a GET counts as stalled and "
+                                "is retried (retries are bounded, so a stalled server fails the sync, exit code 10, "
+                                "instead of hanging it)", default=30.0, parse=float)
     expect_trtllm_version: str | None = flag(
         "--expect-trtllm-version", "refuse an engine release built with another TensorRT-LLM version (before any "
         "download)", default=None)
@@ -320,6 +324,8 @@ class SyncRequest(StepRequest):
     def validate(self) -> None:
         if min(self.concurrency, self.large_streams, self.request_mib) < 1 or self.keep < 0:
             raise ConfigError("--concurrency, --large-streams and --request-mib must be >= 1 and --keep >= 0")
+        if not self.stall_timeout > 0:
+            raise ConfigError(f"--stall-timeout must be a positive number of seconds, got {self.stall_timeout}")
         _ = self.public_keys  # parses each key: a bad one is a ConfigError naming --trusted-keys
 
     @property
@@ -370,11 +376,17 @@ class BuildRequest(StepRequest):
                                "failure so a re-run reuses the verified checkpoint", default=None)
     dry_run: bool = flag("--dry-run", "print the exact commands and files the build would run and write; touch "
                          "nothing", default=False, parse=bool)
+    trusted_keys: tuple[str, ...] = _trusted_keys_flag()
 
     def validate(self) -> None:
         # Where the engine may go relative to the checkpoint is the build runner's check (build.run.check_output).
         if (self.spec_file is None) == (self.spec_json is None):
             raise ConfigError("build: pass exactly one of --spec FILE or --spec-json JSON")
+        _ = self.public_keys  # parses each key: a bad one is a ConfigError naming --trusted-keys
+
+    @property
+    def public_keys(self) -> tuple[PublicKey, ...]:
+        return _public_keys(self.trusted_keys)
 
     @property
     def pod_version(self) -> int | None:
@@ -387,7 +399,9 @@ class BuildRequest(StepRequest):
             raise ConfigError(f"{model.name} v{checkpoint.version} is a checkpoint release, but models[{model.name}] "
                               "has no build.spec: set one (triton_rollout.build.spec.BuildSpec) to build it")
         # The full validated spec, so the pod builds exactly what the config said (no defaults of its own).
-        return cls(spec_json=json.dumps(spec.to_dict(), sort_keys=True), checkpoint=checkpoint, output=output)
+        # The model's keys: the checkpoint a build compiles is checked as an engine release is before its sync.
+        return cls(spec_json=json.dumps(spec.to_dict(), sort_keys=True), checkpoint=checkpoint, output=output,
+                   trusted_keys=_model_keys(model))
 
     def read_result(self, data: Mapping[str, Any]) -> StepResult:
         return StepResult(step=self.command, model=self.checkpoint.model, version=self.checkpoint.version,

@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -38,9 +39,9 @@ from triton_rollout.build.builders import BuildPaths, Step
 from triton_rollout.build.spec import BuildSpec
 from triton_rollout.build.templates import check_no_placeholders
 from triton_rollout.errors import BuildError, ConfigError
-from triton_rollout.release.manifest import Compat
+from triton_rollout.release.manifest import Compat, Manifest
 from triton_rollout.release.s3 import ReleaseUri, complete_release, fetch_manifest
-from triton_rollout.release.signing import signing_key_from_env
+from triton_rollout.release.signing import PublicKey, signing_key_from_env
 
 log = logging.getLogger(__name__)
 
@@ -186,17 +187,24 @@ def plan_text(spec: BuildSpec, checkpoint: ReleaseUri, output: ReleaseUri, paths
     return "\n".join(lines) + "\n"
 
 
-def download_checkpoint(checkpoint: ReleaseUri, dest: Path, *, concurrency: int = 8) -> int:
-    """The checkpoint release into ``dest``, every byte verified (the sync's download engine)."""
-    from triton_rollout.pvc.layout import safe_join
-    from triton_rollout.release.manifest import validate_relpath
-    from triton_rollout.release.transfer import Downloader, FileTask
-
-    manifest = fetch_manifest(checkpoint)
+def checkpoint_manifest(checkpoint: ReleaseUri, trusted_keys: Sequence[PublicKey] = ()) -> Manifest:
+    """The checkpoint release's manifest, signed by one of ``trusted_keys`` when any are given (SignatureError,
+    exit 17, otherwise): checked before the build probes the GPU or downloads a byte, as a sync checks an engine."""
+    manifest = fetch_manifest(checkpoint, trusted_keys=trusted_keys)
     if manifest.kind != "checkpoint":
         raise BuildError(f"{checkpoint} is a '{manifest.kind}' release, not a checkpoint",
                          hint="point --checkpoint at the checkpoint release (kind checkpoint); engine releases "
                               "are synced, not built")
+    return manifest
+
+
+def download_checkpoint(checkpoint: ReleaseUri, manifest: Manifest, dest: Path, *, concurrency: int = 8) -> int:
+    """The checkpoint release (``manifest``, from ``checkpoint_manifest``) into ``dest``, every byte verified
+    (the sync's download engine)."""
+    from triton_rollout.pvc.layout import safe_join
+    from triton_rollout.release.manifest import validate_relpath
+    from triton_rollout.release.transfer import Downloader, FileTask
+
     dest.mkdir(parents=True, exist_ok=True)
     tasks = [FileTask(e, checkpoint.file_key(e.path), safe_join(dest, validate_relpath(e.path)))
              for e in manifest.files]
@@ -207,8 +215,10 @@ def download_checkpoint(checkpoint: ReleaseUri, dest: Path, *, concurrency: int 
 
 
 def run_build(spec: BuildSpec, checkpoint: ReleaseUri, output: ReleaseUri, *, workdir: str | Path | None = None,
-              dry_run: bool = False, out: TextIO | None = None) -> BuildResult | None:
-    """The whole build; None on a dry run (after printing the plan to ``out``)."""
+              dry_run: bool = False, out: TextIO | None = None,
+              trusted_keys: Sequence[PublicKey] = ()) -> BuildResult | None:
+    """The whole build; None on a dry run (after printing the plan to ``out``). ``trusted_keys``: the model's
+    signing keys; the checkpoint must be signed by one of them (none: unsigned checkpoints are built)."""
     check_output(checkpoint, output)
     paths = BuildPaths(Path(workdir) if workdir else default_workdir(output))
     if dry_run:
@@ -225,10 +235,11 @@ def run_build(spec: BuildSpec, checkpoint: ReleaseUri, output: ReleaseUri, *, wo
     # key fails the build at once instead of after it. Without one the engine is published unsigned, and a
     # model that requires signatures refuses it at the sync.
     signing_key = signing_key_from_env()
+    checkpoint_files = checkpoint_manifest(checkpoint, trusted_keys)
     runtime = spec.builder.probe(spec)
     log.info("build runtime: TensorRT-LLM %s, compute capability %s", runtime.trtllm_version,
              runtime.compute_capability)
-    download_checkpoint(checkpoint, paths.checkpoint)
+    download_checkpoint(checkpoint, checkpoint_files, paths.checkpoint)
     for stale in (paths.converted, paths.engine, paths.release):
         if stale.exists():
             shutil.rmtree(stale)  # a previous attempt's half-written output must not leak into this one
@@ -240,11 +251,11 @@ def run_build(spec: BuildSpec, checkpoint: ReleaseUri, output: ReleaseUri, *, wo
                     tp_size=spec.tp_size, pp_size=spec.pp_size, dtype=spec.dtype)
     from triton_rollout.release.publish import publish_release
 
-    manifest = publish_release(
+    engine = publish_release(
         paths.release, output, kind="engine", compat=compat,
         source=f"triton_rollout build from {checkpoint} ({spec.backend}, {spec.family})",
         extra={"build": {"checkpoint": str(checkpoint), "spec": spec.to_dict()}}, signing_key=signing_key,
     )
-    return BuildResult(str(output), str(checkpoint), "published", compat.to_dict(), len(manifest.files),
-                       manifest.total_size, steps, round(time.monotonic() - started, 3),
+    return BuildResult(str(output), str(checkpoint), "published", compat.to_dict(), len(engine.files),
+                       engine.total_size, steps, round(time.monotonic() - started, 3),
                        signing_key.public_key.key_id if signing_key else None)

@@ -19,7 +19,8 @@ def _build(args: argparse.Namespace) -> int:
 
     req = BuildRequest.from_args(args)
     spec = BuildSpec.load(req.spec_file) if req.spec_file else BuildSpec.from_json(str(req.spec_json))
-    result = run_build(spec, req.checkpoint, req.output, workdir=req.workdir, dry_run=req.dry_run)
+    result = run_build(spec, req.checkpoint, req.output, workdir=req.workdir, dry_run=req.dry_run,
+                       trusted_keys=req.public_keys)
     if result is None:
         return 0
     if not req.workdir:
