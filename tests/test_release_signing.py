@@ -302,6 +302,31 @@ def test_a_build_refuses_a_checkpoint_the_model_does_not_trust_before_downloadin
     assert result["status"] == "published", result
 
 
+def test_resolve_reads_only_manifests_the_model_trusts(s3_server: Any, s3_client: Any, bucket: str,
+                                                       tmp_path: Path) -> None:
+    """find_release with the model's keys: a trusted release resolves; an unsigned newer one (anyone who can
+    write the bucket) fails the resolve naming it instead of steering the run with its kind or created_at, or
+    being passed over for an older one."""
+    from triton_rollout.config.loader import load_models
+    from triton_rollout.release.resolve import find_release
+
+    key_file, trusted = _key(tmp_path, "publisher")
+    (model,) = load_models({"models": [{"name": "llm", "release_prefix": f"s3://{bucket}/prod",
+                                        "signing": {"trusted_keys": [trusted.text]}}]})
+    src = make_release_dir(tmp_path / "src", small=2)
+    publish_release(src, str(model.release(1)), signing_key=SigningKey.load(key_file))
+    keys = model.signing.trusted_keys
+    assert find_release(model, trusted_keys=keys).version == 1  # type: ignore[union-attr]
+    publish_release(src, str(model.release(2)), kind="checkpoint")  # unsigned
+    with pytest.raises(SignatureError, match=r"llm/2.*not signed"):
+        find_release(model, trusted_keys=keys)
+    with pytest.raises(SignatureError, match="not signed"):
+        find_release(model, version=2, trusted_keys=keys)
+    assert find_release(model, version=1, trusted_keys=keys).version == 1  # type: ignore[union-attr]
+    # Without keys (the release sensor, which only notices releases) the newest is found as before.
+    assert find_release(model).version == 2  # type: ignore[union-attr]
+
+
 # -- Airflow ---------------------------------------------------------------------------------------------------
 
 
@@ -327,7 +352,7 @@ def test_the_sync_operator_fails_a_signature_error_without_retrying(monkeypatch:
 
 
 @pytest.mark.slow
-def test_a_deploy_of_an_unsigned_release_fails_the_sync_task_at_once(
+def test_a_deploy_of_an_unsigned_release_fails_the_resolve_task_at_once(
         rollout: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str],
         caplog: pytest.LogCaptureFixture) -> None:
     import yaml
@@ -345,10 +370,12 @@ def test_a_deploy_of_an_unsigned_release_fails_the_sync_task_at_once(
 
     dr, states = rollout.run(DEPLOY_LLM)
     out = output(capfd, caplog)
-    assert dr.state == "failed" and states["sync"] == "failed", (states, out[-4000:])
-    sync_ti = next(ti for ti in dr.get_task_instances() if ti.task_id == "sync")
-    assert sync_ti.try_number == 1  # failed on its first try: not up_for_retry
-    assert "exit code 17 (SignatureError)" in out and trusted.key_id in out
+    # Refused where the manifest is first read, before any pod: its fields (kind, created_at) decide the run.
+    assert dr.state == "failed" and states["resolve"] == "failed", (states, out[-4000:])
+    assert states.get("sync") in (None, "upstream_failed"), states
+    resolve_ti = next(ti for ti in dr.get_task_instances() if ti.task_id == "resolve")
+    assert resolve_ti.try_number == 1  # failed on its first try: not up_for_retry
+    assert "is not signed" in out and trusted.key_id in out
     assert not PvcLayout.at(rollout.pvc, create=False).repository.joinpath("ensemble", "1").exists()
 
 

@@ -20,6 +20,7 @@ def resolve(model: ModelDeployment, context: Any) -> dict[str, Any]:
     unless the run sets ``allow_downgrade``."""
     from airflow.sdk.exceptions import AirflowFailException
 
+    from triton_rollout.errors import SignatureError
     from triton_rollout.release.resolve import describe, find_release, serving_version
 
     from .connections import runtime_model, s3_from_connection
@@ -29,7 +30,11 @@ def resolve(model: ModelDeployment, context: Any) -> dict[str, Any]:
     request = run_request(context)  # the sensor already refused a bad conf
     version, when = request.version, request.as_of
     s3 = s3_from_connection(model.aws_conn_id)
-    found = find_release(model, version=version, as_of=when, client=s3.client, access=s3.access)
+    try:
+        found = find_release(model, version=version, as_of=when, client=s3.client, access=s3.access,
+                             trusted_keys=model.signing.trusted_keys)
+    except SignatureError as exc:
+        raise AirflowFailException(str(exc)) from None  # a retry cannot sign the release
     if found is None:
         wanted = f"v{version}" if version else f"any release created at or before {when}" if when else "any release"
         # Retrying cannot make a missing release appear: fail now, with what was looked for.

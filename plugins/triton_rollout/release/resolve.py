@@ -10,7 +10,7 @@ This is what lets a backfill re-deploy, for each past date, the version that was
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -27,6 +27,7 @@ from triton_rollout.release.s3 import (
     list_release_versions,
     make_client,
 )
+from triton_rollout.release.signing import PublicKey
 
 if TYPE_CHECKING:
     from triton_rollout.triton.control import ModelState
@@ -72,8 +73,8 @@ def resolved(model: ModelDeployment, manifest: Manifest) -> ResolvedRelease:
 
 
 def find_release(model: ModelDeployment, *, version: int | None = None, as_of: datetime | None = None,
-                 newer_than: int | None = None, client: Any = None,
-                 access: S3Access | None = None) -> ResolvedRelease | None:
+                 newer_than: int | None = None, client: Any = None, access: S3Access | None = None,
+                 trusted_keys: Sequence[PublicKey] = ()) -> ResolvedRelease | None:
     """The release to deploy, or None when there is none (yet).
 
     ``version``: exactly that release, once its manifest exists (``as_of`` / ``newer_than`` ignored).
@@ -82,11 +83,19 @@ def find_release(model: ModelDeployment, *, version: int | None = None, as_of: d
     manifest is logged and passed over, so one bad upload does not block the releases before it.
     ``client`` lists (a boto3 S3 client); ``access`` signs the manifest reads (both: the AWS environment
     when not given).
+
+    ``trusted_keys`` (the resolve task passes the model's): the release chosen must be signed by one of them,
+    else SignatureError. Its manifest decides what the run does (build or sync, and for a backfill which
+    version was current at a date, from ``created_at``), so it is verified before a field of it is read. An
+    untrusted newest release fails the run rather than being passed over: falling back to an older one would
+    hide it. The release sensor calls without keys: it only notices a release; resolve decides whether it is
+    trusted (and the sync checks again).
     """
     if version is not None:
         uri = model.release(version)
         try:
-            return resolved(model, fetch_manifest(uri, ObjectReader(uri.bucket, signer=ObjectSigner(access))))
+            return resolved(model, fetch_manifest(uri, ObjectReader(uri.bucket, signer=ObjectSigner(access)),
+                                                  trusted_keys=trusted_keys))
         except ReleaseNotFound as exc:  # ReleaseIncomplete included: not complete yet
             log.info("%s", exc.message)
             return None
@@ -98,7 +107,7 @@ def find_release(model: ModelDeployment, *, version: int | None = None, as_of: d
             break
         uri = model.release(candidate)
         try:
-            manifest = fetch_manifest(uri, reader)
+            manifest = fetch_manifest(uri, reader, trusted_keys=trusted_keys)
         except ReleaseNotFound as exc:
             log.info("skipping %s: %s", uri, exc.message)
             continue
