@@ -69,7 +69,7 @@ test-fast: venv
 # The faults suite (tests/chaos/, outside `make test`'s time budget): kills, S3 storms and stalls, a full PVC,
 # an API server restart, concurrent deploys, plus the bad-input property tests; writes tests/chaos/results/.
 chaos: venv
-	$(BIN)/python -m pytest -q --chaos tests/chaos tests/test_bad_input.py
+	$(BIN)/python -m pytest -q --chaos tests/chaos tests/test_bad_input.py tests/test_release_signing.py
 
 # Starts S3 + Triton + the Kubernetes emulator, runs the deploy DAG through Airflow (then a bad release
 # that is rolled back), prints the endpoints and a real answer, stops everything; non-zero on failure.

@@ -19,7 +19,7 @@ import socket
 import string
 import threading
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from triton_rollout.release.s3 import ObjectReader, ObjectSigner, ReleaseUri, S3
 from triton_rollout.release.sync import sync_release
 from triton_rollout.triton.config import ModelConfigError, read_config, validate_version
 
+from tests.chaos.ledger import counted_in
 from tests.helpers import make_release_dir, tree_digest
 
 # Reproducible (derandomize, no database) and bounded; the deadline is generous for two shared cores.
@@ -137,11 +138,33 @@ def _check_accepted(m: Any) -> None:
     assert 0 < m.version < 2**63
 
 
+# -- the faults table (tests/chaos/ledger.py): each example tried is an injection, each that held survived ---
+
+MANIFEST = ("manifest.json: arbitrary and mutated JSON, hand-written cases, 100k files, 500 MB",
+            "ManifestError naming the field (exit 3), nothing written")
+PATHS = ("paths: .., absolute, unicode, backslashes, NUL; symlinks, hard links and FIFOs in a release or the PVC",
+         "refused naming the path; nothing written outside the PVC")
+RELEASES = ("releases: sizes that lie, empty files, 100k files, tiny part sizes",
+            "IntegrityError / ConfigError, nothing visible; empty and 100k-file releases work")
+MODELS_YAML = ("models.yaml: mutated fields, arbitrary text, billion laughs, bad encodings",
+               "ConfigError naming the field (exit 2)")
+PBTXT = ("config.pbtxt: random bytes, unreadable file", "ModelConfigError naming the file")
+CLI = ("CLI arguments: fuzzed argv, bad values, unreachable S3", "usage error or the project's exit code")
+NAMES = ("names with a trailing newline (bucket, resource, build word, version dir)", "ConfigError / ModelConfigError")
+
+
+def counted(kind: tuple[str, str]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    fault, behaviour = kind
+    return counted_in("Bad input", fault, injected_how="property tests (hypothesis) and hand-written cases",
+                      behaviour=behaviour)
+
+
 # -- the manifest parser -----------------------------------------------------------------------------------
 
 
 @BOUNDED
 @given(JSON)
+@counted(MANIFEST)
 def test_arbitrary_json_gives_only_manifest_errors(data: Any) -> None:
     for raw in (data, json.dumps(data)):
         try:
@@ -152,6 +175,7 @@ def test_arbitrary_json_gives_only_manifest_errors(data: Any) -> None:
 
 @settings(BOUNDED, max_examples=600)
 @given(_mutations())
+@counted(MANIFEST)
 def test_mutated_manifest_errors_name_the_field(mutation: tuple[tuple[Any, ...], str, Any]) -> None:
     where, name, value = mutation
     doc = _apply(_doc(), where, value)
@@ -172,6 +196,7 @@ def test_mutated_manifest_errors_name_the_field(mutation: tuple[tuple[Any, ...],
 
 @BOUNDED
 @given(HOSTILE_PATHS)
+@counted(PATHS)
 def test_hostile_paths_never_escape(path: str) -> None:
     try:
         validate_relpath(path)
@@ -207,6 +232,7 @@ def test_hostile_paths_never_escape(path: str) -> None:
                             {"path": "llm/dir/x", "size": 1, "sha256": SHA}])), "files[].path", "file and a dir"),
     (json.dumps(_doc(source="x" * 10_000_000, kind="z" * 1_000_000)), "kind", "characters)"),
 ])
+@counted(MANIFEST)
 def test_hand_written_bad_manifests(raw: str, field: str | None, text: str) -> None:
     """Each of these raised KeyError/ValueError/OverflowError/RecursionError, or was accepted, before."""
     with pytest.raises(ManifestError, match=None) as info:
@@ -215,6 +241,7 @@ def test_hand_written_bad_manifests(raw: str, field: str | None, text: str) -> N
     assert len(info.value.message) < 600
 
 
+@counted(MANIFEST)
 def test_100k_file_manifest_parses() -> None:
     """Linear in the number of files: 100k synthetic entries parse (no timing asserted: shared CI cores)."""
     files = [{"path": f"llm/d{i % 100:02d}/f{i:06d}.bin", "size": i, "sha256": SHA} for i in range(100_000)]
@@ -233,6 +260,7 @@ def _release(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["file symlink", "dir symlink out", "hard link", "fifo", "hard link in"])
+@counted(PATHS)
 def test_publish_refuses_links_and_special_files(tmp_path: Path, kind: str, s3_client, bucket: str) -> None:  # type: ignore[no-untyped-def]
     src = _release(tmp_path)
     outside = tmp_path / "outside"
@@ -257,6 +285,7 @@ def test_publish_refuses_links_and_special_files(tmp_path: Path, kind: str, s3_c
     assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0, "nothing was uploaded"
 
 
+@counted(RELEASES)
 def test_iter_release_files_lists_plain_trees(tmp_path: Path) -> None:
     src = _release(tmp_path)
     (src / "llm" / "empty.bin").write_bytes(b"")
@@ -265,12 +294,14 @@ def test_iter_release_files_lists_plain_trees(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("part_size", [0, -1, 1024])
+@counted(RELEASES)
 def test_build_manifest_refuses_tiny_part_sizes(tmp_path: Path, part_size: int) -> None:
     """``publish --part-mib 0`` used to hash no bytes: every file got the empty file's sha256."""
     with pytest.raises(ConfigError, match="part size"):
         build_manifest(_release(tmp_path), model="llm", version=1, part_size=part_size)
 
 
+@counted(RELEASES)
 def test_empty_files_publish_and_sync(tmp_path: Path, bucket: str, pvc: Path) -> None:
     src = _release(tmp_path)
     (src / "llm" / "empty.bin").write_bytes(b"")
@@ -284,6 +315,7 @@ def test_empty_files_publish_and_sync(tmp_path: Path, bucket: str, pvc: Path) ->
 
 
 @pytest.mark.slow
+@counted(RELEASES)
 def test_100k_file_release_builds(tmp_path: Path) -> None:
     """100k real (empty) files: build_manifest hashes, round-trips and stays linear (completes in the timeout)."""
     src = tmp_path / "big"
@@ -302,6 +334,7 @@ def test_100k_file_release_builds(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("name", "delta"), [("tokenizer/f0001.json", 1), ("tokenizer/f0001.json", -1),
                                               ("rank0.engine", 1), ("rank0.engine", -1)])
+@counted(RELEASES)
 def test_sizes_that_lie_publish_nothing(tmp_path: Path, bucket: str, pvc: Path, s3_client,  # type: ignore[no-untyped-def]
                                         name: str, delta: int) -> None:
     src = make_release_dir(tmp_path / "src", small=3, big_mib=2)
@@ -326,6 +359,7 @@ def _files_outside(tmp_path: Path, pvc: Path) -> set[Path]:
 
 @pytest.mark.parametrize("path", ["../x", "/etc/x", "llm/../../x", "llm/..", "llm\\..\\..\\x", "llm/./x",
                                   "llm//x", "llm/x\x00y", "llm/" + "x" * 300])
+@counted(PATHS)
 def test_escaping_manifest_paths_write_nothing(tmp_path: Path, bucket: str, pvc: Path, s3_client,  # type: ignore[no-untyped-def]
                                                path: str) -> None:
     doc = _doc(files=[{"path": "llm/config.pbtxt", "size": 1, "sha256": SHA}, {"path": path, "size": 1,
@@ -341,6 +375,7 @@ def test_escaping_manifest_paths_write_nothing(tmp_path: Path, bucket: str, pvc:
 
 
 @pytest.mark.parametrize("plant", ["dir link", "partial link", "staging model link", "repository model link"])
+@counted(PATHS)
 def test_symlinks_planted_in_the_pvc_are_refused(tmp_path: Path, bucket: str, pvc: Path, plant: str) -> None:
     """A symlink left in staging (or repository/<model>) by an earlier run or a person: the sync used to write,
     and then publish, through it."""
@@ -425,6 +460,7 @@ def _huge_server(chunked: bool) -> Iterator[tuple[str, type[_HugeManifest]]]:
 
 
 @pytest.mark.parametrize("chunked", [False, True])
+@counted(MANIFEST)
 def test_500mb_manifest_is_refused_without_reading_it(chunked: bool) -> None:
     with _huge_server(chunked) as (endpoint, handler):
         signer = ObjectSigner(S3Access(endpoint_url=endpoint, credentials=("k", "s", None), region="us-east-1"))
@@ -443,6 +479,7 @@ def test_500mb_manifest_is_refused_without_reading_it(chunked: bool) -> None:
 
 
 @pytest.mark.slow
+@counted(MANIFEST)
 def test_manifest_over_the_cap_in_real_s3(bucket: str, s3_client, pvc: Path) -> None:  # type: ignore[no-untyped-def]
     """The real store: valid JSON one byte over the cap (64 MiB of padding) is refused; nothing reaches the PVC."""
     body = json.dumps(_doc()).encode()
@@ -489,6 +526,7 @@ def _expect_config_error(path: Path, fields: tuple[str, ...] = ()) -> None:
 
 @settings(BOUNDED, max_examples=400)
 @given(st.lists(_config_mutations(), min_size=1, max_size=3))
+@counted(MODELS_YAML)
 def test_mutated_models_config_gives_config_errors_naming_the_field(
         tmp_path_factory: pytest.TempPathFactory, mutations: list[tuple[tuple[Any, ...], Any]]) -> None:
     doc = copy.deepcopy(VALID_CONFIG)
@@ -512,6 +550,7 @@ def test_mutated_models_config_gives_config_errors_naming_the_field(
                  st.lists(st.sampled_from(["models:", "- ", "name: ", "{", "[", "&a ", "*a ", "!!python/object ",
                                            "defaults:", "\n", "  ", ":", "? ", "\t", "%YAML 1.1\n", "---\n"]),
                           max_size=30).map("".join)))
+@counted(MODELS_YAML)
 def test_arbitrary_yaml_text_gives_config_errors(tmp_path_factory: pytest.TempPathFactory, text: str) -> None:
     path = tmp_path_factory.mktemp("cfg") / "models.yaml"
     path.write_text(text, encoding="utf-8", errors="surrogatepass")
@@ -535,6 +574,7 @@ BILLION_LAUGHS = b"l0: &l0 [x, x, x, x, x, x, x, x, x, x]\n" + b"".join(
     ("models.json", b'{"models": [{"name": "llm", "release_prefix": "s3://bkt/p", "smoke": ' + b"[" * 900
      + b"]" * 900 + b"}]}"),
 ])
+@counted(MODELS_YAML)
 def test_hand_written_bad_config_files(tmp_path: Path, name: str, body: bytes) -> None:
     path = tmp_path / name
     path.write_bytes(body)
@@ -543,6 +583,7 @@ def test_hand_written_bad_config_files(tmp_path: Path, name: str, body: bytes) -
     assert str(path) in info.value.message
 
 
+@counted(MODELS_YAML)
 def test_cli_reading_a_bad_config_exits_with_the_config_code(tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "models.yaml"
@@ -562,6 +603,7 @@ def test_cli_reading_a_bad_config_exits_with_the_config_code(tmp_path: Path,
                                            b"parameters", b"key", b"value", b"string_value", b"\\x", b"\xff",
                                            b"99999999999999999999", b"backend", b"1e999", b"#", b"\n", b"<"]),
                           max_size=40).map(b"".join)))
+@counted(PBTXT)
 def test_random_config_pbtxt_gives_model_config_errors(tmp_path_factory: pytest.TempPathFactory, body: bytes) -> None:
     vdir = tmp_path_factory.mktemp("repo") / "m" / "1"
     vdir.mkdir(parents=True)
@@ -573,6 +615,7 @@ def test_random_config_pbtxt_gives_model_config_errors(tmp_path_factory: pytest.
             assert str(vdir) in exc.message, exc
 
 
+@counted(PBTXT)
 def test_unreadable_config_pbtxt_is_named(tmp_path: Path) -> None:
     (tmp_path / "config.pbtxt").mkdir()
     with pytest.raises(ModelConfigError, match=r"config\.pbtxt: cannot be read"):
@@ -693,6 +736,7 @@ def offline_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, denying_s3: str
 
 @settings(BOUNDED, max_examples=300, deadline=10_000)
 @given(_argv())
+@counted(CLI)
 def test_cli_arguments_give_usage_or_project_exit_codes(offline_env: Path, argv: list[str]) -> None:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -707,6 +751,7 @@ def test_cli_arguments_give_usage_or_project_exit_codes(offline_env: Path, argv:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", ["publish", "sync"])
+@counted(CLI)
 def test_unreachable_s3_is_a_transfer_error(offline_env: Path, monkeypatch: pytest.MonkeyPatch,
                                             capsys: pytest.CaptureFixture[str], command: str) -> None:
     """A closed port: botocore's EndpointConnectionError used to escape publish as a traceback. botocore
@@ -729,6 +774,7 @@ def test_unreachable_s3_is_a_transfer_error(offline_env: Path, monkeypatch: pyte
     (["sync", *BASE_ARGV["sync"], "--lock-timeout", "inf"], 2, "argument --lock-timeout: invalid"),
     (["publish", *BASE_ARGV["publish"], "--compat", "[" * 100_000], 2, "--compat is not valid JSON"),
 ])
+@counted(CLI)
 def test_cli_bad_values_found_by_the_fuzz(offline_env: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
                                          code: int, text: str) -> None:
     """Inputs the argv fuzz or the hand-written cases found escaping as tracebacks (ValueError from gevent's
@@ -742,6 +788,7 @@ def test_cli_bad_values_found_by_the_fuzz(offline_env: Path, capsys: pytest.Capt
     assert text in err and "Traceback" not in err, err
 
 
+@counted(NAMES)
 def test_a_trailing_newline_is_not_a_valid_name(tmp_path: Path) -> None:
     """`re.match` with a pattern ending in `$` accepts "name\\n" ($ matches before a final newline): every
     validator matches whole strings, so a newline cannot ride into a version dir, a bucket or a pod spec."""

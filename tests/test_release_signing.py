@@ -19,7 +19,15 @@ from triton_rollout.release.s3 import ReleaseUri
 from triton_rollout.release.signing import SIGNATURE_NAME, PublicKey, SigningKey, generate_key
 from triton_rollout.release.sync import sync_release
 
+from tests.chaos.ledger import counted_in
 from tests.helpers import cli_env, make_release_dir, result_json, run_cli
+
+# Each refusal case counts into the faults table of `make chaos` (tests/chaos/ledger.py).
+UNTRUSTED = counted_in(
+    "Signing", "unsigned, mis-signed, changed-after-signing and re-signed releases (engine and checkpoint)",
+    injected_how="releases published without a key, with another key, edited in S3 after signing",
+    behaviour="SignatureError (exit 17) at resolve, build, sync and reconcile before a byte reaches the PVC; "
+              "the run fails without retrying")
 
 
 def _key(tmp_path: Path, name: str) -> tuple[Path, PublicKey]:
@@ -95,6 +103,7 @@ def test_the_signing_key_can_come_from_the_environment(s3_server: Any, s3_client
 # -- what the gate refuses, before the PVC is touched ---------------------------------------------------------
 
 
+@UNTRUSTED
 def test_an_unsigned_release_is_refused_with_its_own_exit_code_and_accepted_without_keys(
         s3_server: Any, bucket: str, tmp_path: Path, pvc: Path) -> None:
     _, trusted = _key(tmp_path, "trusted")
@@ -110,6 +119,7 @@ def test_an_unsigned_release_is_refused_with_its_own_exit_code_and_accepted_with
     assert sync_release(release, pvc, prune=False).status == "published"
 
 
+@UNTRUSTED
 def test_a_manifest_changed_after_signing_is_refused_and_the_pvc_untouched(
         s3_server: Any, s3_client: Any, bucket: str, tmp_path: Path, pvc: Path) -> None:
     key_file, public = _key(tmp_path, "publisher")
@@ -136,6 +146,7 @@ def test_a_manifest_changed_after_signing_is_refused_and_the_pvc_untouched(
     assert (PvcLayout.at(pvc).version_dir("llm", 1) / "config.pbtxt").read_bytes() == evil
 
 
+@UNTRUSTED
 def test_a_release_signed_or_re_signed_by_another_key_is_refused_naming_both_key_ids(
         s3_server: Any, s3_client: Any, bucket: str, tmp_path: Path, pvc: Path) -> None:
     trusted_file, trusted = _key(tmp_path, "trusted")
@@ -166,6 +177,7 @@ def test_a_release_signed_or_re_signed_by_another_key_is_refused_naming_both_key
     _assert_pvc_untouched(pvc)
 
 
+@UNTRUSTED
 def test_an_unsigned_re_publish_removes_the_old_signature(s3_server: Any, s3_client: Any, bucket: str,
                                                           tmp_path: Path) -> None:
     key_file, _ = _key(tmp_path, "k")
@@ -252,6 +264,7 @@ def test_the_build_pod_mounts_the_signing_key_secret(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@UNTRUSTED
 def test_an_engine_built_with_the_build_key_syncs_and_one_built_without_is_refused(
         s3_server: Any, bucket: str, tmp_path: Path, pvc: Path) -> None:
     from devstack import demo_models
@@ -274,6 +287,7 @@ def test_an_engine_built_with_the_build_key_syncs_and_one_built_without_is_refus
 
 
 @pytest.mark.slow
+@UNTRUSTED
 def test_a_build_refuses_a_checkpoint_the_model_does_not_trust_before_downloading_it(
         s3_server: Any, s3_client: Any, bucket: str, tmp_path: Path) -> None:
     """The checkpoint is what the build compiles into the engine: it passes the same gate as an engine release,
@@ -302,6 +316,7 @@ def test_a_build_refuses_a_checkpoint_the_model_does_not_trust_before_downloadin
     assert result["status"] == "published", result
 
 
+@UNTRUSTED
 def test_resolve_reads_only_manifests_the_model_trusts(s3_server: Any, s3_client: Any, bucket: str,
                                                        tmp_path: Path) -> None:
     """find_release with the model's keys: a trusted release resolves; an unsigned newer one (anyone who can
@@ -352,6 +367,7 @@ def test_the_sync_operator_fails_a_signature_error_without_retrying(monkeypatch:
 
 
 @pytest.mark.slow
+@UNTRUSTED
 def test_a_deploy_of_an_unsigned_release_fails_the_resolve_task_at_once(
         rollout: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str],
         caplog: pytest.LogCaptureFixture) -> None:
@@ -379,6 +395,7 @@ def test_a_deploy_of_an_unsigned_release_fails_the_resolve_task_at_once(
     assert not PvcLayout.at(rollout.pvc, create=False).repository.joinpath("ensemble", "1").exists()
 
 
+@UNTRUSTED
 def test_reconcile_repairs_drift_only_from_a_release_the_model_trusts(
         s3_server: Any, bucket: str, tmp_path: Path, pvc: Path) -> None:
     """The promoted version, damaged on the PVC, and its release rewritten in S3 by someone who can write the

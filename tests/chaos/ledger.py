@@ -9,11 +9,14 @@ from what they expected: a row whose ``survived`` is short of ``injected`` is a 
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -92,3 +95,24 @@ GROUP_ORDER = {name: i for i, name in enumerate(
     ["Airflow", "Triton", "S3", "Storage", "Kubernetes", "Concurrency", "Bad input", "Secrets", "Signing"])}
 
 LEDGER = Ledger()
+
+
+def counted_in(group: str, fault: str, *, injected_how: str, behaviour: str,
+               ) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """A test decorator (innermost, under @given / parametrize): every example or case the test runs is one
+    injection of ``fault``; it survived when the test's assertions held for it."""
+
+    def wrap(test: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(test)
+        def counted_test(*args: Any, **kwargs: Any) -> None:
+            row = LEDGER.row(group, fault, injected_how=injected_how, behaviour=behaviour)
+            with LEDGER.lock:
+                row.runs += 1
+                row.injected += 1
+            test(*args, **kwargs)
+            with LEDGER.lock:
+                row.survived += 1
+
+        return counted_test
+
+    return wrap
