@@ -93,6 +93,7 @@ $(BENCH_VENV)/.installed: bench/requirements-peers.txt
 bench: venv $(BENCH_VENV)/.installed
 	$(BIN)/python -m bench.sync_bench
 	$(BIN)/python -m bench.parse_time
+	$(BIN)/python -m bench.deploy_latency
 
 clean: down
 	rm -rf .devstack bench/work
