@@ -168,7 +168,10 @@ What it does not emulate (honestly):
   Foreground deletion deletes the dependents but does not keep the owner until they are gone.
 - without bubblewrap, volume mounts only work where the host path equals mountPath, and nothing is
   isolated; the admission's ServiceAccount token mount is then left out (no in-cluster config).
-- state lives in memory: restarting the emulator forgets every object (PVC folders stay on disk).
+- state lives in memory: restarting the emulator process forgets every object and kills its pods (PVC folders
+  stay on disk), a whole-cluster power cut. The API server alone restarts as on a cluster (``restart``:
+  ``KubeEmulator.restart_api_server``): connections cut and refused for an outage, objects and pods kept, a
+  fresh watch cache (older resourceVersions 410 Gone); the in-process controllers keep working meanwhile.
 - PVCs are folders, chosen by the emulator-only annotation ``devstack.kube/host-path`` (set by
   ``KubeEmulator.create_pvc`` or the ``pvcs`` config); without it, ``<state_dir>/pvcs/<ns>/<claim>``.
   Sizes are not enforced, nor access modes after binding (a RWO claim can be mounted by many pods);
@@ -186,7 +189,7 @@ volume at pod create, kube-root-ca.crt),
 ``jobs`` (Job / CronJob defaults, their controllers, ownerReference garbage collection),
 ``workloads`` (Deployments), ``services`` (Services, EndpointSlices, the proxy), ``network`` (pod IPs),
 ``storage`` (StorageClasses, PVC binding), ``tables`` (server-side printing), ``openapi`` (OpenAPI v3,
-field validation), ``emulator`` (the KubeEmulator process).
+field validation), ``restart`` (the API listeners, restartable alone), ``emulator`` (the KubeEmulator process).
 """
 
 from .emulator import KubeEmulator, default_node, default_runtime

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import signal
 import sys
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -16,6 +19,7 @@ from typing import Any
 from ..procs import LOOPBACK, free_ports, spawn, stop_group, wait_until
 from .kubelet import FS_GROUP_POLICY_ANNOTATION, HOST_PATH_ANNOTATION, RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_S
 from .rbac import ADMIN_TOKEN
+from .restart import DONE_FILE, REQUEST_FILE
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONTEXT = "devstack"
@@ -224,6 +228,24 @@ class KubeEmulator:
         self.create_namespace(namespace)
         return self.post(f"/api/v1/namespaces/{namespace}/secrets",
                          {"metadata": {"name": name}, "stringData": string_data})
+
+    def restart_api_server(self, outage_s: float = 2.0, timeout: float = 30.0) -> float:
+        """Restart the API server alone (restart.py): every connection cut, refused for ``outage_s``, then back on
+        the same ports with every object kept; pods keep running. Returns the seconds it was down."""
+        assert self.pid is not None, "the emulator is not running"
+        done = self.state_dir / DONE_FILE
+        before = json.loads(done.read_text())["restarts"] if done.exists() else 0
+        (self.state_dir / REQUEST_FILE).write_text(json.dumps({"outage_s": outage_s}))
+        os.kill(self.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + outage_s + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                report = json.loads(done.read_text())
+                if report["restarts"] > before:
+                    return float(report["down_s"])
+            time.sleep(0.05)
+        raise TimeoutError(f"the API emulator did not come back within {outage_s + timeout:.0f}s of a restart "
+                           f"(log: {self.log_path})")
 
     def stop(self) -> None:
         if self.pid is not None:

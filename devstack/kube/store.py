@@ -63,6 +63,7 @@ class Store:
         self._objects: dict[Key, Obj] = {}
         self._rv = 1
         self._history: deque[WatchEvent] = deque(maxlen=HISTORY)
+        self._watch_floor = 0  # watches from before this resourceVersion are 410 Gone (reset_watch_cache)
 
     @property
     def resource_version(self) -> int:
@@ -71,7 +72,16 @@ class Store:
 
     def oldest_watchable(self) -> int:
         with self.cond:
-            return self._history[0].rv - 1 if len(self._history) == HISTORY else 0
+            return max(self._watch_floor, self._history[0].rv - 1 if len(self._history) == HISTORY else 0)
+
+    def reset_watch_cache(self) -> None:
+        """An API server restarted (restart.py): its watch cache starts from the objects at the current
+        resourceVersion, with no history before it (etcd keeps objects, the cacher's events are gone), so a watch
+        resuming from an older resourceVersion is 410 Gone and its client re-lists."""
+        with self.cond:
+            self._history.clear()
+            self._watch_floor = self._rv
+            self.cond.notify_all()
 
     def _record(self, type_: str, key: Key, obj: Obj, old: Obj | None) -> None:
         self._history.append(WatchEvent(self._rv, type_, key[0], key[1], copy.deepcopy(obj), old))
@@ -184,8 +194,9 @@ class Store:
 
     def events_since(self, rv: int, resource: str) -> list[WatchEvent]:
         with self.cond:
-            if self._history and rv < self._history[0].rv - 1:
-                raise ApiError(410, "Expired", f"too old resource version: {rv} ({self._history[0].rv - 1})")
+            oldest = self._history[0].rv - 1 if self._history else self._watch_floor
+            if rv < self._watch_floor or (self._history and rv < oldest):
+                raise ApiError(410, "Expired", f"too old resource version: {rv} ({max(oldest, self._watch_floor)})")
             return [e for e in self._history if e.rv > rv and e.resource == resource]
 
     def wait(self, rv: int, timeout: float) -> None:

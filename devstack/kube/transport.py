@@ -18,7 +18,7 @@ import ssl
 import threading
 import time
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -28,6 +28,7 @@ from .api import Api
 from .jobs import JobController
 from .kubelet import HOST_PATH_ANNOTATION, RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_S, Kubelet, Runtime
 from .network import PodNetwork
+from .restart import ApiServers, TrackingServer
 from .scheduler import Node, Scheduler
 from .selectors import field_matcher, label_matcher
 from .services import ServiceController
@@ -428,19 +429,26 @@ def serve(config: Obj, *, ready_file: Path | None = None) -> None:
     for resource, obj in rbac.default_objects():  # bootstrap ClusterRoles and their bindings
         api.create(resource, None, obj)
     handler = type("BoundHandler", (Handler,), {"api": api, "auth": auth})
-    httpd = ThreadingHTTPServer((config.get("host", "127.0.0.1"), int(config["port"])), handler)
-    httpd.daemon_threads = True
-    https = None
+    host = config.get("host", "127.0.0.1")
+    context = None
     if tls_cert is not None and tls_key is not None:
-        # The same API over TLS, for kubeconfigs whose credentials must be sent (rbac.serving_cert).
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(tls_cert, tls_key)
-        tls_handler = type("TlsHandler", (Handler,), {"api": api, "auth": auth, "secure": True})
-        https = ThreadingHTTPServer((config.get("host", "127.0.0.1"), tls_port), tls_handler)
-        https.daemon_threads = True
-        # The handshake happens in the request's thread, not in the accept loop.
-        https.socket = context.wrap_socket(https.socket, server_side=True, do_handshake_on_connect=False)
-        threading.Thread(target=https.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
+    tls_handler = type("TlsHandler", (Handler,), {"api": api, "auth": auth, "secure": True})
+
+    def listeners() -> list[TrackingServer]:
+        out = [TrackingServer((host, int(config["port"])), handler)]
+        if context is not None:
+            # The same API over TLS, for kubeconfigs whose credentials must be sent (rbac.serving_cert).
+            https = TrackingServer((host, tls_port), tls_handler)
+            # The handshake happens in the request's thread, not in the accept loop.
+            https.socket = context.wrap_socket(https.socket, server_side=True, do_handshake_on_connect=False)
+            out.append(https)
+        return out
+
+    # Restartable on their own (SIGUSR1, restart.py): the API server restarting while pods run.
+    servers = ApiServers(listeners, store, state_dir)
+    servers.start()
     scheduler.start()
     clock = config.get("cron_clock_file")  # tests step the CronJob controller's "now" through this file
     job_controller = JobController(api, clock_file=Path(clock) if clock else None)
@@ -451,24 +459,20 @@ def serve(config: Obj, *, ready_file: Path | None = None) -> None:
     stopping = threading.Event()
 
     def stop(*_: object) -> None:
-        if not stopping.is_set():
-            stopping.set()
-            threading.Thread(target=httpd.shutdown, daemon=True).start()
-            if https is not None:
-                threading.Thread(target=https.shutdown, daemon=True).start()
+        stopping.set()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGUSR1, lambda *_: threading.Thread(target=servers.restart, daemon=True).start())
     if ready_file is not None:
-        ready_file.write_text(str(httpd.server_address[1]))
+        ready_file.write_text(str(servers.port))
     try:
-        httpd.serve_forever(poll_interval=0.2)
+        while not stopping.wait(0.2):
+            pass
     finally:
+        servers.stop()
         scheduler.stop()
         job_controller.stop()
         deployment_controller.stop()
         service_controller.stop()
         kubelet.shutdown()
-        httpd.server_close()
-        if https is not None:
-            https.server_close()

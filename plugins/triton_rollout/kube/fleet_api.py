@@ -27,6 +27,7 @@ from triton_rollout.errors import ConfigError, FleetError
 SERVING_GATE = "triton-rollout/serving"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"  # EndpointSlice -> Service (discovery.k8s.io/v1 API docs)
 HTTP_PORT_NAME = "http"
+API_UNREACHABLE_S = 30.0  # how long a call keeps retrying an API server that refuses connections (a restart)
 
 
 @dataclass(frozen=True)
@@ -97,19 +98,30 @@ class FleetApi:
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError as Urllib3Error
 
-        try:
-            return fn(*args, **kwargs)
-        except ApiException as exc:
-            reason = f"HTTP {exc.status} {exc.reason}"
-            hint = None
-            if exc.status == 403:
-                hint = (f"grant this identity '{what}' in namespace {self.namespace} (k8s/rbac.yaml: Role "
-                        "triton-rollout-fleet for the rollout steps, airflow-fleet-reader for the Airflow UI view)")
-            raise FleetError(f"Kubernetes API: {what} in {self.namespace} for Service {self.service} failed: "
-                             f"{reason}", hint=hint) from exc
-        except OSError as exc:  # urllib3's connection errors are OSErrors
-            raise FleetError(f"Kubernetes API unreachable ({what}): {exc}") from exc
+        # An API server that restarts (an upgrade, a crash) refuses connections for seconds while etcd and the pods
+        # carry on: what could not reach it is retried for API_UNREACHABLE_S (every call here is a read or an
+        # idempotent status patch). The kubernetes client raises urllib3's MaxRetryError then, not an OSError.
+        end = time.monotonic() + API_UNREACHABLE_S
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except ApiException as exc:
+                reason = f"HTTP {exc.status} {exc.reason}"
+                hint = None
+                if exc.status == 403:
+                    hint = (f"grant this identity '{what}' in namespace {self.namespace} (k8s/rbac.yaml: Role "
+                            "triton-rollout-fleet for the rollout steps, airflow-fleet-reader for the Airflow UI view)")
+                raise FleetError(f"Kubernetes API: {what} in {self.namespace} for Service {self.service} failed: "
+                                 f"{reason}", hint=hint) from exc
+            except (OSError, Urllib3Error) as exc:
+                if time.monotonic() < end:
+                    time.sleep(0.5)
+                    continue
+                raise FleetError(f"Kubernetes API unreachable ({what}) for {API_UNREACHABLE_S:.0f}s: {exc}",
+                                 hint="check the API server (kubectl get --raw /readyz) and KUBECONFIG or the pod's "
+                                      "service account") from exc
 
     def _pods(self) -> dict[str, Any]:
         """The live pods the Service selects, by name."""

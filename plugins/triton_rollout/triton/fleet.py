@@ -398,6 +398,10 @@ def _fleet_rollback(api: FleetApi, layout: PvcLayout, plan: RollbackPlan, option
         t0 = time.monotonic()
         try:
             with _control(replica, options) as control:
+                # A replica whose tritonserver just died (killed mid-step, OOM) refuses connections until the
+                # kubelet restarts it (after its restart back-off); it comes back on the promoted version from disk.
+                # Wait for it, as load does, instead of failing the rollback on a replica that is fine.
+                control.wait_live(options.live_deadline_s)
                 changed = plan.failed is None or carries(control, plan.failed) or any(
                     control.ready_versions(shadow.shadow_name(n)) for n in plan.failed.order)
                 if changed:
