@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -219,6 +220,21 @@ class AirflowServer:
         if self.database is not None and self.database.pid is not None:
             pids["airflow-postgres"] = self.database.pid
         return pids
+
+    def kill(self, name: str) -> int:
+        """SIGKILL component ``name``'s whole process group (the scheduler's executor workers with it), as a
+        crashed container goes (the faults suite); returns its pid. :meth:`restart` starts it again. Task
+        processes run in groups of their own and survive it."""
+        proc = self.procs.pop(name)
+        os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
+        proc.wait(timeout=30)
+        return proc.pid
+
+    def restart(self, name: str, timeout: float = 120.0) -> None:
+        """Start a killed component again (appending to its log) and wait until every component is healthy."""
+        self._spawn(name, self.component_env())
+        wait_until(self.healthy, timeout=timeout, what=f"Airflow after restarting the {name}",
+                   proc=self.procs[name], log_path=self.log_dir / f"{name}.log")
 
     def stop(self) -> None:
         # All four at once, each with its own grace period and then SIGKILL (stop_group): one after the other
