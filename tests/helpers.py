@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import random
+import select
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,45 +88,91 @@ def result_json(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 
 
 class FaultProxy:
-    """A loopback TCP proxy in front of S3 that breaks the first few GETs of object data.
+    """A loopback TCP proxy in front of S3 that breaks GETs of object data the way S3 and networks do.
 
-    mode "503": answers HTTP 503 SlowDown instead of forwarding; mode "reset": forwards, then cuts the
-    connection after ``cut_after`` bytes of the response. Only requests whose path contains ``match``
-    are broken, ``failures`` times in all; everything else passes through untouched.
+    Only GETs whose request line contains ``match`` are touched; everything else passes through untouched.
+    The first ``skip`` of them pass (a fault that starts mid-sync), then each is broken with probability
+    ``fraction`` (1: a storm of consecutive failures; below 1: throttling spread over the sync) until
+    ``failures`` have been broken in all. Modes:
+
+    - "503": answers HTTP 503 SlowDown instead of forwarding (a storm or SlowDown throttling);
+    - "reset": forwards, then cuts the connection after ``cut_after`` bytes of the body;
+    - "stall": forwards ``cut_after`` bytes of the body, then sends nothing more and keeps the connection
+      open until the client gives up and closes it (kserve#5611: downloads that hang forever on this).
+
+    ``cut_after`` None: a random offset within each broken body (``seed`` makes the offsets repeatable).
+    ``delay``: seconds every matching GET waits before it is forwarded (a slow store). Counts what it did:
+    ``matched`` GETs, ``broken`` of them (``broken_paths``: the path each broken GET asked for), ``body_bytes``
+    relayed for matching GETs, ``cuts`` (the offsets).
     """
 
-    def __init__(self, upstream_port: int, *, mode: str, failures: int, match: str, cut_after: int = 200_000) -> None:
+    MODES = ("503", "reset", "stall")
+
+    def __init__(self, upstream_port: int, *, mode: str, failures: int, match: str,
+                 cut_after: int | None = 200_000, fraction: float = 1.0, skip: int = 0, seed: int = 0,
+                 delay: float = 0.0) -> None:
+        if mode not in self.MODES:
+            raise ValueError(f"FaultProxy mode must be one of {self.MODES}, got {mode!r}")
         self.upstream_port = upstream_port
         self.mode = mode
         self.failures = failures
         self.match = match.encode()
         self.cut_after = cut_after
+        self.fraction = fraction
+        self.skip = skip
+        self.delay = delay
+        self.matched = 0
         self.broken = 0
+        self.broken_paths: list[str] = []
+        self.body_bytes = 0
+        self.cuts: list[int] = []
+        self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._sock = socket.socket()
         self._sock.bind(("127.0.0.1", 0))
         self._sock.listen(64)
         self.port = self._sock.getsockname()[1]
-        self._stop = False
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
 
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
     def close(self) -> None:
-        self._stop = True
+        self._stop.set()
         self._sock.close()
 
-    def _should_break(self, head: bytes) -> bool:
+    def __enter__(self) -> FaultProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _matches(self, head: bytes) -> bool:
         first_line = head.split(b"\r\n", 1)[0]
-        if not first_line.startswith(b"GET ") or self.match not in first_line:
-            return False
+        return first_line.startswith(b"GET ") and self.match in first_line
+
+    def _should_break(self, head: bytes) -> bool:
         with self._lock:
-            if self.broken < self.failures:
-                self.broken += 1
-                return True
-        return False
+            self.matched += 1
+            if self.matched <= self.skip or self.broken >= self.failures:
+                return False
+            if self.fraction < 1.0 and self._rng.random() >= self.fraction:
+                return False
+            self.broken += 1
+            self.broken_paths.append(head.split(b" ", 2)[1].split(b"?", 1)[0].decode(errors="replace"))
+            return True
+
+    def _cut_for(self, length: int) -> int:
+        with self._lock:
+            cut = self.cut_after if self.cut_after is not None else self._rng.randrange(max(length, 1))
+            self.cuts.append(cut)
+            return cut
 
     def _accept(self) -> None:
-        while not self._stop:
+        while not self._stop.is_set():
             try:
                 client, _ = self._sock.accept()
             except OSError:
@@ -145,14 +193,16 @@ class FaultProxy:
                 if not head.startswith(b"GET "):
                     self._pipe_rest(client, upstream, head)
                     return
-                breaking = self._should_break(head)
+                matching = self._matches(head)
+                breaking = matching and self._should_break(head)
+                if matching and self.delay:
+                    time.sleep(self.delay)
                 if breaking and self.mode == "503":
                     body = b"<Error><Code>SlowDown</Code><Message>injected</Message></Error>"
                     client.sendall(b"HTTP/1.1 503 Slow Down\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
                     continue
-                cut = self.cut_after if breaking and self.mode == "reset" else None
                 upstream.sendall(head)
-                if not self._relay_response(upstream, client, cut):
+                if not self._relay_response(upstream, client, breaking, matching):
                     return
         except OSError:
             return
@@ -160,7 +210,7 @@ class FaultProxy:
             client.close()
             upstream.close()
 
-    def _relay_response(self, upstream: socket.socket, client: socket.socket, cut: int | None) -> bool:
+    def _relay_response(self, upstream: socket.socket, client: socket.socket, breaking: bool, matching: bool) -> bool:
         head = b""
         while b"\r\n\r\n" not in head:
             chunk = upstream.recv(65536)
@@ -173,21 +223,39 @@ class FaultProxy:
             name, _, value = line.partition(b":")
             if name.strip().lower() == b"content-length":
                 length = int(value.strip())
+        cut = self._cut_for(length) if breaking else None
         sent = 0
         client.sendall(header + b"\r\n\r\n")
         data = rest
         while True:
             if cut is not None and sent + len(data) > cut:
                 client.sendall(data[: max(cut - sent, 0)])
-                client.shutdown(socket.SHUT_RDWR)
+                self._count(matching, max(cut - sent, 0))
+                if self.mode == "stall":
+                    self._hold(client)
+                else:
+                    client.shutdown(socket.SHUT_RDWR)
                 return False
             client.sendall(data)
+            self._count(matching, len(data))
             sent += len(data)
             if sent >= length:
                 return True
             data = upstream.recv(min(1 << 20, length - sent))
             if not data:
                 return False
+
+    def _count(self, matching: bool, nbytes: int) -> None:
+        if matching:
+            with self._lock:
+                self.body_bytes += nbytes
+
+    def _hold(self, client: socket.socket) -> None:
+        """Send nothing and keep the connection open until the client closes it (or the proxy stops)."""
+        while not self._stop.is_set():
+            readable, _, _ = select.select([client], [], [], 0.1)
+            if readable and not client.recv(65536):
+                return
 
     def _pipe_rest(self, client: socket.socket, upstream: socket.socket, head: bytes) -> None:
         upstream.sendall(head)
@@ -509,3 +577,71 @@ def log_in(page: Any, url: str, password: str, path: str = f"/dags/{DEPLOY_LLM}"
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url(f"**{path}", timeout=UI_TIMEOUT_MS)
+
+
+@dataclass
+class SecretScan:
+    """Where :func:`scan_for_secrets` looked and what it found: (secret, place, context) per leak."""
+
+    secrets: int
+    places: int
+    task_logs: int
+    pod_logs: int
+    pages: int
+    leaks: list[tuple[str, str, str]]
+
+    def describe(self) -> str:
+        return (f"scanned {self.places} logs, pages, XComs, notifications and manifests ({self.task_logs} task "
+                f"logs, {self.pod_logs} pod logs, {self.pages} API pages) for {self.secrets} secrets: "
+                f"{len(self.leaks)} leaks")
+
+
+def scan_for_secrets(af: RunningAirflow, notifications: list[Any]) -> SecretScan:
+    """Looks for the S3 secret key (in the aws_default connection and the pods' Secret), Airflow's JWT secret
+    and the metadata database's password in every task log, component log, pod log, XCom, API or UI page,
+    notification body and rendered manifest of ``af``'s session. Their legitimate stores are not scanned: the
+    connection and the Secret themselves, the database, the kubeconfigs and the generated files in AIRFLOW_HOME."""
+    repo = Path(__file__).resolve().parent.parent
+    secrets = {"S3 secret key": af.local.s3.secret_key,
+               "JWT secret": (af.server.home / "jwt_secret").read_text().strip()}
+    if af.server.database is not None:
+        secrets["database password"] = af.server.database.password
+    assert all(len(value) >= 12 for value in secrets.values()), "a short value would match by chance"
+    # The values searched for are the ones in use: the connection Airflow imported holds the S3 key.
+    assert secrets["S3 secret key"] in (af.server.home / "connections.json").read_text()
+
+    texts: dict[str, str] = {}
+    for folder, pattern in ((af.server.home / "logs", "**/*"), (af.server.log_dir, "*.log"),
+                            (af.local.root / "kube", "**/*.log"), (repo / "k8s", "**/*.yaml"),
+                            (repo / "k8s-overlays", "**/*.yaml"), (repo / "kubeflow", "*.yaml")):
+        for path in folder.glob(pattern):
+            if path.is_file():
+                texts[str(path)] = path.read_text(errors="replace")
+    logs = [p for p in texts if p.startswith(str(af.server.home / "logs"))]
+    pod_logs = [p for p in texts if p.startswith(str(af.local.root / "kube"))]
+
+    client = af.client
+    pages = ["/dags", "/connections", "/variables", "/pools", "/importErrors", "/config"]
+    for dag_id in (DEPLOY_LLM, DEPLOY_TENSOR):
+        for run in client.runs(dag_id):
+            base = f"/dags/{dag_id}/dagRuns/{run['dag_run_id']}"
+            pages.append(base)
+            for ti in client.request("GET", f"{base}/taskInstances")["task_instances"]:
+                task = f"{base}/taskInstances/{ti['task_id']}"
+                pages.append(task)
+                for entry in client.request("GET", f"{task}/xcomEntries")["xcom_entries"]:
+                    pages.append(f"{task}/xcomEntries/{entry['key']}")
+    for page in pages:
+        try:
+            texts[f"GET /api/v2{page}"] = json.dumps(client.request("GET", page))
+        except urllib.error.HTTPError as exc:  # e.g. /config is off by default: its refusal is scanned too
+            texts[f"GET /api/v2{page}"] = f"{exc.code} {exc.read().decode(errors='replace')}"
+    for path in ("/triton-models/", "/triton-models/fleet.json"):
+        texts[f"GET {path}"] = client.get_text(path)
+    for i, body in enumerate(notifications):
+        texts[f"notification {i}"] = json.dumps(body)
+
+    leaks = [(what, where, text[max(0, text.find(value) - 80):text.find(value) + 20])
+             for where, text in texts.items() for what, value in secrets.items() if value in text]
+    return SecretScan(secrets=len(secrets), places=len(texts), task_logs=len(logs), pod_logs=len(pod_logs),
+                      pages=len(pages), leaks=leaks)

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -156,6 +157,8 @@ def test_cli_errors_have_exit_codes_and_hints(tmp_path: Path, bucket: str, pvc: 
     assert missing.returncode == 4 and "not found" in missing.stderr
     garbage = run_cli("sync", "--release", "s3://xyz/llm/01", "--pvc", str(pvc))
     assert garbage.returncode == 2 and "leading zeros" in garbage.stderr
+    no_stall_timeout = run_cli("sync", "--release", uri, "--pvc", str(pvc), "--stall-timeout", "0")
+    assert no_stall_timeout.returncode == 2 and "--stall-timeout must be a positive" in no_stall_timeout.stderr
     assert not (pvc / "repository" / "llm").exists()
 
 
@@ -199,17 +202,20 @@ def test_failed_upload_leaves_release_incomplete(tmp_path: Path, bucket: str, pv
         sync_release(f"s3://{bucket}/prod/llm/4", pvc)
 
 
-@pytest.mark.parametrize("mode", ["503", "reset"])
+@pytest.mark.parametrize("mode", ["503", "reset", "stall"])
 def test_retries_through_throttling_and_resets(tmp_path: Path, bucket: str, pvc: Path, s3_server: SeaweedS3,
                                                  monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
     uri, src = _publish(tmp_path, bucket, big_mib=4, small=3)
     proxy = FaultProxy(s3_server.port, mode=mode, failures=3, match="rank0.engine")
+    started = time.monotonic()
     try:
         monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.port}")
-        result = sync_release(uri, pvc, request_size=1024 * 1024)
+        # stall: the proxy stops sending mid-body and keeps the connection open; the stall timeout drops it.
+        result = sync_release(uri, pvc, request_size=1024 * 1024, stall_timeout=0.5)
     finally:
         proxy.close()
     assert proxy.broken == 3 and result.retries >= 3
+    assert time.monotonic() - started < 15  # 3 stalls of 0.5 s plus backoff; the old fixed 60 s would be 180 s
     assert tree_digest(pvc / "repository" / "llm" / "1") == tree_digest(src / "llm")
 
 
@@ -299,5 +305,40 @@ def test_disk_full_keeps_previous_version(tmp_path: Path, bucket: str) -> None:
         assert tree_digest(mnt / "repository" / "llm" / "1") == tree_digest(src1 / "llm")
         assert not (mnt / "repository" / "llm" / "2").exists()
         assert not (mnt / "staging" / "llm" / "2").exists()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small tmpfs as a nearly full disk")
+def test_resume_on_a_nearly_full_pvc_counts_the_space_staging_holds(tmp_path: Path, bucket: str,
+                                                                    s3_server: SeaweedS3) -> None:
+    import shutil
+    import signal
+
+    mnt = tmp_path / "small-pvc"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mnt)]).returncode != 0:
+        pytest.skip("mount not permitted here")
+    try:
+        uri, src = _publish(tmp_path, bucket, big_mib=8, small=2)
+        # A slow store, so the sync is killed with a part of the big file verified and the rest still to come.
+        with FaultProxy(s3_server.port, mode="503", failures=0, match="rank0.engine", delay=0.3) as proxy:
+            proc = subprocess.Popen([*_cli(), "sync", "--release", uri, "--pvc", str(mnt), "--concurrency", "1",
+                                     "--large-streams", "1", "--request-mib", "1", "--progress-interval", "0"],
+                                    env=cli_env(AWS_ENDPOINT_URL=proxy.endpoint), stderr=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL)
+            journal = mnt / "staging" / "llm" / "1" / "llm" / "rank0.engine.parts"
+            deadline = time.monotonic() + 30
+            while proc.poll() is None and time.monotonic() < deadline and not (
+                    journal.exists() and journal.read_text().split()):
+                time.sleep(0.005)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        # The killed sync's .partial holds the big file's blocks (allocated up front): what is free now is less
+        # than the release, but the resume needs only what staging does not hold yet.
+        assert shutil.disk_usage(mnt).free < 8 * 2**20
+        result = sync_release(uri, mnt)
+        assert result.status == "published" and result.parts_reused >= 1
+        assert tree_digest(mnt / "repository" / "llm" / "1") == tree_digest(src / "llm")
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)

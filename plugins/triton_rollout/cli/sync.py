@@ -68,6 +68,7 @@ def _sync(args: argparse.Namespace) -> int:
         verify=req.verify, keep=req.keep, prune=not req.no_prune, lock_timeout=req.lock_timeout,
         progress_interval=req.progress_interval, expect_trtllm_version=req.expect_trtllm_version,
         expect_compute_capability=req.expect_compute_capability, trusted_keys=req.public_keys,
+        stall_timeout=req.stall_timeout,
     )
     result = sync_release(req.release, Path(req.pvc), options=opts)
     emit_result(result.to_dict(), req.result_file)

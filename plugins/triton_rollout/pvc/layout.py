@@ -24,7 +24,7 @@ from typing import Any
 
 from triton_rollout.errors import ConfigError, IntegrityError
 from triton_rollout.pvc.records import DeploymentState, FleetSmokeRecord, PublishRecord
-from triton_rollout.release.manifest import validate_relpath
+from triton_rollout.release.manifest import Manifest, validate_relpath
 
 
 def fsync_dir(path: Path) -> None:
@@ -160,9 +160,10 @@ class PvcLayout:
         """Where the record lives (for messages; read and write it with the methods below)."""
         return self._published_dir(model) / f"{version}.json"
 
-    def publish_record(self, model: str, version: int) -> PublishRecord | None:
+    def publish_record(self, model: str, version: int, manifest: Manifest | None = None) -> PublishRecord | None:
+        """``manifest``: the version's manifest when the caller has it (see PublishRecord.from_dict)."""
         data = read_json(self.publish_record_path(model, version))
-        return PublishRecord.from_dict(data) if data else None
+        return PublishRecord.from_dict(data, manifest) if data else None
 
     def write_publish_record(self, record: PublishRecord) -> None:
         atomic_write_json(self.publish_record_path(record.model, record.version), record.to_dict())

@@ -79,8 +79,11 @@ class PublishRecord:
                 "files": {path: st.to_dict() for path, st in self.files.items()}, "at": self.at}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PublishRecord:
-        return cls(status=data["status"], manifest=parse_manifest(data["manifest"]),
+    def from_dict(cls, data: dict[str, Any], manifest: Manifest | None = None) -> PublishRecord:
+        """``manifest``: one the caller already holds; reused when the record's copy is the same document,
+        which spares parsing (and validating) it twice: that was half of a no-op sync's time."""
+        same = manifest is not None and data["manifest"] == manifest.to_dict()
+        return cls(status=data["status"], manifest=manifest if same else parse_manifest(data["manifest"]),
                    files={path: FileStat.from_dict(st) for path, st in data["files"].items()}, at=data["at"])
 
 

@@ -442,8 +442,17 @@ class ObjectReader:
 
     def drop(self) -> None:
         """Close this thread's connections (after an error leaves one mid-response)."""
+        self._local.__dict__.pop("last", None)
         for conn in self._local.__dict__.pop("conns", {}).values():
             conn.close()
+
+    def plain_socket(self) -> Any:
+        """The socket of this thread's last GET when it is plain HTTP (a body can then be spliced from it
+        into a file by the kernel), else None (HTTPS, or no connection)."""
+        import socket
+
+        sock = getattr(self._local.__dict__.get("last"), "sock", None)
+        return sock if type(sock) is socket.socket else None
 
     def _get(self, key: str, query: str = "", headers: dict[str, str] | None = None) -> Any:
         import http.client
@@ -451,6 +460,7 @@ class ObjectReader:
 
         parts = urlsplit(self.signer.presign(self.bucket, key, query))
         conn = self._conn(parts.scheme, parts.netloc)
+        self._local.last = conn
         try:
             conn.request("GET", parts.path + "?" + parts.query, headers=headers or {})
             return conn.getresponse()

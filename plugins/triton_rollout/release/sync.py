@@ -30,7 +30,7 @@ from triton_rollout.pvc.records import FileStat, PublishRecord
 from triton_rollout.release.compat import check_compat
 from triton_rollout.release.manifest import FileEntry, Manifest, hash_file
 from triton_rollout.release.progress import Progress, TransferCounters, human_bytes
-from triton_rollout.release.s3 import ReleaseUri, fetch_manifest
+from triton_rollout.release.s3 import ObjectReader, ReleaseUri, fetch_manifest
 from triton_rollout.release.signing import PublicKey
 
 if TYPE_CHECKING:
@@ -58,6 +58,9 @@ class SyncOptions:
     expect_compute_capability: str | None = None
     # The signature gate (signing.py): empty = unsigned releases are accepted.
     trusted_keys: tuple[PublicKey, ...] = ()
+    # Seconds without a byte from S3 before a GET counts as stalled and is retried (a server that stops
+    # mid-body without closing the connection: downloads elsewhere hang forever on it, kserve#5611).
+    stall_timeout: float = 30.0
 
 
 @dataclass
@@ -105,20 +108,29 @@ def check_published(layout: PvcLayout, manifest: Manifest, record: PublishRecord
     ``triton_models``: check only the files of these Triton models (default: every file).
     """
     problems = []
+    recorded = record.files if record else {}
+    bases: dict[str, str] = {}
     for entry in manifest.files:
-        if triton_models is not None and entry.triton_model not in triton_models:
+        triton_model, _, in_model = entry.path.partition("/")
+        if triton_models is not None and triton_model not in triton_models:
             continue
-        path = _repo_path(layout, manifest, entry)
+        base = bases.get(triton_model)
+        if base is None:
+            base = bases[triton_model] = os.fspath(layout.version_dir(triton_model, manifest.version))
+        # A string join, not safe_join: every manifest path was validated when it was parsed (no '..',
+        # no absolute or empty segments), and pathlib per file is most of a 50,000-file no-op's time.
+        path = f"{base}/{in_model}"
         try:
-            now = FileStat.of(path)
+            st = os.stat(path)
         except FileNotFoundError:
             problems.append(f"{entry.path}: missing")
             continue
-        if now.size != entry.size:
-            problems.append(f"{entry.path}: size {now.size} != manifest {entry.size}")
+        if st.st_size != entry.size:
+            problems.append(f"{entry.path}: size {st.st_size} != manifest {entry.size}")
             continue
         # A stat identical to the publish record means untouched since it was verified; else re-hash.
-        if (full or _recorded_stat(record, entry) != now) and not _content_matches(path, entry):
+        now = FileStat(size=st.st_size, mtime_ns=st.st_mtime_ns, ino=st.st_ino)
+        if (full or recorded.get(entry.path) != now) and not _content_matches(Path(path), entry):
             problems.append(f"{entry.path}: content differs from the manifest's sha256")
     return problems
 
@@ -149,7 +161,8 @@ def sync_release(
     started = time.monotonic()
     # With trusted keys, the signature is checked over the manifest bytes this one read returns: before
     # anything below (even staging) touches the PVC.
-    manifest = fetch_manifest(release, trusted_keys=opts.trusted_keys)
+    manifest = fetch_manifest(release, ObjectReader(release.bucket, timeout=opts.stall_timeout),
+                              trusted_keys=opts.trusted_keys)
     manifest.require_servable()
     # Before the PVC is even opened: a mismatched engine must not cost a byte of it.
     check_compat(manifest, trtllm_version=opts.expect_trtllm_version,
@@ -181,7 +194,7 @@ def _new_result(release: ReleaseUri, manifest: Manifest, layout: PvcLayout, stat
 def _sync_locked(
     release: ReleaseUri, manifest: Manifest, layout: PvcLayout, opts: SyncOptions, lock: PvcLock
 ) -> SyncResult:
-    record = layout.publish_record(manifest.model, manifest.version)
+    record = layout.publish_record(manifest.model, manifest.version, manifest)
     present = [t for t in manifest.triton_models if layout.version_dir(t, manifest.version).exists()]
     status = "published"
     if present:
@@ -239,6 +252,7 @@ def _sync_locked(
         write_mode=opts.write_mode,
         request_size=opts.request_size,
         progress=progress,
+        timeout=opts.stall_timeout,
     )
     try:
         stats = downloader.run(tasks)
@@ -277,11 +291,16 @@ def _remove_staging(staging: Path) -> None:
 
 
 def _check_space(layout: PvcLayout, tasks: list[FileTask]) -> None:
+    from triton_rollout.release.transfer import PARTIAL_SUFFIX
+
     need = 0
     for t in tasks:
         if t.dest.exists() and t.dest.stat().st_size == t.entry.size:
             continue
         need += t.entry.size
+        # A .partial left by an interrupted sync holds blocks this file reuses or frees before it writes.
+        with contextlib.suppress(FileNotFoundError):
+            need -= min(t.entry.size, os.stat(f"{t.dest}{PARTIAL_SUFFIX}").st_blocks * 512)
     free = shutil.disk_usage(layout.root).free
     if need > free:
         raise DiskFull(

@@ -2,9 +2,11 @@
 
 Why not boto3's download_file: it verifies nothing, buffers through several copies, and cannot resume
 at part granularity. Here each worker thread keeps its own keep-alive HTTP connection, GETs a
-presigned URL (so credentials, session tokens and IRSA refresh stay botocore's job), and streams the
-body with ``readinto`` into one reused buffer that is hashed and ``pwrite``-n at its offset. hashlib,
-socket reads and pwrite release the GIL, so hashing overlaps the network on all cores.
+presigned URL (so credentials, session tokens and IRSA refresh stay botocore's job). Parts of large
+files arrive over plain HTTP by splice(2), socket to page cache inside the kernel, and are hashed from
+the page cache; over HTTPS they are read with ``readinto`` into a shared mapping of the part, hashed as
+they arrive. Small files go through one reused buffer, hashed and ``pwrite``-n. hashlib, socket reads,
+splice and pwrite release the GIL, so hashing overlaps the network on all cores.
 
 Every byte is covered by a manifest hash: small files by their sha256, large files by the sha256 of
 each part. A verified part is appended to a ``.parts`` journal beside the ``.partial`` file so a killed
@@ -22,6 +24,8 @@ import logging
 import mmap
 import os
 import queue
+import select
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,12 +34,13 @@ from typing import Any
 
 from triton_rollout.errors import DiskFull, IntegrityError, RolloutError, TransferError
 from triton_rollout.release.manifest import FileEntry
-from triton_rollout.release.progress import Progress, TransferCounters
+from triton_rollout.release.progress import Progress, TransferCounters, human_bytes
 from triton_rollout.release.s3 import ObjectReader, RetryableError, backoff_delay
 
 log = logging.getLogger(__name__)
 
 READ_BLOCK = 1024 * 1024
+SPLICE_PIPE = 1024 * 1024  # the default /proc/sys/fs/pipe-max-size
 PARTIAL_SUFFIX = ".partial"
 JOURNAL_SUFFIX = ".parts"
 
@@ -94,28 +99,35 @@ class _Window:
 class _FileState:
     """A file being downloaded in parts by several workers."""
 
-    def __init__(self, task: FileTask, fd: int, missing: list[int], *, use_mmap: bool = False) -> None:
+    def __init__(self, task: FileTask, fd: int, missing: list[int], partial: Path, journal: Path | None, *,
+                 use_mmap: bool = False) -> None:
         self.task = task
         self.fd = fd
-        self.use_mmap = use_mmap and bool(task.entry.part_sha256)
+        self.use_mmap = use_mmap and journal is not None
         self.remaining = len(missing)
         self.lock = threading.Lock()
-        self.partial = task.dest.with_name(task.dest.name + PARTIAL_SUFFIX)
-        self.journal_path = task.dest.with_name(task.dest.name + JOURNAL_SUFFIX)
-        self.journal = open(self.journal_path, "a") if task.entry.part_sha256 else None  # noqa: SIM115
+        self.partial = partial
+        # Only multi-part files keep a journal: a single-part file is verified and finished in one go.
+        self.journal_path = journal
+        self.journal = open(journal, "a") if journal is not None else None  # noqa: SIM115
 
     def part_verified(self, index: int) -> bool:
         """Record a verified part; True when it was the file's last one."""
         with self.lock:
             if self.journal is not None:
-                self.journal.write(f"{index}\n")
-                self.journal.flush()
+                try:
+                    self.journal.write(f"{index}\n")
+                    self.journal.flush()
+                except OSError as exc:  # the journal's first page can be the write that finds the disk full
+                    raise _disk_error(exc, self.partial, self.task.entry.size) from exc
             self.remaining -= 1
             return self.remaining == 0
 
     def close(self) -> None:
         if self.journal is not None:
-            self.journal.close()
+            # A line that never reached the disk only costs its part a download: resumes re-hash every part.
+            with contextlib.suppress(OSError):
+                self.journal.close()
             self.journal = None
         with contextlib.suppress(OSError):
             os.close(self.fd)
@@ -152,6 +164,10 @@ class Downloader:
         self._abort = threading.Event()
         self._open: set[_FileState] = set()
         self._open_lock = threading.Lock()
+        self._made_dirs: set[Path] = set()  # staging folders this run created: one mkdir each, not one per file
+        # splice(2) moves a plain-HTTP body from the socket to the file inside the kernel (Linux only).
+        self._splice = write_mode == "mmap" and hasattr(os, "splice")
+        self._pipes = threading.local()
 
     # -- scheduling ---------------------------------------------------------------------------------
     def run(self, tasks: list[FileTask]) -> TransferStats:
@@ -202,40 +218,51 @@ class Downloader:
                     work.task_done()
         finally:
             self.getter.drop()
+            self._drop_pipe()
 
     # -- per file -----------------------------------------------------------------------------------
     def _start_file(self, task: FileTask, buf: bytearray) -> None:
         entry = task.entry
         dest = task.dest
-        if dest.exists() and dest.stat().st_size == entry.size:
+        try:
+            done = os.stat(dest).st_size == entry.size
+        except FileNotFoundError:
+            done = False
+        if done:
             # Only a verified, fsynced file is ever renamed to its final staging name.
             self.stats.bump(files_skipped=1, bytes_skipped=entry.size)
             self._progress(entry.size, file_done=True)
             return
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.parent not in self._made_dirs:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            self._made_dirs.add(dest.parent)
         partial = dest.with_name(dest.name + PARTIAL_SUFFIX)
-        journal = dest.with_name(dest.name + JOURNAL_SUFFIX)
+        journal = dest.with_name(dest.name + JOURNAL_SUFFIX) if entry.part_sha256 else None
         parts = entry.parts
-        reusable = self._reusable_parts(entry, partial, journal, buf) if partial.exists() else set()
-        if not reusable:
+        reusable = (self._reusable_parts(entry, partial, journal, buf)
+                    if journal is not None and partial.exists() else set())
+        if journal is not None and not reusable:
             journal.unlink(missing_ok=True)
         fd = os.open(partial, os.O_RDWR | os.O_CREAT | (0 if reusable else os.O_TRUNC), 0o644)
         try:
-            if entry.size and not reusable:
-                os.posix_fallocate(fd, 0, entry.size)  # fail on a full disk now, not 90% in
-            elif os.fstat(fd).st_size > entry.size:
-                os.ftruncate(fd, entry.size)
+            if reusable:
+                if os.fstat(fd).st_size > entry.size:
+                    os.ftruncate(fd, entry.size)
+            elif journal is not None:
+                # Fail on a full disk now, not 90% in. A single-part file is one write: its ENOSPC comes as
+                # soon, and skipping the call saves a syscall per file where there are tens of thousands.
+                os.posix_fallocate(fd, 0, entry.size)
         except OSError as exc:
             os.close(fd)
             raise _disk_error(exc, partial, entry.size) from exc
-        if reusable:
+        if reusable and journal is not None:
             # Rewrite the journal with only the parts that re-verified.
             journal.write_text("".join(f"{i}\n" for i in sorted(reusable)))
             reused_bytes = sum(parts[i][1] for i in reusable)
             self.stats.bump(parts_reused=len(reusable), bytes_skipped=reused_bytes)
             self._progress(reused_bytes)
         missing = [i for i in range(len(parts)) if i not in reusable]
-        state = _FileState(task, fd, missing, use_mmap=self.write_mode == "mmap")
+        state = _FileState(task, fd, missing, partial, journal, use_mmap=self.write_mode == "mmap")
         with self._open_lock:
             self._open.add(state)
         if not missing:
@@ -305,7 +332,13 @@ class Downloader:
                     while pending:
                         idx = pending[0]
                         off, length, digest = parts[idx]
-                        got = self._read_part(resp, state, off, length, view)
+                        # Only a Content-Length body is bytes as sent: a chunked one carries framing.
+                        plain = self._splice and state.use_mmap and resp.length is not None and not resp.chunked
+                        sock = self.getter.plain_socket() if plain else None
+                        if sock is not None:
+                            got = self._splice_part(resp, sock, state, off, length, view)
+                        else:
+                            got = self._read_part(resp, state, off, length, view)
                         if got != digest:
                             raise _PartMismatch(idx, got)
                         pending.pop(0)
@@ -373,6 +406,80 @@ class Downloader:
                 window.close()
         return h.hexdigest()
 
+    def _splice_part(self, resp: Any, sock: Any, state: _FileState, off: int, length: int, view: memoryview) -> str:
+        """Like _read_part, for a plain-HTTP body: splice(2) moves it socket -> pipe -> page cache with one
+        copy, where recv into a mapping costs the copy plus zeroing each newly faulted page (a third of
+        the sync's CPU on a 2-core node). The part is then hashed from the page cache, before it counts.
+        """
+        got = 0
+        try:
+            # Body bytes http.client already read along with the headers come first (at most one 8 KiB
+            # buffer); once they are consumed, the rest of this part is still in the socket.
+            ahead = resp.fp.peek(1)[:length]
+            if ahead:
+                self._pwrite(state, memoryview(resp.fp.read(len(ahead))), off)
+                got = len(ahead)
+                self._progress(got)
+            pipe_r, pipe_w = self._pipe()
+            src, timeout = sock.fileno(), sock.gettimeout()
+            while got < length:
+                try:
+                    n = os.splice(src, pipe_w, min(SPLICE_PIPE, length - got))
+                except BlockingIOError:  # a socket with a timeout is non-blocking underneath
+                    if not select.select([src], [], [], timeout)[0]:
+                        raise RetryableError(f"reading {state.task.key}: no data for {timeout}s") from None
+                    continue
+                except OSError as exc:
+                    raise RetryableError(f"reading {state.task.key}: {exc}") from exc
+                if not n:
+                    raise RetryableError(f"connection closed early reading {state.task.key}")
+                while n:
+                    try:
+                        written = os.splice(pipe_r, state.fd, n, offset_dst=off + got)
+                    except OSError as exc:
+                        raise _disk_error(exc, state.partial, state.task.entry.size) from exc
+                    n -= written
+                    got += written
+                    self._progress(written)
+            resp.length -= length  # read past http.client: keep its count, so it reuses the connection
+        except BaseException:
+            self._drop_pipe()  # it may hold bytes of this part
+            self._progress(-got)
+            raise
+        return self._hash_range(state, off, length, view)
+
+    def _hash_range(self, state: _FileState, off: int, length: int, view: memoryview) -> str:
+        h = hashlib.sha256()
+        window = _Window.open(state.fd, off, length)
+        if window is not None:
+            try:
+                h.update(window.slice(0, length))
+            finally:
+                window.close()
+            return h.hexdigest()
+        done = 0
+        while done < length:
+            n = os.preadv(state.fd, [view[: min(len(view), length - done)]], off + done)
+            if not n:
+                raise IntegrityError(f"{state.task.entry.path}: shorter on disk than the bytes just written")
+            h.update(view[:n])
+            done += n
+        return h.hexdigest()
+
+    def _pipe(self) -> tuple[int, int]:
+        pipe = getattr(self._pipes, "fds", None)
+        if pipe is None:
+            pipe = self._pipes.fds = os.pipe()
+            with contextlib.suppress(OSError, AttributeError):  # fewer round trips with a larger pipe
+                import fcntl
+
+                fcntl.fcntl(pipe[1], fcntl.F_SETPIPE_SZ, SPLICE_PIPE)
+        return pipe  # type: ignore[no-any-return]
+
+    def _drop_pipe(self) -> None:
+        for fd in self._pipes.__dict__.pop("fds", ()):
+            os.close(fd)
+
     def _pwrite(self, state: _FileState, chunk: memoryview, offset: int) -> None:
         try:
             while chunk:
@@ -396,7 +503,8 @@ class Downloader:
             with self._open_lock:
                 self._open.discard(state)
         os.rename(state.partial, state.task.dest)
-        state.journal_path.unlink(missing_ok=True)
+        if state.journal_path is not None:
+            state.journal_path.unlink(missing_ok=True)
         self.stats.bump(files_transferred=1)
         if self.progress is not None:
             self.progress.file_done()
@@ -411,5 +519,11 @@ class Downloader:
 
 def _disk_error(exc: OSError, path: Path, size: int) -> RolloutError | OSError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFull(f"no space left on the PVC writing {path.name} ({size} bytes)")
+        # Space taken by another writer after the up-front check (sync._check_space): say what is left now.
+        try:
+            free = human_bytes(shutil.disk_usage(path.parent).free)
+        except OSError:
+            free = "an unknown amount"
+        return DiskFull(f"the PVC ran out of space writing {path.name}: {free} free, the file needs "
+                        f"{human_bytes(size)}")
     return exc
