@@ -20,12 +20,12 @@ import pytest
 from devstack.receiver import Received, Receiver
 from tests.helpers import (
     DEPLOY_LLM,
-    DEPLOY_TENSOR,
     RUNNING_AIRFLOW_POD_RETENTION_S,
     RunningAirflow,
     environment,
     golden,
     infer_llm,
+    scan_for_secrets,
     text_of,
     until,
 )
@@ -277,51 +277,7 @@ def test_no_secret_appears_in_logs_xcoms_pages_notifications_or_manifests(
     database's password appear in no task log, component log, pod log, XCom, API or UI page, notification
     or rendered manifest. Their legitimate stores are not scanned: the connection and the Secret themselves,
     the database, the kubeconfigs and the generated files in AIRFLOW_HOME."""
-    import json as json_module
-
-    af = running_airflow
-    secrets = {"S3 secret key": af.local.s3.secret_key,
-               "JWT secret": (af.server.home / "jwt_secret").read_text().strip()}
-    if af.server.database is not None:
-        secrets["database password"] = af.server.database.password
-    assert all(len(value) >= 12 for value in secrets.values()), "a short value would match by chance"
-    # The values searched for are the ones in use: the connection Airflow imported holds the S3 key.
-    assert secrets["S3 secret key"] in (af.server.home / "connections.json").read_text()
-
-    texts: dict[str, str] = {}
-    for folder, pattern in ((af.server.home / "logs", "**/*"), (af.server.log_dir, "*.log"),
-                            (af.local.root / "kube", "**/*.log"), (REPO / "k8s", "**/*.yaml"),
-                            (REPO / "k8s-overlays", "**/*.yaml"), (REPO / "kubeflow", "*.yaml")):
-        for path in folder.glob(pattern):
-            if path.is_file():
-                texts[str(path)] = path.read_text(errors="replace")
-    logs = [p for p in texts if p.startswith(str(af.server.home / "logs"))]
-    pod_logs = [p for p in texts if p.startswith(str(af.local.root / "kube"))]
-    assert logs and pod_logs, "the deploys of this session should have written task and pod logs"
-
-    client = af.client
-    pages = ["/dags", "/connections", "/variables", "/pools", "/importErrors", "/config"]
-    for dag_id in (DEPLOY_LLM, DEPLOY_TENSOR):
-        for run in client.runs(dag_id):
-            base = f"/dags/{dag_id}/dagRuns/{run['dag_run_id']}"
-            pages.append(base)
-            for ti in client.request("GET", f"{base}/taskInstances")["task_instances"]:
-                task = f"{base}/taskInstances/{ti['task_id']}"
-                pages.append(task)
-                for entry in client.request("GET", f"{task}/xcomEntries")["xcom_entries"]:
-                    pages.append(f"{task}/xcomEntries/{entry['key']}")
-    for page in pages:
-        try:
-            texts[f"GET /api/v2{page}"] = json_module.dumps(client.request("GET", page))
-        except urllib.error.HTTPError as exc:  # e.g. /config is off by default: its refusal is scanned too
-            texts[f"GET /api/v2{page}"] = f"{exc.code} {exc.read().decode(errors='replace')}"
-    for path in ("/triton-models/", "/triton-models/fleet.json"):
-        texts[f"GET {path}"] = client.get_text(path)
-    for i, message in enumerate(notify_receiver.messages):
-        texts[f"notification {i}"] = json_module.dumps(message.body)
-
-    leaks = [(what, where, text[max(0, text.find(value) - 80):text.find(value) + 20])
-             for where, text in texts.items() for what, value in secrets.items() if value in text]
-    print(f"\nscanned {len(texts)} logs, pages, XComs, notifications and manifests ({len(logs)} task logs, "
-          f"{len(pod_logs)} pod logs, {len(pages)} API pages) for {len(secrets)} secrets: {len(leaks)} leaks")
-    assert leaks == [], leaks[:5]
+    scan = scan_for_secrets(running_airflow, [m.body for m in notify_receiver.messages])
+    assert scan.task_logs and scan.pod_logs, "the deploys of this session should have written task and pod logs"
+    print(f"\n{scan.describe()}")
+    assert scan.leaks == [], scan.leaks[:5]

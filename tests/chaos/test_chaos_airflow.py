@@ -33,6 +33,7 @@ from tests.helpers import (
     environment,
     golden,
     post,
+    scan_for_secrets,
     tree_digest,
     until,
 )
@@ -435,3 +436,21 @@ def _run_window(af: RunningAirflow, run_id: str) -> tuple[str, str]:
     starts = [t["start_date"] for t in tis["task_instances"] if t.get("start_date")]
     ends = [t["end_date"] for t in tis["task_instances"] if t.get("end_date")]
     return min(starts), max(ends)
+
+
+def test_no_secret_survives_the_faults_in_any_log_page_xcom_or_manifest(chaos_airflow: RunningAirflow) -> None:
+    """Last in this file, after its kills, retries, rollbacks and refusals (error paths are where credentials
+    leak into messages): the S3 secret key, the JWT secret and the database password appear in no task log,
+    component log, pod log, XCom, API or UI page or rendered manifest (tests.helpers.scan_for_secrets)."""
+    row = LEDGER.row("Secrets", "credentials in logs, pages, XComs and manifests after the faults",
+                     injected_how="3 recognizable secrets (S3 key, JWT secret, DB password) in use through every "
+                                  "kill, retry, rollback and refusal above",
+                     behaviour="none appears in a task, component or pod log, API/UI page, XCom or manifest")
+    scan = scan_for_secrets(chaos_airflow, [])
+    with LEDGER.lock:
+        row.runs += 1
+        row.injected += scan.secrets
+        row.survived += scan.secrets - len({what for what, _, _ in scan.leaks})
+        row.note(scan.describe())
+    assert scan.task_logs and scan.pod_logs, "the faults above should have written task and pod logs"
+    assert scan.leaks == [], scan.leaks[:5]
