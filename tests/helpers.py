@@ -645,3 +645,14 @@ def scan_for_secrets(af: RunningAirflow, notifications: list[Any]) -> SecretScan
              for where, text in texts.items() for what, value in secrets.items() if value in text]
     return SecretScan(secrets=len(secrets), places=len(texts), task_logs=len(logs), pod_logs=len(pod_logs),
                       pages=len(pages), leaks=leaks)
+
+
+def tensor_version_by_hand(layout: Any, work: Path, version: int, variant: str = "good") -> None:
+    """A demo-tensor version written straight into the PVC's repository/ (no S3, no sync): for Triton step tests."""
+    from devstack import demo_models
+
+    src = demo_models.write_tensor_release(work / f"src{version}", version, variant)
+    dest = layout.version_dir("demo_tensor", version)
+    dest.mkdir(parents=True)
+    for f in (src / "demo_tensor").iterdir():
+        (dest / f.name).write_bytes(f.read_bytes())

@@ -648,10 +648,14 @@ COMMAND_FLAGS = {
              "--verify", "--repair", "--lock-timeout", "--progress-interval", "--trusted-keys",
              "--expect-compute-capability", "--bogus"],
     "load": ["--pvc", "--triton-url", "--model", "--version", "--deadline", "--candidate", "--timeout",
-             "--live-deadline", "--triton-models", "--triton-repository", "--bogus"],
+             "--live-deadline", "--triton-models", "--triton-repository", "--run-id", "--lease-ttl", "--lease-wait",
+             "--refuse-downgrade", "--bogus"],
     "publish": ["--src", "--release", "--kind", "--created-at", "--compat", "--part-mib", "--signing-key",
                 "--source", "--bogus"],
 }
+
+
+SWITCHES = {"--repair", "--refuse-downgrade"}  # flags without a value (a value drawn after one is a stray argument)
 
 
 # Each command's required flags, well-formed: the random flags drawn after them override or add to these, so
@@ -670,7 +674,7 @@ def _argv(draw: st.DrawFn) -> list[str]:
     argv = [command, *(BASE_ARGV[command] if draw(st.integers(0, 9)) else [])]
     for flag in draw(st.lists(st.sampled_from(COMMAND_FLAGS[command]), max_size=4)):
         argv.append(flag)
-        if flag != "--repair" or draw(st.booleans()):
+        if flag not in SWITCHES or draw(st.booleans()):
             argv.append(draw(FLAG_VALUES))
     return argv
 

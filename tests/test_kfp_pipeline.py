@@ -97,8 +97,8 @@ def expected_pods(model: ModelDeployment) -> dict[str, dict[str, Any]]:
     release = model.release(VERSION)
     requests: dict[str, Any] = {
         "sync": SyncRequest.for_model(model, release),
-        "load": LoadRequest.for_model(model, VERSION),
-        "smoke": SmokeRequest.for_model(model, VERSION),
+        "load": LoadRequest.for_model(model, VERSION, RUN_ID),
+        "smoke": SmokeRequest.for_model(model, VERSION, RUN_ID),
         "promote": PromoteRequest.for_model(model, VERSION, RUN_ID),
         "rollback": RollbackRequest.for_model(model, VERSION, RUN_ID),
     }

@@ -19,7 +19,7 @@ from triton_rollout.triton.smoke import smoke_release
 
 from devstack import demo_models
 from devstack.triton import TritonServer
-from tests.helpers import ClientLoop, golden, llm_request, post
+from tests.helpers import ClientLoop, golden, llm_request, post, tensor_version_by_hand
 
 
 def put_on_pvc(model: str, version: int, bucket: str, pvc: Path, work: Path, variant: str = "good") -> None:
@@ -290,21 +290,13 @@ def test_status_lists_exactly_the_live_endpoints(
     assert "endpoints answering now\n" in text and text.rstrip().endswith("endpoints answering now")
 
 
-def _on_pvc_by_hand(layout: PvcLayout, tmp_path: Path, version: int, variant: str = "good") -> None:
-    src = demo_models.write_tensor_release(tmp_path / f"src{version}", version, variant)
-    dest = layout.version_dir("demo_tensor", version)
-    dest.mkdir(parents=True)
-    for f in (src / "demo_tensor").iterdir():
-        (dest / f.name).write_bytes(f.read_bytes())
-
-
 @pytest.mark.slow
 def test_cli_steps_and_exit_codes(
     pvc: Path, tmp_path: Path, triton: TritonServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     layout = PvcLayout.at(pvc)
     for v, variant in ((1, "good"), (2, "good"), (3, "wrong")):
-        _on_pvc_by_hand(layout, tmp_path, v, variant)
+        tensor_version_by_hand(layout, tmp_path, v, variant)
     base = ["--pvc", str(pvc), "--triton-url", triton.http_url, "--model", "demo_tensor",
             "--triton-models", "demo_tensor"]
     for step in ("load", "smoke", "promote"):

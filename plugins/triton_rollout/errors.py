@@ -173,3 +173,37 @@ class FleetError(RolloutError):
         "read the message for the replica and the API call; check the rollout's RBAC (k8s/rbac.yaml: pods get/list, "
         "pods/status patch, endpointslices list) and `kubectl -n <namespace> get pods -o wide`, then run again"
     )
+
+
+class DeployLeaseHeld(RolloutError):
+    """Another deploy run of the model holds its deploy lease (pvc/lease.py) past this step's wait: its candidate
+    is between load and promote or rollback. Nothing was loaded."""
+
+    exit_code = 19
+    default_hint = (
+        "wait for that run to end (promoted or rolled back) and run again; if it is dead, its lease expires "
+        "--lease-ttl seconds after its last renewal and the next deploy takes it over (`python -m triton_rollout "
+        "status` shows the holder)"
+    )
+
+
+class DeployLeaseLost(RolloutError):
+    """A step of a deploy run found the model's deploy lease held by another run: its candidate may have been
+    replaced since its load, so it stops before testing or promoting anything."""
+
+    exit_code = 20
+    default_hint = (
+        "a step of this run waited longer than the lease's TTL (--lease-ttl) and another run took the model over; "
+        "nothing was promoted by this run: run the deploy again once the other run has ended"
+    )
+
+
+class DowngradeRefused(RolloutError):
+    """A deploy would replace the promoted version with an older one and was not allowed to (checked again under
+    the deploy lease: another run may have promoted a newer version while this one waited)."""
+
+    exit_code = 21
+    default_hint = (
+        "nothing was loaded; to roll back to the older version on purpose, trigger the run again with "
+        "allow_downgrade=true (a backfill replays the past and needs no flag)"
+    )

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from triton_rollout.errors import ConfigError
+from triton_rollout.pvc.lease import DEFAULT_LEASE_TTL_S, DEFAULT_LEASE_WAIT_S, LeaseOptions
 from triton_rollout.release.s3 import ReleaseUri
 from triton_rollout.release.signing import PublicKey
 
@@ -444,8 +445,32 @@ class TritonStepRequest(StepRequest):
                 "triton_service": f"{kube.namespace}/{kube.triton_service}" if kube.triton_service else None}
 
 
+def _lease_wait_flag() -> Any:
+    """The wait of the steps that take the deploy lease (load, rollback, deploy)."""
+    return flag("--lease-wait", "seconds to wait while another run holds the model's deploy lease (its candidate "
+                "between load and promote or rollback) before failing with exit code 19", default=DEFAULT_LEASE_WAIT_S,
+                parse=float)
+
+
 @dataclass(frozen=True, kw_only=True)
-class LoadRequest(TritonStepRequest):
+class LeasedStepRequest(TritonStepRequest):
+    """A step of one deploy run: it holds the model's deploy lease (pvc/lease.py) from load to promote or
+    rollback, under the run's id."""
+
+    run_id: str = flag("--run-id", "the deploy run this step belongs to: its deploy lease and the history in "
+                       "state/ name it", default="", env="AIRFLOW_CTX_DAG_RUN_ID")
+    lease_ttl: float = flag("--lease-ttl", "seconds the deploy lease stands after its last renewal (a dead run's "
+                            "lease is taken over after that)", default=DEFAULT_LEASE_TTL_S, parse=float)
+
+    def lease_options(self, wait_s: float = 0.0) -> LeaseOptions:
+        return LeaseOptions(ttl_s=self.lease_ttl, wait_s=wait_s)
+
+    def validate(self) -> None:
+        self.lease_options(getattr(self, "lease_wait", 0.0))
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadRequest(LeasedStepRequest):
     command: ClassVar[str] = "load"
     help: ClassVar[str] = "load a release version into Triton as the candidate"
     description: ClassVar[str] = (
@@ -458,11 +483,16 @@ class LoadRequest(TritonStepRequest):
     candidate: str = flag("--candidate", "shadow: load under second names, smoke-tested there before any client "
                           "sees it (needs the GPU memory twice); in_place: load where clients are served",
                           default="shadow", choices=CANDIDATE_MODES)
+    lease_wait: float = _lease_wait_flag()
+    refuse_downgrade: bool = flag("--refuse-downgrade", "fail (exit code 21, nothing loaded) when the version "
+                                  "promoted by then is newer: checked under the deploy lease, after any wait",
+                                  default=False, parse=bool)
 
     @classmethod
-    def for_model(cls, model: ModelDeployment, version: int) -> LoadRequest:
+    def for_model(cls, model: ModelDeployment, version: int, run_id: str = "", *,
+                  refuse_downgrade: bool = False) -> LoadRequest:
         return cls(**cls.target(model), version=version, deadline=model.smoke.ready_deadline_s,
-                   candidate=model.candidate)
+                   candidate=model.candidate, run_id=run_id, refuse_downgrade=refuse_downgrade)
 
     def read_result(self, data: Mapping[str, Any]) -> StepResult:
         entries = data.get("entries") or []
@@ -472,7 +502,7 @@ class LoadRequest(TritonStepRequest):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SmokeRequest(TritonStepRequest):
+class SmokeRequest(LeasedStepRequest):
     command: ClassVar[str] = "smoke"
     help: ClassVar[str] = "smoke-test a loaded version (generate or metadata-built infer + golden cases)"
 
@@ -481,8 +511,8 @@ class SmokeRequest(TritonStepRequest):
                                  parse=float)
 
     @classmethod
-    def for_model(cls, model: ModelDeployment, version: int) -> SmokeRequest:
-        return cls(**cls.target(model), version=version, latency_budget=model.smoke.latency_budget_s)
+    def for_model(cls, model: ModelDeployment, version: int, run_id: str = "") -> SmokeRequest:
+        return cls(**cls.target(model), version=version, latency_budget=model.smoke.latency_budget_s, run_id=run_id)
 
     def read_result(self, data: Mapping[str, Any]) -> StepResult:
         return StepResult(step=self.command, model=self.model, version=self.version,
@@ -490,12 +520,11 @@ class SmokeRequest(TritonStepRequest):
 
 
 @dataclass(frozen=True, kw_only=True)
-class PromoteRequest(TritonStepRequest):
+class PromoteRequest(LeasedStepRequest):
     command: ClassVar[str] = "promote"
     help: ClassVar[str] = "make a loaded, smoke-tested version the promoted one (config.pbtxt + state)"
 
     version: int = flag("--version", "release version", parse=int)
-    run_id: str = flag("--run-id", "recorded in state/", default="", env="AIRFLOW_CTX_DAG_RUN_ID")
     no_ready_check: bool = flag("--no-ready-check", "promote on the PVC without asking Triton (e.g. Triton is being "
                                 "restarted)", default=False, parse=bool)
     # With --triton-service, promote switches the replicas the load step did not: each one is loaded, smoke-tested
@@ -519,7 +548,7 @@ class PromoteRequest(TritonStepRequest):
 
 
 @dataclass(frozen=True, kw_only=True)
-class RollbackRequest(TritonStepRequest):
+class RollbackRequest(LeasedStepRequest):
     command: ClassVar[str] = "rollback"
     help: ClassVar[str] = "serve the previous version again and record it in state/"
 
@@ -528,10 +557,11 @@ class RollbackRequest(TritonStepRequest):
     to_version: int | None = flag("--to-version", "roll the promoted version back to this one (default: previous)",
                                   default=None, parse=int, group="target")
     reason: str = flag("--reason", "recorded in state/", default="")
-    run_id: str = flag("--run-id", "recorded in state/", default="", env="AIRFLOW_CTX_DAG_RUN_ID")
     deadline: float = flag("--deadline", "seconds to wait for readiness", default=DEFAULT_READY_DEADLINE, parse=float)
+    lease_wait: float = _lease_wait_flag()
 
     def validate(self) -> None:
+        super().validate()
         if self.failed_version is not None and self.to_version is not None:
             raise ConfigError("rollback: pass at most one of --failed-version and --to-version")
 
@@ -550,7 +580,7 @@ class RollbackRequest(TritonStepRequest):
 
 
 @dataclass(frozen=True, kw_only=True)
-class DeployRequest(TritonStepRequest):
+class DeployRequest(LeasedStepRequest):
     command: ClassVar[str] = "deploy"
     help: ClassVar[str] = "load, smoke-test and promote a version; roll back if the smoke test fails"
 
@@ -558,9 +588,9 @@ class DeployRequest(TritonStepRequest):
     deadline: float = flag("--deadline", "seconds to wait for readiness", default=DEFAULT_READY_DEADLINE, parse=float)
     latency_budget: float = flag("--latency-budget", "seconds allowed per smoke request",
                                  default=DEFAULT_LATENCY_BUDGET, parse=float)
-    run_id: str = flag("--run-id", "recorded in state/", default="", env="AIRFLOW_CTX_DAG_RUN_ID")
     candidate: str = flag("--candidate", "how the candidate is loaded: shadow or in_place (as for load)",
                           default="shadow", choices=CANDIDATE_MODES)
+    lease_wait: float = _lease_wait_flag()
 
     @classmethod
     def for_model(cls, model: ModelDeployment, version: int, run_id: str, *, live_deadline: float) -> DeployRequest:
@@ -608,7 +638,8 @@ class ReconcileRequest(TritonStepRequest):
 
     def read_result(self, data: Mapping[str, Any]) -> StepResult:
         return StepResult(step=self.command, model=self.model, version=_int_or(data.get("promoted"), None),
-                          outcome="drift repaired" if data.get("drift") else "in sync",
+                          outcome=f"skipped ({data['skipped']})" if data.get("skipped")
+                          else "drift repaired" if data.get("drift") else "in sync",
                           bytes=int(data.get("bytes_transferred") or 0),
                           endpoints=tuple(data.get("endpoints") or ()), data=dict(data))
 

@@ -11,6 +11,7 @@ on the PVC. Counts go to the faults ledger first, the assertions come after.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -349,27 +350,26 @@ def test_a_run_completes_after_the_scheduler_is_killed_and_restarted(chaos_airfl
 # -- 4. three deploys of one model at once ------------------------------------------------------------------
 
 
-def test_three_deploys_of_one_model_at_once_end_in_a_state_the_history_explains(chaos_airflow: RunningAirflow
-                                                                               ) -> None:
+def test_three_deploys_of_one_model_at_once_are_serialized_and_the_history_explains_them(chaos_airflow: RunningAirflow
+                                                                                        ) -> None:
     """A manual run syncing a slow release; while it syncs, a second manual run (what a scheduled run is to
-    max_active_runs as well) and a backfill of a past month. The second run must wait for the first
+    max_active_runs as well) and a backfill of a past month. The second run waits for the first
     (max_active_runs=1). A backfill's runs are not counted against max_active_runs (Airflow 3 counts them
-    apart: airflow/jobs/scheduler_job_runner.py, active_non_backfill_runs), so the backfill may overlap the
-    first run; whatever the interleaving, every run ends promoted or failed-and-rolled-back, the history on the
-    PVC has exactly one entry per run that changed something (its promote or its rollback, with its run id; a
-    manual run older than what serves by then is refused before any change), the last promote is what serves,
-    and no client ever gets an untested or mislabelled answer."""
+    apart: airflow/jobs/scheduler_job_runner.py, active_non_backfill_runs), so the backfill's load waits on the
+    model's deploy lease (pvc/lease.py) instead. Whatever the order: the runs hold the model one at a time
+    (the lease log's take / release per run never overlap), each ends promoted, or refused before loading
+    anything (a manual run older than what was promoted while it waited: load exit code 21, no rollback), the
+    history on the PVC has one promote per promoted run, with its run id, the last is what serves, and no client
+    ever gets an untested or mislabelled answer."""
     af, client = chaos_airflow, chaos_airflow.client
     row = LEDGER.row(
         "Concurrency", "Three deploys of one model at once (two manual runs, a backfill)",
         injected_how="a REST run syncing a 16 MiB release over a throttled link; during its sync a second REST run "
                      "of a newer version and a backfill of a past month (its release back-dated)",
-        behaviour="the second manual run starts only after the first ends (max_active_runs=1); the backfill run is "
-                  "not held back (Airflow 3 counts backfill runs apart) and can overlap the first: both share the "
-                  "candidate's shadow names, so a smoke test then fails closed (the version a smoke sees is "
-                  "checked) or a promote fails, and that run rolls back to what is promoted; a manual run older "
-                  "than what serves by then is refused; every promote and rollback is in the PVC history, with "
-                  "its run id")
+        behaviour="serialized: the second manual run starts after the first ends (max_active_runs=1); the backfill "
+                  "run (which Airflow 3 does not hold back) waits at its load for the model's deploy lease; the "
+                  "runs hold the model one at a time, each is promoted or refused before loading (a downgrade by "
+                  "then), and the PVC history and lease log name every run")
     month = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     past = (month - timedelta(days=100)).replace(day=1)
     va = af.next_version()
@@ -391,43 +391,64 @@ def test_three_deploys_of_one_model_at_once_end_in_a_state_the_history_explains(
     layout = _layout(af)
     state = layout.deployment(MODEL)
     history = [h for h in state.history if h.details.get("run_id") in runs]
+    holds = _lease_holds(layout.deploy_lease(MODEL).log, runs)
+    outcomes = {rid: _outcome(s) for rid, s in states.items()}
     extra = []
     if not windows[second][0] >= windows[manual][1]:
         extra.append(f"the second manual run started before the first ended: {windows}")
-    events = {rid: _OUTCOME_EVENT[_outcome(s)] for rid, s in states.items()}
-    expected = sorted((event, rid) for rid, event in events.items() if event)
+    ordered = sorted((start, end, rid) for rid, (start, end) in holds.items())
+    if any(later[0] < earlier[1] for earlier, later in itertools.pairwise(ordered)):
+        extra.append(f"two runs held the model at once: {ordered}")
+    if set(holds) != {rid for rid, o in outcomes.items() if o in ("promoted", "refused at load")}:
+        extra.append(f"the lease log {holds} does not account for the runs {outcomes}")
+    if any(o not in ("promoted", "refused at load") for o in outcomes.values()) or outcomes[manual] != "promoted":
+        extra.append(f"a run was neither promoted nor refused before loading: {outcomes}")
+    expected = sorted(("promote", rid) for rid, o in outcomes.items() if o == "promoted")
     if sorted((h.event, h.details["run_id"]) for h in history) != expected:
         extra.append(f"the history {[(h.event, h.version, h.details['run_id']) for h in history]} does not "
-                     f"account for the runs {expected}")
+                     f"account for the runs {outcomes}")
     promotes = [h for h in state.history if h.event == "promote"]
     answer = post(f"{af.triton_url}/v2/models/ensemble/generate", {"text_input": "the ", "max_tokens": 12})
     if not (promotes and state.promoted == promotes[-1].version
             and (answer["model_version"], answer["text_output"]) == (str(state.promoted), golden(state.promoted))):
         extra.append(f"promoted v{state.promoted}, Triton answers {answer['model_version']}")
-    problems = rnd.record(
-        states=states, survived_if=all(_outcome(s) for s in states.values()),
-        allowed={rnd.previous, va, vb, vc}, extra=extra)
-    overlap = windows[filled][0] < windows[manual][1] and windows[manual][0] < windows[filled][1]
-    outcomes = {runs[rid]: _outcome(s) for rid, s in states.items()}
-    row.note(f"the backfill run {'overlapped' if overlap else 'did not overlap'} the first manual run; "
-             f"outcomes by version: {outcomes}")
+    problems = rnd.record(states=states, survived_if=not extra, allowed={rnd.previous, va, vb, vc}, extra=extra)
+    waited = [e.run_id for e in layout.deploy_lease(MODEL).log if e.action == "waiting" and e.run_id in runs]
+    row.note(f"order held: {' -> '.join(f'v{runs[rid]}' for _, _, rid in ordered)}; waited for the lease: "
+             f"{[f'v{runs[r]}' for r in waited]}; outcomes by version: {({runs[r]: o for r, o in outcomes.items()})}")
     assert problems == [], problems
 
 
-# The ends a deploy run may come to, by its task states, and the history entry each leaves on the PVC.
-_OUTCOME_EVENT = {"promoted": "promote", "rolled back": "rollback", "refused": None, "": None}
-
-
+# The ends a deploy run may come to, by its task states.
 def _outcome(states: dict[str, str]) -> str:
     """"promoted"; "rolled back" (load, smoke or promote failed, the rollback succeeded); "refused" (resolve
-    refused it before anything changed, e.g. a manual run older than what serves); "" for anything else."""
+    refused it before anything changed, e.g. a manual run older than what serves); "refused at load" (the
+    load refused it under the deploy lease, nothing loaded, so no rollback); "" for anything else."""
     if states["promote"] == "success" and states["rollback"] == "skipped":
         return "promoted"
     if states["rollback"] == "success" and "failed" in (states["load"], states["smoke"], states["promote"]):
         return "rolled back"
     if states["resolve"] == "failed" and states["sync"] == "upstream_failed" and states["rollback"] == "skipped":
         return "refused"
+    if states["load"] == "failed" and states["smoke"] == "upstream_failed" and states["rollback"] == "skipped":
+        return "refused at load"
     return ""
+
+
+def _lease_holds(log: list[Any], runs: dict[str, int]) -> dict[str, tuple[float, float]]:
+    """Each run's hold on the model (its first take, its last release or refusal), from the lease log."""
+    holds: dict[str, tuple[float, float]] = {}
+    for event in log:
+        if event.run_id not in runs:
+            continue
+        start, end = holds.get(event.run_id, (event.at, event.at))
+        if event.action == "taken":
+            start = min(start, event.at)
+        if event.action in ("released", "refused"):
+            end = max(end, event.at)
+        if event.action in ("taken", "released", "refused"):
+            holds[event.run_id] = (start, end)
+    return holds
 
 
 def _run_window(af: RunningAirflow, run_id: str) -> tuple[str, str]:

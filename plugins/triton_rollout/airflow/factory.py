@@ -105,7 +105,9 @@ def deploy_dag(model: ModelDeployment) -> DAG:
         schedule=deploy_schedule(model),
         start_date=START_DATE,
         catchup=False,
-        max_active_runs=1,  # two deploys of one model would only queue on the PVC lock
+        # Manual and scheduled runs one at a time; backfill runs, which Airflow 3 does not count here, and Jobs or
+        # Kubeflow runs beside Airflow wait at their load for the model's deploy lease (pvc/lease.py).
+        max_active_runs=1,
         params=deploy_params(model),
         tags=[*TAGS, model.name],
         doc_md=DEPLOY_DOC.format(name=model.name, prefix=model.release_prefix, triton=model.triton_url,

@@ -30,11 +30,25 @@ from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperato
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
 from triton_rollout.config import ModelDeployment
-from triton_rollout.errors import ConfigError, CorruptVersion, IncompatibleEngine, ManifestError, SignatureError
+from triton_rollout.errors import (
+    ConfigError,
+    CorruptVersion,
+    DeployLeaseHeld,
+    DeployLeaseLost,
+    DowngradeRefused,
+    IncompatibleEngine,
+    ManifestError,
+    SignatureError,
+)
 
 # CLI exit codes (errors.py) that a retry cannot change: the task fails at once instead of retrying.
 PERMANENT_EXIT_CODES = {e.exit_code: e.__name__ for e in (ConfigError, ManifestError, CorruptVersion,
-                                                          IncompatibleEngine, SignatureError)}
+                                                          IncompatibleEngine, SignatureError, DeployLeaseLost,
+                                                          DowngradeRefused)}
+# Load failures before anything was loaded (no deploy lease held): the rollback step has nothing to undo, and
+# must not wait for the lease of the run that holds the model.
+NOTHING_LOADED_EXIT_CODES = {DeployLeaseHeld.exit_code, DowngradeRefused.exit_code}
+NOTHING_LOADED_XCOM = "nothing_loaded"
 LOG_TAIL_LINES = 60
 
 
@@ -292,12 +306,27 @@ class SyncOperator(RolloutStepOperator):
 
 
 class LoadOperator(RolloutStepOperator):
+    """Takes the model's deploy lease (waiting for another run's candidate), refuses a downgrade that became one
+    while it waited, loads the candidate."""
+
     step = "load"
 
     def step_request(self, context: Any) -> Any:
         from triton_rollout.steps import LoadRequest
 
-        return LoadRequest.for_model(self.model, self.resolved_release(context).version)
+        from .runinfo import run_request
+
+        return LoadRequest.for_model(self.model, self.resolved_release(context).version, context["run_id"],
+                                     refuse_downgrade=not run_request(context).may_downgrade)
+
+    def execute(self, context: Any) -> Any:
+        try:
+            return super().execute(context)
+        except AirflowException:
+            if self._exit_code in NOTHING_LOADED_EXIT_CODES:
+                why = self._failure.error if self._failure else f"exit code {self._exit_code}"
+                context["ti"].xcom_push(key=NOTHING_LOADED_XCOM, value=why)
+            raise
 
 
 class SmokeOperator(RolloutStepOperator):
@@ -311,7 +340,7 @@ class SmokeOperator(RolloutStepOperator):
             self.log.warning("!!! SMOKE TEST SKIPPED (skip_smoke=true): %s v%s is promoted UNTESTED !!!",
                              self.model.name, v)
             raise AirflowSkipException(f"smoke test of {self.model.name} v{v} skipped by the skip_smoke param")
-        return SmokeRequest.for_model(self.model, v)
+        return SmokeRequest.for_model(self.model, v, context["run_id"])
 
 
 class PromoteOperator(RolloutStepOperator):
@@ -336,6 +365,10 @@ class RollbackOperator(RolloutStepOperator):
         if self._upstream_state(context, "load") not in ("success", "failed"):
             raise AirflowSkipException(f"{self.model.name}: the candidate was never loaded (an earlier step "
                                        "failed): nothing to roll back")
+        refused = context["ti"].xcom_pull(task_ids="load", key=NOTHING_LOADED_XCOM)
+        if refused:
+            raise AirflowSkipException(f"{self.model.name}: the load step loaded nothing ({refused}): nothing to "
+                                       "roll back")
         v = self.resolved_release(context).version
         return RollbackRequest.for_model(self.model, v, context["run_id"])
 

@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from triton_rollout.cli.output import emit_result
-from triton_rollout.errors import SmokeTestFailed
+from triton_rollout.errors import DowngradeRefused, SmokeTestFailed
 from triton_rollout.kube.fleet_api import FleetApi
 from triton_rollout.pvc.layout import PvcLayout
+from triton_rollout.pvc.lease import DeployLeases
 from triton_rollout.pvc.lock import PvcLock
 from triton_rollout.steps import (
     DeployRequest,
+    LeasedStepRequest,
     LoadRequest,
     PromoteRequest,
     ReconcileRequest,
@@ -72,58 +74,80 @@ def _release(req: LoadRequest | SmokeRequest | PromoteRequest, layout: PvcLayout
                            triton_repository=req.triton_repository)
 
 
+def _lease(req: LeasedStepRequest, layout: PvcLayout, wait_s: float = 0.0) -> DeployLeases:
+    return DeployLeases(layout, req.model, req.run_id, req.lease_options(wait_s))
+
+
 def _load(args: argparse.Namespace) -> int:
     req = LoadRequest.from_args(args)
-    if req.triton_service:
-        layout = PvcLayout.at(req.pvc, create=False)
-        api, options = _fleet(req, candidate=req.candidate, deadline=req.deadline)
-        emit_result(fleet_load(api, layout, _release(req, layout), options).to_dict(), req.result_file)
-        return 0
-    layout, control = _open(req)
-    with control:
-        result = load_candidate(control, layout, _release(req, layout), deadline_s=req.deadline,
-                                live_deadline_s=req.live_deadline, candidate=req.candidate)
+    layout = PvcLayout.at(req.pvc, create=False)
+    lease = _lease(req, layout, req.lease_wait)
+    lease.take(req.version, "load")  # the lease stays through a failed load: the rollback step releases it
+    promoted = layout.deployment(req.model).promoted
+    if req.refuse_downgrade and promoted is not None and promoted > req.version:
+        lease.release("load", action="refused", note=f"v{promoted} promoted by then")
+        raise DowngradeRefused(f"refusing to replace {req.model} v{promoted} (promoted by the time this run held the "
+                               f"model's deploy lease) with the older v{req.version}")
+    with lease.kept("load"):
+        if req.triton_service:
+            api, options = _fleet(req, candidate=req.candidate, deadline=req.deadline)
+            emit_result(fleet_load(api, layout, _release(req, layout), options).to_dict(), req.result_file)
+            return 0
+        control = TritonControl(req.triton_url, timeout=req.timeout)
+        with control:
+            result = load_candidate(control, layout, _release(req, layout), deadline_s=req.deadline,
+                                    live_deadline_s=req.live_deadline, candidate=req.candidate)
     emit_result(result.to_dict(), req.result_file)
     return 0
 
 
 def _smoke(args: argparse.Namespace) -> int:
     req = SmokeRequest.from_args(args)
-    if req.triton_service:
-        layout = PvcLayout.at(req.pvc, create=False)
-        api, options = _fleet(req, budget=req.latency_budget)
-        emit_result(fleet_smoke(api, layout, _release(req, layout), options).to_dict(), req.result_file)
-        return 0
-    layout, control = _open(req)
-    with control:
-        control.wait_live(req.live_deadline)
-        release = _release(req, layout)
-        report = smoke_release(control, layout, req.model, req.version, release.entries,
-                               budget_s=req.latency_budget)
+    layout = PvcLayout.at(req.pvc, create=False)
+    lease = _lease(req, layout)
+    lease.renew("smoke")
+    with lease.kept("smoke"):
+        if req.triton_service:
+            api, options = _fleet(req, budget=req.latency_budget)
+            emit_result(fleet_smoke(api, layout, _release(req, layout), options).to_dict(), req.result_file)
+            return 0
+        with TritonControl(req.triton_url, timeout=req.timeout) as control:
+            control.wait_live(req.live_deadline)
+            release = _release(req, layout)
+            report = smoke_release(control, layout, req.model, req.version, release.entries,
+                                   budget_s=req.latency_budget)
     emit_result(report.to_dict(), req.result_file)
     return 0
 
 
 def _promote(args: argparse.Namespace) -> int:
     req = PromoteRequest.from_args(args)
-    if req.triton_service and not req.no_ready_check:
-        layout = PvcLayout.at(req.pvc, create=False)
-        api, options = _fleet(req, candidate=req.candidate, deadline=req.deadline, budget=req.latency_budget)
-        result = fleet_promote(api, layout, _release(req, layout), options, run_id=req.run_id)
-        emit_result(result.to_dict(), req.result_file)
-        return 0
-    layout, control = _open(req)
-    with control:
-        result = promote(layout, _release(req, layout), run_id=req.run_id,
-                         control=None if req.no_ready_check else control)
+    layout = PvcLayout.at(req.pvc, create=False)
+    lease = _lease(req, layout)
+    lease.renew("promote")
+    with lease.kept("promote"):
+        if req.triton_service and not req.no_ready_check:
+            api, options = _fleet(req, candidate=req.candidate, deadline=req.deadline, budget=req.latency_budget)
+            result: Any = fleet_promote(api, layout, _release(req, layout), options, run_id=req.run_id)
+        else:
+            with TritonControl(req.triton_url, timeout=req.timeout) as control:
+                result = promote(layout, _release(req, layout), run_id=req.run_id,
+                                 control=None if req.no_ready_check else control)
+    lease.release("promote")  # a failed promote keeps it: the rollback step releases it
     emit_result(result.to_dict(), req.result_file)
     return 0
 
 
 def _rollback(args: argparse.Namespace) -> int:
     req = RollbackRequest.from_args(args)
+    layout = PvcLayout.at(req.pvc, create=False)
+    # Another run's candidate must not be rolled back under it: wait for its promote or rollback.
+    with _lease(req, layout, req.lease_wait).held(req.pod_version, "rollback"):
+        return _rollback_held(req, layout)
+
+
+def _rollback_held(req: RollbackRequest, layout: PvcLayout) -> int:
     if req.triton_service:
-        layout = PvcLayout.at(req.pvc, create=False)
         api, options = _fleet(req, deadline=req.deadline)
         with PvcLock(layout.lock_file(req.model), purpose=f"rollback {req.model}", timeout=600.0):
             plan = plan_rollback(layout, req.model, failed_version=req.failed_version, to_version=req.to_version,
@@ -132,8 +156,7 @@ def _rollback(args: argparse.Namespace) -> int:
             result, replicas = fleet_rollback(api, layout, plan, options, reason=req.reason, run_id=req.run_id)
         emit_result({**result.to_dict(), "replicas": [r.to_dict() for r in replicas]}, req.result_file)
         return 0
-    layout, control = _open(req)
-    with control:
+    with TritonControl(req.triton_url, timeout=req.timeout) as control:
         result = rollback(control, layout, req.model, failed_version=req.failed_version,
                           to_version=req.to_version, reason=req.reason, run_id=req.run_id, deadline_s=req.deadline,
                           live_deadline_s=req.live_deadline, triton_models=list(req.triton_models) or None,
@@ -144,10 +167,16 @@ def _rollback(args: argparse.Namespace) -> int:
 
 def _deploy(args: argparse.Namespace) -> int:
     req = DeployRequest.from_args(args)
+    layout = PvcLayout.at(req.pvc, create=False)
+    # Released however it ends: promoted or rolled back (a failed rollback too: the next deploy repairs it).
+    with _lease(req, layout, req.lease_wait).held(req.version, "deploy"):
+        return _deploy_held(req, layout)
+
+
+def _deploy_held(req: DeployRequest, layout: PvcLayout) -> int:
     if req.triton_service:
-        return _deploy_fleet(req)
-    layout, control = _open(req)
-    with control:
+        return _deploy_fleet(req, layout)
+    with TritonControl(req.triton_url, timeout=req.timeout) as control:
         # A rolled-back deploy re-raises the smoke-test failure, so its outcome is printed through report.
         deploy(control, layout, req.model, req.version, triton_models=list(req.triton_models) or None,
                triton_repository=req.triton_repository, run_id=req.run_id, deadline_s=req.deadline,
@@ -156,9 +185,8 @@ def _deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _deploy_fleet(req: DeployRequest) -> int:
+def _deploy_fleet(req: DeployRequest, layout: PvcLayout) -> int:
     """deploy across the Service's replicas: the DAG's load -> smoke -> promote (or rollback) in one process."""
-    layout = PvcLayout.at(req.pvc, create=False)
     api, options = _fleet(req, candidate=req.candidate, deadline=req.deadline, budget=req.latency_budget)
     release = _release(req, layout)
     loaded = fleet_load(api, layout, release, options)
@@ -182,6 +210,15 @@ def _reconcile(args: argparse.Namespace) -> int:
 
     req = ReconcileRequest.from_args(args)
     layout, control = _open(req)
+    deploying = DeployLeases(layout, req.model, "").current()
+    if deploying is not None:
+        # Between a deploy's load and its promote the candidate is the deploy's to test and switch: a repair
+        # (reloading the promoted version, readmitting drained replicas) would act under it.
+        why = f"a deploy holds the model: {deploying.describe(time.time())}"
+        log.warning("reconcile of %s skipped: %s; the next reconcile checks it", req.model, why)
+        emit_result({"model": req.model, "promoted": layout.deployment(req.model).promoted, "skipped": why},
+                    req.result_file)
+        return 0
     readmitted: list[str] = []
     with contextlib.ExitStack() as stack:
         stack.enter_context(control)
@@ -234,6 +271,9 @@ def _status(args: argparse.Namespace) -> int:
     for name, d in status.deployments.items():
         promoted, previous = (f"v{v}" if v is not None else "-" for v in (d.promoted, d.previous))
         print(f"  {name}: promoted {promoted}, previous {previous}, updated {d.updated_at}")
+        held = DeployLeases(layout, name, "").current()
+        if held is not None:
+            print(f"    deploy lease held by {held.describe(time.time())}")
     t = status.triton
     print(f"Triton {t.url or '(no --triton-url)'}: {'live' if t.live else 'NOT REACHABLE'}")
     for m in t.loaded:

@@ -97,8 +97,8 @@ def step_requests(model: ModelDeployment) -> dict[str, StepRequest]:
         out["build"] = BuildRequest.for_model(model, model.release(v), built)
         out["sync-built"] = SyncRequest.for_model(model, built)
     out["sync"] = SyncRequest.for_model(model, model.release(v))
-    out["load"] = LoadRequest.for_model(model, v)
-    out["smoke"] = SmokeRequest.for_model(model, v)
+    out["load"] = LoadRequest.for_model(model, v, run_id)
+    out["smoke"] = SmokeRequest.for_model(model, v, run_id)
     out["promote"] = PromoteRequest.for_model(model, v, run_id)
     out["rollback"] = RollbackRequest.for_model(model, v, run_id)
     return out

@@ -6,6 +6,7 @@
     <pvc>/state/published/<model>/<version>.json  what was published, with each file's stat (PublishRecord)
     <pvc>/state/deployments/<model>.json          promoted / previous version (DeploymentState)
     <pvc>/state/fleet/<model>.json                the replicas a fleet rollout smoke-tested (FleetSmokeRecord)
+    <pvc>/state/leases/<model>.json               the deploy run holding the model, and its log (lease.py)
     <pvc>/state/locks/<model>.lock                one writer per model (lock.py)
 
 The records under state/ are read and written only through ``PvcLayout`` (their types: records.py).
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from triton_rollout.errors import ConfigError, IntegrityError
-from triton_rollout.pvc.records import DeploymentState, FleetSmokeRecord, PublishRecord
+from triton_rollout.pvc.records import DeploymentState, FleetSmokeRecord, LeaseRecord, PublishRecord
 from triton_rollout.release.manifest import Manifest, validate_relpath
 
 
@@ -151,6 +152,11 @@ class PvcLayout:
         reconcile while it repairs them; apart from lock_file, which each load / promote inside takes."""
         return self.locks / f"{model}.fleet.lock"
 
+    def lease_lock_file(self, model: str) -> Path:
+        """Held for the moment a deploy lease is read and rewritten (lease.py); apart from lock_file, which a sync
+        holds for minutes."""
+        return self.locks / f"{model}.lease.lock"
+
     # -- publish records: state/published/<model>/<version>.json ------------------------------------
 
     def _published_dir(self, model: str) -> Path:
@@ -194,6 +200,19 @@ class PvcLayout:
 
     def save_deployment(self, state: DeploymentState) -> None:
         atomic_write_json(self.deployment_path(state.model), state.to_dict())
+
+    # -- deploy lease: state/leases/<model>.json ----------------------------------------------------
+
+    def lease_path(self, model: str) -> Path:
+        return self.state / "leases" / f"{model}.json"
+
+    def deploy_lease(self, model: str) -> LeaseRecord:
+        """The model's lease record (read and written under lease_lock_file by pvc/lease.py)."""
+        data = read_json(self.lease_path(model))
+        return LeaseRecord.from_dict({"model": model, **data}) if data else LeaseRecord(model=model)
+
+    def save_deploy_lease(self, record: LeaseRecord) -> None:
+        atomic_write_json(self.lease_path(record.model), record.to_dict())
 
     def fleet_smoke_path(self, model: str) -> Path:
         return self.state / "fleet" / f"{model}.json"

@@ -4,6 +4,8 @@
   and read to verify the version (each file's stat) and to know its Triton models (the manifest).
 - ``DeploymentState``: one per release model: the promoted version, the rollback target and a bounded
   history. Retention reads it so it never prunes either version; promote and rollback write it.
+- ``LeaseRecord``: one per release model: which deploy run holds the model between its load and its promote
+  or rollback (``DeployLease``), and a bounded log of who took, waited for, released or took over the lease.
 
 ``to_dict`` gives exactly the JSON documents on existing PVCs, ``from_dict`` reads them back; only
 ``PvcLayout`` (layout.py) reads and writes the files.
@@ -190,3 +192,104 @@ class FleetSmokeRecord:
     def from_dict(cls, data: dict[str, Any]) -> FleetSmokeRecord:
         return cls(model=str(data["model"]), version=int(data["version"]), at=str(data["at"]),
                    replicas=tuple(SmokedReplica.from_dict(r) for r in data["replicas"]))
+
+
+LEASE_LOG_LIMIT = 100
+
+# taken: a load (or a rollback, a deploy) got the lease; waiting: it found another run's; released: a promote or
+# rollback ended the run's hold; expired: a waiting run took over a lease its holder had stopped renewing;
+# refused: the holder gave it back at once (e.g. the run would downgrade what is promoted).
+LeaseAction = Literal["taken", "waiting", "released", "expired", "refused"]
+
+
+def holder_text(run_id: str) -> str:
+    """A lease holder in messages."""
+    return f"run {run_id}" if run_id else "a run without --run-id"
+
+
+@dataclass(frozen=True)
+class DeployLease:
+    """A deploy run's hold on its model between load and promote or rollback (pvc/lease.py). Times are epoch
+    seconds: compared across pods and nodes, which share the PVC but not a monotonic clock."""
+
+    model: str
+    run_id: str  # "" for a step run by hand without --run-id
+    version: int | None  # None: a rollback to the previous version
+    step: str  # the step that last took or renewed it
+    taken_at: float
+    renewed_at: float
+    ttl_s: float
+
+    @property
+    def expires_at(self) -> float:
+        return self.renewed_at + self.ttl_s
+
+    def expired(self, now: float) -> bool:
+        return now >= self.expires_at
+
+    @property
+    def holder(self) -> str:
+        return holder_text(self.run_id)
+
+    def describe(self, now: float) -> str:
+        what = f"v{self.version}" if self.version is not None else "a rollback"
+        return (f"{self.holder} ({what}, last renewed by its {self.step} step {now - self.renewed_at:.0f}s "
+                f"ago, expires in {max(self.expires_at - now, 0):.0f}s)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "run_id": self.run_id, "version": self.version, "step": self.step,
+                "taken_at": self.taken_at, "renewed_at": self.renewed_at, "ttl_s": self.ttl_s}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DeployLease:
+        version = data.get("version")
+        return cls(model=str(data["model"]), run_id=str(data["run_id"]),
+                   version=None if version is None else int(version), step=str(data["step"]),
+                   taken_at=float(data["taken_at"]), renewed_at=float(data["renewed_at"]),
+                   ttl_s=float(data["ttl_s"]))
+
+
+@dataclass(frozen=True)
+class LeaseEvent:
+    """One line of the lease log: what a run did with the lease, and who held it then (``other``)."""
+
+    action: LeaseAction
+    run_id: str
+    version: int | None
+    step: str
+    at: float
+    other: str = ""  # the run id that held it (waiting, expired)
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"action": self.action, "run_id": self.run_id, "version": self.version, "step": self.step,
+                "at": self.at, "other": self.other, "note": self.note}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LeaseEvent:
+        return cls(action=data["action"], run_id=str(data["run_id"]), version=data.get("version"),
+                   step=str(data["step"]), at=float(data["at"]), other=str(data.get("other", "")),
+                   note=str(data.get("note", "")))
+
+
+@dataclass
+class LeaseRecord:
+    """state/leases/<model>.json: the lease now held (None: the model is free) and the log."""
+
+    model: str
+    current: DeployLease | None = None
+    log: list[LeaseEvent] = field(default_factory=list)
+
+    def append(self, event: LeaseEvent) -> None:
+        self.log.append(event)
+        del self.log[:-LEASE_LOG_LIMIT]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "current": self.current.to_dict() if self.current else None,
+                "log": [e.to_dict() for e in self.log]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LeaseRecord:
+        current = data.get("current")
+        return cls(model=str(data["model"]), current=DeployLease.from_dict(current) if current else None,
+                   log=[LeaseEvent.from_dict(e) for e in data.get("log", [])])
