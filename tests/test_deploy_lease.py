@@ -209,7 +209,7 @@ def test_two_deploy_processes_of_one_model_are_serialized_and_the_history_says_w
         assert control.ready_versions("demo_tensor") == [state.promoted] == [waiter]
 
 
-def test_a_load_refused_by_the_lease_or_a_downgrade_loads_nothing(pvc: Path, tmp_path: Path,
+def test_a_load_refused_by_the_lease_or_a_downgrade_loads_nothing_and_a_failed_load_gives_it_back(pvc: Path, tmp_path: Path,
                                                                   triton: TritonServer) -> None:
     layout = PvcLayout.at(pvc)
     for v in (1, 2):
@@ -236,6 +236,16 @@ def test_a_load_refused_by_the_lease_or_a_downgrade_loads_nothing(pvc: Path, tmp
     status = subprocess.run([sys.executable, "-m", "triton_rollout", "status", "--pvc", str(pvc)], env=cli_env(),
                             capture_output=True, text=True, timeout=60)
     assert "deploy lease held by run holder (v3, last renewed by its load step" in status.stdout, status
+    leases(layout, "holder").release("promote")
+    # A load that fails puts back what it changed, so it gives the lease back at once (the next run need not
+    # wait for its TTL): v3 raises in initialize.
+    tensor_version_by_hand(layout, tmp_path, 3, "init_error")
+    assert cli.main(["load", *base, "--version", "3", "--run-id", "broken"]) == 11
+    last = layout.deploy_lease(MODEL).log[-1]
+    assert (last.action, last.run_id, last.note) == ("released", "broken", "the load failed: TritonError")
+    with TritonControl(triton.url, timeout=5) as control:
+        assert control.ready_versions("demo_tensor") == [2]
+    leases(layout, "holder").take(3, "load")
     # The reconcile leaves a model a deploy holds alone (and says so).
     out = subprocess.run([sys.executable, "-m", "triton_rollout", "reconcile", *base, "--release-prefix",
                           "s3://nowhere/releases"], env=cli_env(), capture_output=True, text=True, timeout=60)

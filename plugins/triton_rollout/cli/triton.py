@@ -82,21 +82,27 @@ def _load(args: argparse.Namespace) -> int:
     req = LoadRequest.from_args(args)
     layout = PvcLayout.at(req.pvc, create=False)
     lease = _lease(req, layout, req.lease_wait)
-    lease.take(req.version, "load")  # the lease stays through a failed load: the rollback step releases it
+    lease.take(req.version, "load")
     promoted = layout.deployment(req.model).promoted
     if req.refuse_downgrade and promoted is not None and promoted > req.version:
         lease.release("load", action="refused", note=f"v{promoted} promoted by then")
         raise DowngradeRefused(f"refusing to replace {req.model} v{promoted} (promoted by the time this run held the "
                                f"model's deploy lease) with the older v{req.version}")
-    with lease.kept("load"):
-        if req.triton_service:
-            api, options = _fleet(req, candidate=req.candidate, deadline=req.deadline)
-            emit_result(fleet_load(api, layout, _release(req, layout), options).to_dict(), req.result_file)
-            return 0
-        control = TritonControl(req.triton_url, timeout=req.timeout)
-        with control:
-            result = load_candidate(control, layout, _release(req, layout), deadline_s=req.deadline,
-                                    live_deadline_s=req.live_deadline, candidate=req.candidate)
+    try:
+        with lease.kept("load"):
+            if req.triton_service:
+                api, options = _fleet(req, candidate=req.candidate, deadline=req.deadline)
+                result: Any = fleet_load(api, layout, _release(req, layout), options)
+            else:
+                with TritonControl(req.triton_url, timeout=req.timeout) as control:
+                    result = load_candidate(control, layout, _release(req, layout), deadline_s=req.deadline,
+                                            live_deadline_s=req.live_deadline, candidate=req.candidate)
+    except Exception as exc:
+        # A failed load puts back what it changed (shadow names discarded, in place the promoted version
+        # reloaded, a fleet's replicas restored), so this run leaves nothing for another to trip over; the
+        # rollback task takes the lease again for its own checks. A killed load keeps it until its TTL.
+        lease.release("load", note=f"the load failed: {type(exc).__name__}")
+        raise
     emit_result(result.to_dict(), req.result_file)
     return 0
 
