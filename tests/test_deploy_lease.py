@@ -209,8 +209,8 @@ def test_two_deploy_processes_of_one_model_are_serialized_and_the_history_says_w
         assert control.ready_versions("demo_tensor") == [state.promoted] == [waiter]
 
 
-def test_a_load_refused_by_the_lease_or_a_downgrade_loads_nothing_and_a_failed_load_gives_it_back(pvc: Path, tmp_path: Path,
-                                                                  triton: TritonServer) -> None:
+def test_a_load_refused_by_the_lease_or_a_downgrade_loads_nothing_and_a_failed_load_gives_it_back(
+        pvc: Path, tmp_path: Path, triton: TritonServer) -> None:
     layout = PvcLayout.at(pvc)
     for v in (1, 2):
         tensor_version_by_hand(layout, tmp_path, v)

@@ -219,6 +219,22 @@ def test_retries_through_throttling_and_resets(tmp_path: Path, bucket: str, pvc:
     assert tree_digest(pvc / "repository" / "llm" / "1") == tree_digest(src / "llm")
 
 
+def test_a_long_file_under_sparse_resets_finishes_only_failures_in_a_row_count(
+        tmp_path: Path, bucket: str, pvc: Path, s3_server: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> None:
+    """8 resets of one 10-part file on one stream, each after a part and a half: more than the 6 attempts a part
+    range gets, but each attempt verified a part first. The counter used to run over the whole file, so a long
+    engine under sparse faults failed although every attempt made progress."""
+    uri, src = _publish(tmp_path, bucket, big_mib=10, small=1)
+    proxy = FaultProxy(s3_server.port, mode="reset", failures=8, match="rank0.engine", cut_after=3 * 2**19)
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.port}")
+        result = sync_release(uri, pvc, request_size=16 * 2**20, large_streams=1)  # one GET for the rest of the file
+    finally:
+        proxy.close()
+    assert proxy.broken == 8 and result.retries >= 8
+    assert tree_digest(pvc / "repository" / "llm" / "1") == tree_digest(src / "llm")
+
+
 def test_lock_held_by_live_owner(tmp_path: Path, bucket: str, pvc: Path) -> None:
     uri, _ = _publish(tmp_path, bucket)
     layout = PvcLayout.at(pvc)

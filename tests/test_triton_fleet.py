@@ -429,7 +429,9 @@ def test_the_step_pods_roll_the_fleet_in_cluster(fleet: Fleet) -> None:
         return value if value in ("Succeeded", "Failed") else None
 
     with Loop(fleet.service, "tensor") as loop:
-        for request in (LoadRequest.for_model(model, 7), SmokeRequest.for_model(model, 7),
+        # One run id for the three, as the DAG passes its run's: the deploy lease holds the model from load to
+        # promote for that run (a promote under another run's id stops, exit code 20).
+        for request in (LoadRequest.for_model(model, 7, "pods-test"), SmokeRequest.for_model(model, 7, "pods-test"),
                         PromoteRequest.for_model(model, 7, "pods-test")):
             pod = specs.to_dict(specs.step_pod(model, request, name=f"fleet-{request.command}"))
             assert pod["spec"]["automountServiceAccountToken"] is True

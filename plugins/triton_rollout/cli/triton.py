@@ -74,6 +74,11 @@ def _release(req: LoadRequest | SmokeRequest | PromoteRequest, layout: PvcLayout
                            triton_repository=req.triton_repository)
 
 
+def _with_seconds(result: dict[str, Any], t0: float) -> dict[str, Any]:
+    """The step's own seconds in its result (what the deploy benchmark splits from its pod's), unless it has them."""
+    return {"seconds": round(time.monotonic() - t0, 3), **result}
+
+
 def _lease(req: LeasedStepRequest, layout: PvcLayout, wait_s: float = 0.0) -> DeployLeases:
     return DeployLeases(layout, req.model, req.run_id, req.lease_options(wait_s))
 
@@ -109,25 +114,27 @@ def _load(args: argparse.Namespace) -> int:
 
 def _smoke(args: argparse.Namespace) -> int:
     req = SmokeRequest.from_args(args)
+    t0 = time.monotonic()
     layout = PvcLayout.at(req.pvc, create=False)
     lease = _lease(req, layout)
     lease.renew("smoke")
     with lease.kept("smoke"):
         if req.triton_service:
             api, options = _fleet(req, budget=req.latency_budget)
-            emit_result(fleet_smoke(api, layout, _release(req, layout), options).to_dict(), req.result_file)
-            return 0
-        with TritonControl(req.triton_url, timeout=req.timeout) as control:
-            control.wait_live(req.live_deadline)
-            release = _release(req, layout)
-            report = smoke_release(control, layout, req.model, req.version, release.entries,
-                                   budget_s=req.latency_budget)
-    emit_result(report.to_dict(), req.result_file)
+            report: Any = fleet_smoke(api, layout, _release(req, layout), options)
+        else:
+            with TritonControl(req.triton_url, timeout=req.timeout) as control:
+                control.wait_live(req.live_deadline)
+                release = _release(req, layout)
+                report = smoke_release(control, layout, req.model, req.version, release.entries,
+                                       budget_s=req.latency_budget)
+    emit_result(_with_seconds(report.to_dict(), t0), req.result_file)
     return 0
 
 
 def _promote(args: argparse.Namespace) -> int:
     req = PromoteRequest.from_args(args)
+    t0 = time.monotonic()
     layout = PvcLayout.at(req.pvc, create=False)
     lease = _lease(req, layout)
     lease.renew("promote")
@@ -140,7 +147,7 @@ def _promote(args: argparse.Namespace) -> int:
                 result = promote(layout, _release(req, layout), run_id=req.run_id,
                                  control=None if req.no_ready_check else control)
     lease.release("promote")  # a failed promote keeps it: the rollback step releases it
-    emit_result(result.to_dict(), req.result_file)
+    emit_result(_with_seconds(result.to_dict(), t0), req.result_file)
     return 0
 
 

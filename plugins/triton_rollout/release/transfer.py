@@ -342,6 +342,7 @@ class Downloader:
                         if got != digest:
                             raise _PartMismatch(idx, got)
                         pending.pop(0)
+                        attempt = 0  # only failures in a row count: a long file under sparse faults still finishes
                         self.stats.bump(bytes_transferred=length)
                         if state.part_verified(idx):
                             self._finish(state)
