@@ -58,13 +58,21 @@ venv: $(STAMP) system-deps triton-server $(KFP_VENV)/.installed
 lint: venv
 	$(BIN)/ruff check --no-cache .
 
+# Two workers (pytest-xdist) on the machine's two cores: a file's tests stay on one worker, and so do the running
+# Airflow's (tests/conftest.py); then the timing-sensitive files (marker serial) alone. PYTEST_WORKERS=0: one
+# process for the first part too.
+PYTEST_WORKERS ?= 2
+PYTEST_PARALLEL := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadgroup)
+
 test: venv
 	$(BIN)/ruff check --no-cache .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) -m "not serial"
+	$(BIN)/python -m pytest -q -m serial
 
 # Everything but the slow end-to-end cases.
 test-fast: venv
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) -m "not slow and not serial"
+	$(BIN)/python -m pytest -q -m "serial and not slow"
 
 # The faults suite (tests/chaos/, outside `make test`'s time budget): kills, S3 storms and stalls, a full PVC,
 # an API server restart, concurrent deploys, plus the bad-input property tests; writes tests/chaos/results/.

@@ -141,6 +141,26 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.pop("AIRFLOW_CONFIG", None)
 
 
+# Files whose tests measure timing against real servers (client loops that must see 0 failures through a rollout,
+# kubelet probes, racing syncs): make test runs them after the parallel part, alone on the machine. In one trial
+# run beside other tests on 2 cores, fleet replicas missed probes and restarted mid-rollout, and two racing syncs
+# no longer overlapped.
+SERIAL_FILES = {"test_triton_fleet", "test_k8s_fleet", "test_ui_fleet", "test_triton_rollout", "test_sync",
+                "test_sync_kill", "test_k8s_probes", "test_k8s_restarts"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under `pytest -n 2 --dist loadgroup` (make test): every file's tests on one worker, so a module's fixtures
+    (a Triton fleet, a stack) start once; every test of the session's running Airflow on one worker, so only one
+    starts. Without xdist the groups do nothing. ``serial``: the files make test runs alone (SERIAL_FILES)."""
+    for item in items:
+        if item.path.stem in SERIAL_FILES:
+            item.add_marker(pytest.mark.serial)
+        if item.get_closest_marker("xdist_group") is None:
+            uses_airflow = "running_airflow" in getattr(item, "fixturenames", ())
+            item.add_marker(pytest.mark.xdist_group("running_airflow" if uses_airflow else item.path.stem))
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """A `--chaos` session writes the faults table (tests/chaos/results/chaos.md) from what its tests counted."""
     if not session.config.getoption("--chaos"):
