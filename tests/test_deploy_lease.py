@@ -24,7 +24,7 @@ from triton_rollout.pvc.lease import DeployLeases, LeaseOptions
 from triton_rollout.triton.control import TritonControl
 
 from devstack.triton import TritonServer
-from tests.helpers import cli_env, tensor_version_by_hand
+from tests.helpers import cli_env, run_cli, tensor_version_by_hand
 
 MODEL = "demo-tensor"
 
@@ -233,8 +233,7 @@ def test_a_load_refused_by_the_lease_or_a_downgrade_loads_nothing_and_a_failed_l
     # The smoke step of a run whose lease another run holds: exit code 20, no smoke request sent.
     leases(layout, "holder").take(3, "load")
     assert cli.main(["smoke", *base, "--version", "2", "--run-id", "late"]) == DeployLeaseLost.exit_code == 20
-    status = subprocess.run([sys.executable, "-m", "triton_rollout", "status", "--pvc", str(pvc)], env=cli_env(),
-                            capture_output=True, text=True, timeout=60)
+    status = run_cli("status", "--pvc", str(pvc), timeout=60)
     assert "deploy lease held by run holder (v3, last renewed by its load step" in status.stdout, status
     leases(layout, "holder").release("promote")
     # A load that fails puts back what it changed, so it gives the lease back at once (the next run need not
@@ -247,7 +246,6 @@ def test_a_load_refused_by_the_lease_or_a_downgrade_loads_nothing_and_a_failed_l
         assert control.ready_versions("demo_tensor") == [2]
     leases(layout, "holder").take(3, "load")
     # The reconcile leaves a model a deploy holds alone (and says so).
-    out = subprocess.run([sys.executable, "-m", "triton_rollout", "reconcile", *base, "--release-prefix",
-                          "s3://nowhere/releases"], env=cli_env(), capture_output=True, text=True, timeout=60)
+    out = run_cli("reconcile", *base, "--release-prefix", "s3://nowhere/releases", timeout=60)
     assert out.returncode == 0, out.stderr
     assert "a deploy holds the model: run holder (v3" in json.loads(out.stdout.splitlines()[-1])["skipped"]

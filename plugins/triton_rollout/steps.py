@@ -466,6 +466,7 @@ class LeasedStepRequest(TritonStepRequest):
         return LeaseOptions(ttl_s=self.lease_ttl, wait_s=wait_s)
 
     def validate(self) -> None:
+        super().validate()
         self.lease_options(getattr(self, "lease_wait", 0.0))
 
 

@@ -223,7 +223,7 @@ def _reconcile(args: argparse.Namespace) -> int:
 
     req = ReconcileRequest.from_args(args)
     layout, control = _open(req)
-    deploying = DeployLeases(layout, req.model, "").current()
+    deploying = layout.deploy_lease(req.model).standing(time.time())
     if deploying is not None:
         # Between a deploy's load and its promote the candidate is the deploy's to test and switch: a repair
         # (reloading the promoted version, readmitting drained replicas) would act under it.
@@ -284,7 +284,7 @@ def _status(args: argparse.Namespace) -> int:
     for name, d in status.deployments.items():
         promoted, previous = (f"v{v}" if v is not None else "-" for v in (d.promoted, d.previous))
         print(f"  {name}: promoted {promoted}, previous {previous}, updated {d.updated_at}")
-        held = DeployLeases(layout, name, "").current()
+        held = layout.deploy_lease(name).standing(time.time())
         if held is not None:
             print(f"    deploy lease held by {held.describe(time.time())}")
     t = status.triton

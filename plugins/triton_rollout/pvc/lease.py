@@ -82,11 +82,6 @@ class DeployLeases:
                 self.layout.save_deploy_lease(record)
             return result
 
-    def current(self) -> DeployLease | None:
-        """The lease standing now (None: free, or expired)."""
-        lease = self.layout.deploy_lease(self.model).current
-        return lease if lease is not None and not lease.expired(self._clock()) else None
-
     def _event(self, action: LeaseAction, version: int | None, step: str, now: float, *, other: str = "",
                note: str = "") -> LeaseEvent:
         return LeaseEvent(action=action, run_id=self.run_id, version=version, step=step, at=now, other=other,

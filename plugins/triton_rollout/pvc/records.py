@@ -280,6 +280,10 @@ class LeaseRecord:
     current: DeployLease | None = None
     log: list[LeaseEvent] = field(default_factory=list)
 
+    def standing(self, now: float) -> DeployLease | None:
+        """The lease in force at ``now`` (None: free, or its holder stopped renewing it past its TTL)."""
+        return self.current if self.current is not None and not self.current.expired(now) else None
+
     def append(self, event: LeaseEvent) -> None:
         self.log.append(event)
         del self.log[:-LEASE_LOG_LIMIT]
