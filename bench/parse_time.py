@@ -5,9 +5,10 @@ of the one file, then the serialization the dag-processor sends to its manager):
 
 - ``cold``: a fresh interpreter that has imported ``airflow.sdk`` (every Airflow process has): what a
   task's worker pays for each task, since it parses the DAG file once per task;
-- ``steady``: the dag-processor at steady state: the parent imports the ``airflow.*`` modules the file
-  names at its top level (what the manager does when ``[dag_processor] parsing_pre_import_modules`` is on,
-  Airflow's default), then forks one child per parse (airflow/dag_processing/processor.py);
+- ``steady``: the dag-processor at steady state: the parent freezes its heap (``gc.freeze()``), imports the
+  ``airflow.*`` modules the file names at its top level (what the manager does when ``[dag_processor]
+  parsing_pre_import_modules`` is on, Airflow's default), then forks one child per parse
+  (airflow/dag_processing/manager.py and processor.py); with the child's page faults and kernel time;
 - ``warm``: the same process parsing again with every module already imported: the DAG objects alone.
 
 Ratios are against the empty file parsed the same way in the same run (the machine's cores are shared).
@@ -20,6 +21,7 @@ Ratios are against the empty file parsed the same way in the same run (the machi
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import os
@@ -32,6 +34,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from bench.machine import fresh_page_cost
 from devstack.stack import DEMO_BUILDERS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,21 +64,27 @@ def cold(path: Path, runs: int) -> float:
     return statistics.median(_python(code, path) for _ in range(runs))
 
 
-def steady(path: Path, runs: int) -> float:
-    """Forked parses after the manager's pre-import, in a child interpreter so this process stays clean."""
-    code = "import sys; from bench.parse_time import _steady_here; from pathlib import Path; " \
-           "print(_steady_here(Path(sys.argv[1]), int(sys.argv[2])))"
-    return _python(code, path, runs)
+def steady(path: Path, runs: int) -> dict[str, float]:
+    """Forked parses after the manager's pre-import, in a child interpreter so this process stays clean:
+    the median seconds, and the median page faults and kernel seconds of one forked parse."""
+    code = "import sys, json; from bench.parse_time import _steady_here; from pathlib import Path; " \
+           "print(json.dumps(_steady_here(Path(sys.argv[1]), int(sys.argv[2]))))"
+    return json.loads(_python_line(code, path, runs))  # type: ignore[no-any-return]
 
 
-def _steady_here(path: Path, runs: int) -> float:
+def _steady_here(path: Path, runs: int) -> dict[str, float]:
     import airflow.dag_processing.manager  # noqa: F401  (the manager's own modules, airflow.sdk among them)
     from airflow.utils.file import iter_airflow_imports
 
+    parse_once(REPO / "bench" / "__init__.py")  # DagBag's own modules, as the manager has them
+    # The manager freezes what it holds before its parsing loop, so that a forked parse's collections do
+    # not copy its heap (DagFileProcessorManager.before_run, gc.freeze(): Airflow 3.3 manager.py), and
+    # pre-imports each file's airflow.* modules after that, per parse (processor.py
+    # _pre_import_airflow_modules): those stay unfrozen, as here.
+    gc.freeze()
     for module in iter_airflow_imports(str(path)):
         importlib.import_module(module)
-    parse_once(REPO / "bench" / "__init__.py")  # DagBag's own modules, as the manager has them
-    times = []
+    times, faults, kernel = [], [], []
     for _ in range(runs):
         read, write = os.pipe()
         pid = os.fork()
@@ -92,10 +101,16 @@ def _steady_here(path: Path, runs: int) -> float:
         os.close(write)
         with os.fdopen(read) as fh:
             sent = fh.read()
-        if os.waitpid(pid, 0)[1] != 0:
+        _, status, usage = os.wait4(pid, 0)
+        if status != 0:
             raise RuntimeError(f"the forked parse of {path} failed (its traceback is above)")
         times.append(float(sent))
-    return statistics.median(times)
+        # A forked child copies every page of the parent's heap it writes to (reference counts do):
+        # each copy is a fresh page, which this VM charges for (bench/machine.py).
+        faults.append(usage.ru_minflt)
+        kernel.append(usage.ru_stime)
+    return {"seconds": statistics.median(times), "page_faults": statistics.median(faults),
+            "sys_s": round(statistics.median(kernel), 4)}
 
 
 def warm(path: Path, runs: int) -> float:
@@ -107,10 +122,14 @@ def warm(path: Path, runs: int) -> float:
 
 def _python(code: str, *args: object) -> float:
     """The number the last line of ``python -c code args`` prints."""
+    return float(_python_line(code, *args))
+
+
+def _python_line(code: str, *args: object) -> str:
     proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=_env(), capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"parsing {args[0]} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return float(proc.stdout.strip().splitlines()[-1])
+    return proc.stdout.strip().splitlines()[-1]
 
 
 def _env() -> dict[str, str]:
@@ -124,23 +143,40 @@ def _env() -> dict[str, str]:
     return env
 
 
+def measure(path: Path, runs: int) -> dict[str, float]:
+    forked = steady(path, runs)
+    return {"cold": cold(path, runs), "steady": forked["seconds"], "warm": warm(path, runs),
+            "steady_page_faults": forked["page_faults"], "steady_sys_s": forked["sys_s"]}
+
+
 def main() -> int:
     runs = int(os.environ.get("BENCH_PARSE_RUNS", "7"))
-    results: dict[str, Any] = {"runs": runs, "target_steady_s": TARGET_S, "files": {}}
+    # Run after the sync bench, whose GiBs of dirty pages would otherwise be written back while this is timed.
+    os.sync()
+    results: dict[str, Any] = {"runs": runs, "target_steady_s": TARGET_S, "files": {},
+                               "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
+                               "fresh_page_us": {"start": fresh_page_cost()}}
     with tempfile.TemporaryDirectory() as tmp:
         empty = Path(tmp) / "empty_dag.py"
         empty.write_text(EMPTY_DAG)
-        base = {kind: fn(empty, runs) for kind, fn in (("cold", cold), ("steady", steady), ("warm", warm))}
+        base = measure(empty, runs)
     results["empty"] = base
     lines = [f"DAG file parse time (median of {runs}; ratio: x the empty DAG file `{EMPTY_DAG.split('  ')[0]}`)",
-             f"{'file':<22} {'cold (worker)':>20} {'steady (dag-processor)':>24} {'warm (in-process)':>20}",
-             f"{'(empty DAG file)':<22} {base['cold']:>19.3f}s {base['steady']:>23.3f}s {base['warm']:>19.3f}s"]
+             f"{'file':<22} {'cold (worker)':>20} {'steady (dag-processor)':>24} {'warm (in-process)':>20}"
+             f"   {'steady: faults, sys':>20}",
+             f"{'(empty DAG file)':<22} {base['cold']:>19.3f}s {base['steady']:>23.3f}s {base['warm']:>19.3f}s"
+             f"   {base['steady_page_faults']:>12.0f} {base['steady_sys_s']:>6.3f}s"]
     for path in DAG_FILES:
-        figures = {kind: fn(path, runs) for kind, fn in (("cold", cold), ("steady", steady), ("warm", warm))}
+        figures = measure(path, runs)
         results["files"][path.name] = figures
         cells = [f"{figures[k]:.3f}s {figures[k] / base[k]:5.1f}x" for k in ("cold", "steady", "warm")]
         met = "met" if figures["steady"] < TARGET_S else "NOT met"
-        lines.append(f"{path.name:<22} {cells[0]:>20} {cells[1]:>24} {cells[2]:>20}   steady < {TARGET_S}s: {met}")
+        lines.append(f"{path.name:<22} {cells[0]:>20} {cells[1]:>24} {cells[2]:>20}   "
+                     f"{figures['steady_page_faults']:>12.0f} {figures['steady_sys_s']:>6.3f}s   "
+                     f"steady < {TARGET_S}s: {met}")
+    results["fresh_page_us"]["end"] = fresh_page_cost()
+    lines.append("a fresh 4 KiB page, kernel us to fault in (each forked parse copies the pages it writes): "
+                 + ", ".join(f"{k} {v}" for k, v in results["fresh_page_us"].items()))
     print("\n".join(lines), flush=True)
     out = Path(os.environ.get("BENCH_RESULTS_PARSE", REPO / "bench" / "results" / "parse.json"))
     out.parent.mkdir(parents=True, exist_ok=True)

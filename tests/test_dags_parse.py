@@ -78,3 +78,19 @@ def serialized_params():  # type: ignore[no-untyped-def]
 
     dag = bag(REPO / "dags").dags["deploy_demo-llm"]
     return DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag)).params
+
+
+def test_parsing_the_deploy_dag_file_does_not_import_numpy(project_env: None) -> None:
+    """Every parse of the deploy DAG file imports the builder registry; the demo builder's numpy (0.1-0.2 s
+    of each forked parse in bench/parse_time.py) belongs to its build steps, not to the parse."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; from airflow.models import DagBag; "
+            "b = DagBag(dag_folder=sys.argv[1]); assert not b.import_errors, b.import_errors; "
+            "print(sorted(m for m in ('numpy', 'tritonclient') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code, str(REPO / "dags" / "triton_deploy.py")],
+                          env=dict(os.environ), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
