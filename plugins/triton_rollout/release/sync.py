@@ -2,8 +2,9 @@
 
 Guarantees (each has a test):
 - repository/ only ever gains a version directory whole and verified: it is renamed in from staging
-  (same filesystem) after every file's sha256 matched and was fsynced. A kill at any point leaves
-  repository/ as it was; a re-run resumes from the files and parts already verified in staging.
+  (same filesystem) after every file's sha256 matched and its bytes are on disk (a multi-part file's own
+  fsync, one syncfs(2) for the small files: transfer.py). A kill at any point leaves repository/ as it
+  was; a re-run resumes from the files and parts already verified in staging (small files re-hashed).
 - re-syncing a version that is published and intact transfers nothing; one whose files changed
   since publishing is reported (CorruptVersion) and only replaced, whole, with ``repair=True``.
 - one writer per model (PvcLock); retention never prunes the promoted or rollback version.

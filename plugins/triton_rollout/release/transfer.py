@@ -11,12 +11,18 @@ splice and pwrite release the GIL, so hashing overlaps the network on all cores.
 Every byte is covered by a manifest hash: small files by their sha256, large files by the sha256 of
 each part. A verified part is appended to a ``.parts`` journal beside the ``.partial`` file so a killed
 sync resumes without re-downloading it (the part is re-hashed from disk first: trust, but verify).
-A file is fsynced and renamed to its final staging name only when all its parts verified.
+A file is renamed to its final staging name only when all its parts verified. A multi-part file is
+fsynced before that rename, so a resume trusts it by its size. Single-part (small) files are not: one
+fsync each was a third of a 3,000-file sync's time, so they are made durable together by one syncfs(2)
+of the PVC's filesystem before ``run`` returns (before anything is published), and a resume re-hashes
+each one it finds (after a node crash, a renamed but unsynced file can have its size and not its bytes).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import hashlib
 import http.client
@@ -165,6 +171,8 @@ class Downloader:
         self._open: set[_FileState] = set()
         self._open_lock = threading.Lock()
         self._made_dirs: set[Path] = set()  # staging folders this run created: one mkdir each, not one per file
+        self._unsynced: list[Path] = []  # small files renamed in before their bytes are durable (flush_small)
+        self._unsynced_lock = threading.Lock()
         # splice(2) moves a plain-HTTP body from the socket to the file inside the kernel (Linux only).
         self._splice = write_mode == "mmap" and hasattr(os, "splice")
         self._pipes = threading.local()
@@ -192,9 +200,30 @@ class Downloader:
         with self._open_lock:
             for st in list(self._open):
                 st.close()
+        if self._error is None:
+            try:
+                self._flush_small()
+            except OSError as exc:
+                self._error = exc
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # delayed allocation fails at writeback
+                    self._error = DiskFull(f"the PVC ran out of space writing back {len(self._unsynced)} small "
+                                           f"files: {_free_text(self._unsynced[0])} free")
         if self._error is not None:
             raise self._error
         return self.stats
+
+    def _flush_small(self) -> None:
+        """Make the small files renamed in without their own fsync durable, all at once."""
+        if not self._unsynced:
+            return
+        if not _syncfs(self._unsynced[0]):  # no syncfs(2) here: one fsync per file, as before
+            for path in self._unsynced:
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        self._unsynced.clear()
 
     def _worker(self, work: queue.Queue[Any]) -> None:
         buf = bytearray(READ_BLOCK)
@@ -228,8 +257,12 @@ class Downloader:
             done = os.stat(dest).st_size == entry.size
         except FileNotFoundError:
             done = False
+        if done and not entry.part_sha256:
+            # Renamed in verified, but maybe not yet durable when an earlier run died (see _flush_small):
+            # a node crash can leave its size without its bytes. Small, so re-hashed rather than trusted.
+            done = self._small_file_intact(dest, entry, buf)
         if done:
-            # Only a verified, fsynced file is ever renamed to its final staging name.
+            # Only a verified file is renamed to its final staging name (a multi-part one fsynced first).
             self.stats.bump(files_skipped=1, bytes_skipped=entry.size)
             self._progress(entry.size, file_done=True)
             return
@@ -273,6 +306,21 @@ class Downloader:
             return
         for group in self._groups(entry, missing):
             self._parts.put(("parts", state, group))
+
+    def _small_file_intact(self, dest: Path, entry: FileEntry, buf: bytearray) -> bool:
+        h = hashlib.sha256()
+        view = memoryview(buf)
+        with open(dest, "rb", buffering=0) as fh:
+            while n := fh.readinto(view):
+                h.update(view[:n])
+        if h.hexdigest() == entry.sha256:
+            with self._unsynced_lock:  # its bytes may still be only in the page cache of a killed run
+                self._unsynced.append(dest)
+            return True
+        log.warning("%s: staged by an earlier run but its content does not match the manifest (a crash before "
+                    "it was synced?): downloading it again", entry.path)
+        dest.unlink()
+        return False
 
     def _groups(self, entry: FileEntry, missing: list[int]) -> list[list[int]]:
         """Contiguous runs of missing parts, cut to about request_size bytes per GET."""
@@ -496,7 +544,8 @@ class Downloader:
         try:
             if os.fstat(state.fd).st_size != entry.size:
                 raise IntegrityError(f"{entry.path}: size on disk differs from the manifest's {entry.size}")
-            os.fsync(state.fd)
+            if state.journal_path is not None:
+                os.fsync(state.fd)  # a resume trusts a multi-part file at its final name by its size
         except OSError as exc:
             raise _disk_error(exc, state.partial, entry.size) from exc
         finally:
@@ -506,6 +555,9 @@ class Downloader:
         os.rename(state.partial, state.task.dest)
         if state.journal_path is not None:
             state.journal_path.unlink(missing_ok=True)
+        else:
+            with self._unsynced_lock:
+                self._unsynced.append(state.task.dest)
         self.stats.bump(files_transferred=1)
         if self.progress is not None:
             self.progress.file_done()
@@ -518,13 +570,38 @@ class Downloader:
                 self.progress.file_done()
 
 
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+
+def _syncfs(path: Path) -> bool:
+    """syncfs(2) of the filesystem holding ``path`` (Linux; Python has no os.syncfs): True when done.
+
+    It flushes that filesystem only, data and metadata (on ext4 and XFS one journal commit), so thousands
+    of small files cost one flush. It also flushes other writers' dirty pages on the same filesystem.
+    """
+    syncfs = getattr(_LIBC, "syncfs", None)
+    if syncfs is None:
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs: {os.strerror(err)}", str(path))
+    finally:
+        os.close(fd)
+    return True
+
+
 def _disk_error(exc: OSError, path: Path, size: int) -> RolloutError | OSError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         # Space taken by another writer after the up-front check (sync._check_space): say what is left now.
-        try:
-            free = human_bytes(shutil.disk_usage(path.parent).free)
-        except OSError:
-            free = "an unknown amount"
-        return DiskFull(f"the PVC ran out of space writing {path.name}: {free} free, the file needs "
+        return DiskFull(f"the PVC ran out of space writing {path.name}: {_free_text(path)} free, the file needs "
                         f"{human_bytes(size)}")
     return exc
+
+
+def _free_text(path: Path) -> str:
+    try:
+        return human_bytes(shutil.disk_usage(path.parent).free)
+    except OSError:
+        return "an unknown amount"
