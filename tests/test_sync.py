@@ -411,3 +411,24 @@ def test_a_resume_downloads_again_a_staged_small_file_whose_bytes_did_not_surviv
     assert result.files_skipped == 1 and result.files_transferred == result.files_total - 1
     assert any("tokenizer/f0001.json" in r.getMessage() and "downloading it again" in r.getMessage()
                for r in caplog.records)
+
+
+def test_without_syncfs_each_small_file_is_fsynced_before_publishing(
+        tmp_path: Path, bucket: str, pvc: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from triton_rollout.release import transfer
+
+    uri, src = _publish(tmp_path, bucket, small=12)
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if "/staging/" in path and not (pvc / "repository" / "llm" / "1").exists():
+            synced.append(path)
+        real_fsync(fd)
+
+    monkeypatch.setattr(transfer, "_syncfs", lambda path: False)  # a libc without syncfs(2)
+    monkeypatch.setattr(os, "fsync", fsync)
+    assert sync_release(uri, pvc).status == "published"
+    files = {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()}
+    assert {p.split("/staging/llm/1/", 1)[-1] for p in synced if os.path.basename(p) != "1"} >= files, synced
