@@ -1,8 +1,11 @@
-"""Sync benchmark: this project's verified S3 -> PVC sync against cp, s5cmd, aws s3 sync and rclone.
+"""Sync benchmark: this project's verified S3 -> PVC sync against cp, s5cmd, aws s3 sync and rclone, and
+the experiment of a native data path (bench/crt_sync.py: awscrt's S3 client, with and without this
+project's per-part sha256 check and fsync, as crt / crt_body / crt_raw).
 
 One run starts a real local S3 (SeaweedFS over loopback), generates and publishes releases, then, for
 several rounds, times each tool's full sync into a fresh empty directory and its no-op re-sync into the
-same directory, with the peak RSS of each tool process. Ratios are only meaningful within one run: the
+same directory, with the peak RSS and the user and kernel CPU seconds of each tool process, and this VM's
+cost of a fresh memory page at the start and the end (bench/machine.py). Ratios are only meaningful within one run: the
 S3 server and the clients share the machine's cores.
 
 Cases (BENCH_CASES picks among them):
@@ -31,7 +34,7 @@ BENCH_CURVE_MIB=64,128 BENCH_CURVE_FILES=500 BENCH_ROUNDS=1):
     BENCH_SHAPE_TOOLS=s5cmd,triton_rollout  tools of those cases
     BENCH_CURVE_MIB=512,1024,2048,4096  one-file release sizes of the curve
     BENCH_CURVE_FILES=1000,5000  file counts of the curve (many_small, many_files and noop_many add theirs)
-    BENCH_TOOLS=...        comma list, subset of cp,s5cmd,aws,rclone,triton_rollout
+    BENCH_TOOLS=...        comma list, subset of cp,s5cmd,aws,rclone,triton_rollout,crt,crt_body,crt_raw
     BENCH_CASES=...        comma list, subset of large,many_small,tp2_engine,many_files,noop_many,curve
     BENCH_TRANSFERS=16     rclone --transfers/--checkers (s5cmd and aws keep their own defaults)
     BENCH_TIMEOUT=1800     seconds before one tool command is killed
@@ -63,6 +66,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.machine import fresh_page_cost
 from devstack.s3 import SeaweedS3
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,7 +76,7 @@ BUCKET = "bench"
 PREFIX = "bench"
 VERSION = 1
 TRITON_MODEL = "llm"
-ALL_TOOLS = ("cp", "s5cmd", "aws", "rclone", "triton_rollout")
+ALL_TOOLS = ("cp", "s5cmd", "aws", "rclone", "triton_rollout", "crt", "crt_body", "crt_raw")
 ALL_CASES = ("large", "many_small", "tp2_engine", "many_files", "noop_many", "curve")
 SHAPE_DEFAULT_TOOLS = ("s5cmd", "triton_rollout")
 MIB = 1024 * 1024
@@ -283,6 +287,8 @@ class Measured:
     peak_rss_mib: float
     stdout: str
     log_path: Path
+    user_s: float = 0.0  # the tool's CPU (and its children's), from wait4's rusage
+    sys_s: float = 0.0
 
 
 # Runs one tool and reports its wall time and peak RSS. A separate, minimal process (python -S -I, a
@@ -303,7 +309,8 @@ if pid == 0:
 _, status, ru = os.wait4(pid, 0)
 secs = time.perf_counter() - t0
 with open(out, "w") as fh:
-    json.dump({"seconds": secs, "rc": os.waitstatus_to_exitcode(status), "maxrss_kib": ru.ru_maxrss}, fh)
+    json.dump({"seconds": secs, "rc": os.waitstatus_to_exitcode(status), "maxrss_kib": ru.ru_maxrss,
+               "user_s": ru.ru_utime, "sys_s": ru.ru_stime}, fh)
 """
 
 
@@ -327,7 +334,7 @@ def run_measured(cmd: list[str], *, env: dict[str, str], log_path: Path, timeout
     if not meas_path.exists():
         return Measured(float(timeout), proc.returncode or -9, 0.0, stdout, log_path)
     m = json.loads(meas_path.read_text())
-    return Measured(m["seconds"], m["rc"], m["maxrss_kib"] / 1024.0, stdout, log_path)
+    return Measured(m["seconds"], m["rc"], m["maxrss_kib"] / 1024.0, stdout, log_path, m["user_s"], m["sys_s"])
 
 
 def _kill_group(pid: int) -> None:
@@ -379,6 +386,8 @@ def build_tools(cfg: Config, s3: SeaweedS3, env: dict[str, str]) -> list[Tool]:
     s5 = find_peer("s5cmd")
     aws = find_peer("aws")
     rclone = find_peer("rclone")
+    has_crt = glob.glob(str(BENCH_VENV / "lib" / "python3*" / "site-packages" / "awscrt"))
+    crt_skip = None if has_crt else f"awscrt {missing}"
 
     def cp_full(rel: Release, dest: Path) -> list[str]:
         return ["cp", "-r", f"{rel.src}/.", f"{dest}/"]
@@ -402,6 +411,13 @@ def build_tools(cfg: Config, s3: SeaweedS3, env: dict[str, str]) -> list[Tool]:
         return [str(rclone), "sync", f"bench:{BUCKET}/{PREFIX}/{rel.case}/{VERSION}", str(dest),
                 "--transfers", n, "--checkers", n, "--log-level", "ERROR"]
 
+    def crt_cmd(verify: str) -> Callable[[Release, Path], list[str]]:
+        def argv(rel: Release, dest: Path) -> list[str]:
+            return [str(BENCH_VENV / "bin" / "python"), str(REPO / "bench" / "crt_sync.py"), "--endpoint", ep,
+                    "--bucket", BUCKET, "--prefix", f"{PREFIX}/{rel.case}/{VERSION}", "--dest", str(dest),
+                    "--verify", verify]
+        return argv
+
     def tr_cmd(rel: Release, dest: Path) -> list[str]:
         return [sys.executable, "-m", "triton_rollout", "sync", "--release", rel.uri, "--pvc", str(dest)]
 
@@ -416,6 +432,11 @@ def build_tools(cfg: Config, s3: SeaweedS3, env: dict[str, str]) -> list[Tool]:
         "rclone": Tool("rclone", rclone_cmd, rclone_cmd, skip=None if rclone else f"rclone {missing}"),
         "triton_rollout": Tool("triton_rollout", tr_cmd, tr_cmd, placed=tr_placed,
                                skip=triton_rollout_skip(env) if "triton_rollout" in cfg.tools else None),
+        # The experiment of a native data path (bench/crt_sync.py): awscrt's S3 client under this project's
+        # per-part sha256 check and fsync ("crt": hashed from the page cache, "crt_body": as it arrives),
+        # and with no check at all ("crt_raw": the native client's floor).
+        **{name: Tool(name, crt_cmd(verify), crt_cmd(verify), skip=crt_skip)
+           for name, verify in (("crt", "file"), ("crt_body", "body"), ("crt_raw", "none"))},
     }
     return [tools[name] for name in cfg.tools]
 
@@ -548,6 +569,8 @@ class Samples:
     noop: list[float] = field(default_factory=list)
     durable: list[float] = field(default_factory=list)
     rss: list[float] = field(default_factory=list)
+    user: list[float] = field(default_factory=list)  # CPU seconds of each timed full sync
+    sys: list[float] = field(default_factory=list)
     noop_result: str = ""
     error: str | None = None
 
@@ -596,13 +619,16 @@ def bench_one(tool: Tool, rel: Release, cfg: Config, env: dict[str, str], rnd: i
             s.full.append(full.seconds)
             s.durable.append(durable)
             s.rss.append(full.peak_rss_mib)
+            s.user.append(full.user_s)
+            s.sys.append(full.sys_s)
         s.noop.append(noop.seconds)
         s.rss.append(noop.peak_rss_mib)
         extra = ""
         if tool.name == "triton_rollout":
             s.noop_result = _result_summary(noop.stdout)
             extra = " | result: " + _result_summary(full.stdout) + " / no-op: " + s.noop_result
-        what = (f"full {full.seconds:.2f}s ({rel.total_bytes / MIB / full.seconds:.0f} MiB/s), durable {durable:.2f}s"
+        what = (f"full {full.seconds:.2f}s ({rel.total_bytes / MIB / full.seconds:.0f} MiB/s, CPU user "
+                f"{full.user_s:.2f}s sys {full.sys_s:.2f}s), durable {durable:.2f}s"
                 if timed_full else f"seeded by cp -r in {full.seconds:.2f}s (not timed)")
         log(f"  {tool.name}: {what}, no-op {noop.seconds:.2f}s, peak RSS {max(s.rss):.0f} MiB, "
             f"dest {n} files / {b / MIB:.1f} MiB, verified{extra}")
@@ -652,7 +678,8 @@ def _fmt(x: float | None, spec: str) -> str:
 def case_table(releases: dict[str, Release], results: dict[str, dict[str, Samples]],
                cases: dict[str, dict[str, dict[str, Any]]], errors: dict[str, dict[str, str]]) -> list[str]:
     header = (f"{'case':<16} {'tool':<15} {'files':>6} {'MiB':>7} {'full_s':>8} {'x cp':>6} {'x s5cmd':>8} "
-              f"{'MiB/s':>7} {'noop_s':>7} {'noop x s5':>9} {'rss_MiB':>8} {'durable_s':>10} {'dur x s5':>9}")
+              f"{'MiB/s':>7} {'noop_s':>7} {'noop x s5':>9} {'rss_MiB':>8} {'durable_s':>10} {'dur x s5':>9} "
+              f"{'user_s':>7} {'sys_s':>6}")
     lines = [header, "-" * len(header)]
     for case, per_tool in results.items():
         rel = releases[case]
@@ -668,15 +695,18 @@ def case_table(releases: dict[str, Release], results: dict[str, dict[str, Sample
                 lines.append(f"{case:<16} {tool:<15} {'FAILED':>8}  {(s.error or '').splitlines()[0][:70]}")
                 continue
             f, n, d = full[tool], noop[tool], dur[tool]
+            user, system = _median(s.user), _median(s.sys)
             row: dict[str, Any] = {"full_s": f and round(f, 4), "noop_s": n and round(n, 4),
-                                   "peak_rss_mib": round(max(s.rss), 1), "durable_s": d and round(d, 4)}
+                                   "peak_rss_mib": round(max(s.rss), 1), "durable_s": d and round(d, 4),
+                                   "user_s": user and round(user, 3), "sys_s": system and round(system, 3)}
             if s.noop_result:
                 row["noop_result"] = json.loads(s.noop_result) if s.noop_result.startswith("{") else s.noop_result
             cases[case][tool] = row
             lines.append(f"{case:<16} {tool:<15} {len(rel.files):>6} {mib:>7.0f} {_fmt(f, '8.2f')} "
                          f"{ratio(f, full.get('cp')):>6} {ratio(f, full.get('s5cmd')):>8} "
                          f"{_fmt(f and mib / f, '7.0f')} {_fmt(n, '7.2f')} {ratio(n, noop.get('s5cmd')):>9} "
-                         f"{max(s.rss):>8.0f} {_fmt(d, '10.2f')} {ratio(d, dur.get('s5cmd')):>9}")
+                         f"{max(s.rss):>8.0f} {_fmt(d, '10.2f')} {ratio(d, dur.get('s5cmd')):>9} "
+                         f"{_fmt(user, '7.2f')} {_fmt(system, '6.2f')}")
     return lines
 
 
@@ -720,7 +750,8 @@ def curve_table(curves: dict[str, Any]) -> list[str]:
 
 
 def report(cfg: Config, releases: dict[str, Release], results: dict[str, dict[str, Samples]],
-           skipped: dict[str, str], versions: dict[str, str], started: float, *, final: bool = True) -> dict[str, Any]:
+           skipped: dict[str, str], versions: dict[str, str], started: float, *, final: bool = True,
+           page_us: dict[str, float] | None = None) -> dict[str, Any]:
     cases: dict[str, dict[str, dict[str, Any]]] = {}
     errors: dict[str, dict[str, str]] = {}
     lines = case_table(releases, results, cases, errors)
@@ -728,6 +759,9 @@ def report(cfg: Config, releases: dict[str, Release], results: dict[str, dict[st
         lines.append(f"{'(all)':<16} {tool:<15} {'SKIPPED':>8}  {why[:80]}")
     curves = cost_curve(releases, cases)
     lines += curve_table(curves)
+    if page_us:
+        lines += ["", "fresh 4 KiB page, kernel us to fault in (bounds every tool's large cases alike): "
+                  + ", ".join(f"{k} {v}" for k, v in page_us.items())]
     if final:
         print("\n".join(lines), flush=True)
     return {
@@ -743,6 +777,7 @@ def report(cfg: Config, releases: dict[str, Release], results: dict[str, dict[st
             "files": {c: len(r.files) for c, r in releases.items()},
             "bytes": {c: r.total_bytes for c, r in releases.items()},
             "cpus": os.cpu_count(),
+            "fresh_page_us": page_us or {},
             "statistic": "median of rounds for times, max over rounds (full and no-op) for RSS",
             "rclone_transfers": cfg.transfers,
             "versions": versions,
@@ -780,6 +815,8 @@ def main() -> int:
         s3.start()
         log(f"SeaweedFS S3 at {s3.endpoint} (pid {s3.pid}, data {s3.data_dir})")
         env = tool_env(s3)
+        page_us = {"start": fresh_page_cost()}
+        log(f"a fresh 4 KiB page costs {page_us['start']} us of kernel time to fault in (median of 3)")
         tools = {t.name: t for t in build_tools(cfg, s3, env)}
         skipped = {name: t.skip for name, t in tools.items() if t.skip}
         for name, why in skipped.items():
@@ -807,7 +844,8 @@ def main() -> int:
             # After every case, so a run stopped early still leaves the figures of the cases it finished.
             write_results(cfg, report(cfg, releases, results, skipped, {}, started, final=False))
         shutil.rmtree(WORK / "trash", ignore_errors=True)
-        out = report(cfg, releases, results, skipped, tool_versions(env), started)
+        page_us["end"] = fresh_page_cost()
+        out = report(cfg, releases, results, skipped, tool_versions(env), started, page_us=page_us)
         write_results(cfg, out)
         log(f"wrote {cfg.results}")
         return 1 if out["failed"] else 0
