@@ -179,6 +179,7 @@ def main() -> int:
     poke_s = float(os.environ.get("BENCH_POKE_S", "2"))
     replicas = int(os.environ.get("BENCH_TRITON_REPLICAS", str(DEFAULT_TRITON_REPLICAS)))
     results = Path(os.environ.get("BENCH_DEPLOY_RESULTS", REPO / "bench" / "results" / "deploy.json"))
+    os.sync()  # after the sync bench: its dirty pages are not this bench's to write back
     (REPO / ".devstack").mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="deploy-bench-", dir=REPO / ".devstack"))
     stack = LocalStack(work / "stack", triton_replicas=replicas)
