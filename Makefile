@@ -101,6 +101,7 @@ $(BENCH_VENV)/.installed: bench/requirements-peers.txt
 bench: venv $(BENCH_VENV)/.installed
 	$(BIN)/python -m bench.sync_bench
 	$(BIN)/python -m bench.parse_time
+	$(BIN)/python -m bench.processor_parse
 	$(BIN)/python -m bench.deploy_latency
 
 clean: down
