@@ -362,7 +362,7 @@ def test_resume_on_a_nearly_full_pvc_counts_the_space_staging_holds(tmp_path: Pa
 
 def test_small_files_are_durable_by_one_syncfs_before_anything_is_published(
         tmp_path: Path, bucket: str, pvc: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """One fsync per small file was a third of a 3,000-file sync: they share one syncfs(2), which must come
+    """One fsync per small file cost ~15% of a 3,000-file sync: they share one syncfs(2), which must come
     before the publish record and the rename into repository/; multi-part files keep their own fsync."""
     import stat
 
