@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -67,6 +68,7 @@ def main() -> int:
         durations = collect(client, parses, timeout=(parses + 2) * INTERVAL_S * 4 + 120)
     finally:
         airflow.stop()
+        shutil.rmtree(home, ignore_errors=True)
     results: dict[str, Any] = {"parses": parses, "min_file_process_interval_s": INTERVAL_S,
                                "target_steady_s": TARGET_S, "files": {}}
     lines = [f"the dag-processor's own parse duration (last_parse_duration; median of {parses} after the first)",
