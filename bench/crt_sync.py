@@ -133,15 +133,16 @@ def sync(crt: Crt, prefix: str, dest: Path, verify: str) -> dict[str, Any]:
     t0 = time.perf_counter()
 
     def finish(entry: dict[str, Any], partial: Path, target: Path, body: BodyHasher | None) -> None:
-        fd = os.open(partial, os.O_RDONLY if body is None else os.O_RDWR)
+        fd = os.open(partial, os.O_RDONLY)
         try:
             if os.fstat(fd).st_size != entry["size"]:
                 raise Mismatch(f"{entry['path']}: size differs from the manifest's {entry['size']}")
             if body is not None and (body.error or body.index != len(body.parts)):
                 raise body.error or Mismatch(f"{entry['path']}: body ended before its last part")
             if verify == "file":
-                got = list(hashers.map(lambda p: hash_range(fd, p[0], p[1]), parts_of(entry)))
-                bad = [i for i, (p, g) in enumerate(zip(parts_of(entry), got, strict=True)) if p[2] != g]
+                parts = parts_of(entry)
+                got = hashers.map(lambda p: hash_range(fd, p[0], p[1]), parts)
+                bad = [i for i, (p, g) in enumerate(zip(parts, got, strict=True)) if p[2] != g]
                 if bad:
                     raise Mismatch(f"{entry['path']}: part {bad[0]} does not match the manifest")
             if verify != "none":

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from triton_rollout.errors import DiskFull, IntegrityError, RolloutError, TransferError
-from triton_rollout.release.manifest import FileEntry
+from triton_rollout.release.manifest import FileEntry, hash_file
 from triton_rollout.release.progress import Progress, TransferCounters, human_bytes
 from triton_rollout.release.s3 import ObjectReader, RetryableError, backoff_delay
 
@@ -260,7 +260,7 @@ class Downloader:
         if done and not entry.part_sha256:
             # Renamed in verified, but maybe not yet durable when an earlier run died (see _flush_small):
             # a node crash can leave its size without its bytes. Small, so re-hashed rather than trusted.
-            done = self._small_file_intact(dest, entry, buf)
+            done = self._small_file_intact(dest, entry)
         if done:
             # Only a verified file is renamed to its final staging name (a multi-part one fsynced first).
             self.stats.bump(files_skipped=1, bytes_skipped=entry.size)
@@ -307,13 +307,8 @@ class Downloader:
         for group in self._groups(entry, missing):
             self._parts.put(("parts", state, group))
 
-    def _small_file_intact(self, dest: Path, entry: FileEntry, buf: bytearray) -> bool:
-        h = hashlib.sha256()
-        view = memoryview(buf)
-        with open(dest, "rb", buffering=0) as fh:
-            while n := fh.readinto(view):
-                h.update(view[:n])
-        if h.hexdigest() == entry.sha256:
+    def _small_file_intact(self, dest: Path, entry: FileEntry) -> bool:
+        if hash_file(dest, entry.size, max(entry.size, 1))[0] == entry.sha256:
             with self._unsynced_lock:  # its bytes may still be only in the page cache of a killed run
                 self._unsynced.append(dest)
             return True
